@@ -1,0 +1,75 @@
+"""The admin API, bound to 127.0.0.1 by default.
+
+GET /healthz   JSON; 200 when storage accepts writes, 503 (status "degraded") while it fails
+GET /metrics   Prometheus text format
+GET|POST /api/sql   a read-only query (``q`` parameter or POST body); ``format`` is
+               json (ClickHouse JSONCompact: meta, data, rows), csv or tsv (with a header row)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from tokenpulse.errors import StorageError
+
+SQL_FORMATS = {"json": ("JSONCompact", "application/json"),
+               "csv": ("CSVWithNames", "text/csv"),
+               "tsv": ("TSVWithNames", "text/tab-separated-values")}
+
+
+class AdminServer:
+    def __init__(self, service, host: str, port: int):
+        self.service = service
+        self.host = host
+        self.port = port
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> int:
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/api/sql", self._sql)
+        app.router.add_post("/api/sql", self._sql)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        health = self.service.health()
+        return web.json_response(health, status=200 if health["status"] == "ok" else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.service.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _sql(self, request: web.Request) -> web.Response:
+        sql = request.query.get("q")
+        if sql is None and request.method == "POST":
+            sql = (await request.text()).strip()
+        if not sql:
+            return web.json_response({"error": "no query: pass q=... or a POST body"}, status=400)
+        fmt = request.query.get("format", "json")
+        if fmt not in SQL_FORMATS:
+            return web.json_response({"error": f"format must be one of {', '.join(SQL_FORMATS)}"}, status=400)
+        ch_format, ctype = SQL_FORMATS[fmt]
+        loop = asyncio.get_running_loop()
+        try:
+            body = await loop.run_in_executor(None, self.service.backend.query, sql, ch_format, True)
+        except StorageError as e:
+            return web.json_response({"error": str(e), "code": e.code}, status=400)
+        return web.Response(body=body, headers={"Content-Type": ctype})
+
+
+def parse_sql_json(body: bytes) -> tuple[list[str], list[list]]:
+    doc = json.loads(body)
+    return [m["name"] for m in doc["meta"]], doc["data"]

@@ -1,0 +1,127 @@
+"""Settings: one typed object, every field documented.
+
+Precedence, highest first: command-line flag > environment variable
+``TOKENPULSE_<NAME>`` > YAML config file (``--config``) > default. Invalid
+values fail at start-up with a message naming the setting and its source.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+import yaml
+
+from tokenpulse.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen_host: str = field(default="0.0.0.0", metadata={"doc": "address the OTLP receivers bind"})
+    grpc_port: int = field(default=4317, metadata={"doc": "OTLP/gRPC port (0: any free port)", "port": True})
+    http_port: int = field(default=4318, metadata={"doc": "OTLP/HTTP port (0: any free port)", "port": True})
+    admin_host: str = field(default="127.0.0.1", metadata={
+        "doc": "address of the admin API (/healthz, /metrics, /api/sql); localhost by default"})
+    admin_port: int = field(default=4319, metadata={"doc": "admin API port (0: any free port)", "port": True})
+    data_dir: str = field(default="./tokenpulse-data", metadata={
+        "doc": "embedded ClickHouse (chDB) data directory; used when no clickhouse_url is set"})
+    clickhouse_url: str = field(default="", metadata={
+        "doc": "ClickHouse server URL, e.g. http://user:pass@host:8123; empty: embedded chDB"})
+    database: str = field(default="tokenpulse", metadata={"doc": "ClickHouse database for tokenpulse tables"})
+    retention_days: int = field(default=30, metadata={"doc": "TTL of spans, by start_time", "min": 1})
+    max_request_bytes: int = field(default=16 * MiB, metadata={
+        "doc": "largest OTLP request, compressed or inflated (over it: 413 / RESOURCE_EXHAUSTED)",
+        "min": 1024, "bytes": True})
+    batch_max_spans: int = field(default=50_000, metadata={"doc": "flush an insert at this many spans", "min": 1})
+    batch_max_bytes: int = field(default=64 * MiB, metadata={
+        "doc": "flush an insert at this many request bytes", "min": 1024, "bytes": True})
+    batch_max_age_s: float = field(default=0.2, metadata={
+        "doc": "flush when the oldest waiting request is this old (seconds)", "min": 0.0})
+    queue_max_spans: int = field(default=500_000, metadata={
+        "doc": "spans waiting for storage before Export answers 429 / UNAVAILABLE", "min": 1})
+    retry_after_s: float = field(default=1.0, metadata={
+        "doc": "retry delay sent with 429/503 (Retry-After) and UNAVAILABLE (RetryInfo)", "min": 0.0})
+    ack_timeout_s: float = field(default=5.0, metadata={
+        "doc": "longest an Export waits for its durable write before answering retry", "min": 0.1})
+    dedup_window_s: float = field(default=600.0, metadata={
+        "doc": "how long stored span ids are remembered to drop exporter retries", "min": 0.0})
+    dedup_max_keys: int = field(default=2_000_000, metadata={
+        "doc": "cap on remembered span ids (~70 bytes each); 0 disables the cache", "min": 0})
+    shutdown_timeout_s: float = field(default=30.0, metadata={
+        "doc": "time allowed on SIGTERM to finish requests in flight and flush", "min": 0.0})
+    log_level: str = field(default="info", metadata={
+        "doc": "debug, info, warning or error", "choices": ("debug", "info", "warning", "error")})
+
+
+SETTING_NAMES = tuple(f.name for f in fields(Settings))
+_FIELDS = {f.name: f for f in fields(Settings)}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.I)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mi": MiB, "mib": MiB, "g": 1000**3, "gb": 1000**3, "gi": 1024**3, "gib": 1024**3}
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    f = _FIELDS[name]
+    meta = f.metadata
+    typ = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+    try:
+        if typ is int and meta.get("bytes") and isinstance(value, str):
+            m = _SIZE_RE.match(value)
+            if not m:
+                raise ValueError(value)
+            value = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+        elif typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            value = int(value)
+        elif typ is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            value = float(value)
+        else:
+            value = "" if value is None else str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} from {source}: {value!r} is not a valid {typ.__name__}") from None
+    if meta.get("port") and not 0 <= value <= 65535:
+        raise ConfigError(f"{name} from {source}: {value} is not a port (0-65535)")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{name} from {source}: {value} is below the minimum {meta['min']}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{name} from {source}: {value!r} is not one of {', '.join(meta['choices'])}")
+    return value
+
+
+def load_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+                  config_file: str | None = None) -> Settings:
+    """Merge the sources; ``flags`` holds only what was given on the command line."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_file = config_file or env.get("TOKENPULSE_CONFIG") or None
+    if config_file:
+        try:
+            with open(config_file, encoding="utf-8") as fh:
+                doc = yaml.safe_load(fh) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {config_file}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {config_file} is not valid YAML: {e}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config file {config_file} must be a mapping of setting: value")
+        for key, value in doc.items():
+            name = str(key).replace("-", "_")
+            if name not in _FIELDS:
+                raise ConfigError(f"config file {config_file}: unknown setting {key!r} "
+                                  f"(known: {', '.join(SETTING_NAMES)})")
+            values[name] = _convert(name, value, f"config file {config_file}")
+    for name in SETTING_NAMES:
+        key = f"TOKENPULSE_{name.upper()}"
+        if key in env:
+            values[name] = _convert(name, env[key], f"environment variable {key}")
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = _convert(name, value, f"flag --{name.replace('_', '-')}")
+    return Settings(**values)

@@ -1,0 +1,72 @@
+"""What both OTLP transports do with a decoded request, and what they answer.
+
+decoded batch -> enrich -> writer.submit -> wait for the durable write -> Answer.
+The transports only translate an ``Answer`` into gRPC statuses or HTTP codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Callable
+
+from tokenpulse.errors import DataError, RetryableStorageError
+from tokenpulse.metrics import Metrics
+from tokenpulse.receiver.decode import Decoded
+from tokenpulse.record import SpanBatch
+from tokenpulse.storage.writer import Busy, Writer
+
+
+@dataclass(frozen=True)
+class Answer:
+    kind: str  # "ok" | "retry" | "invalid"
+    rejected: int = 0
+    message: str = ""
+    retry_after_s: float = 0.0
+    reason: str = ""  # for kind == "retry": queue_full | storage_unavailable | shutting_down | timeout
+
+
+class Ingest:
+    def __init__(self, writer: Writer, enrich: Callable[[SpanBatch], SpanBatch], metrics: Metrics,
+                 ack_timeout_s: float):
+        self.writer = writer
+        self.enrich = enrich
+        self.metrics = metrics
+        self.ack_timeout_s = ack_timeout_s
+
+    async def export(self, decoded: Decoded, nbytes: int, transport: str) -> Answer:
+        n = len(decoded.batch)
+        self.metrics.spans_received.labels(transport).inc(n)
+        if decoded.rejected:
+            self.metrics.spans_rejected.labels(transport).inc(decoded.rejected)
+        if n == 0:
+            # An empty request is a success (otlp.md); all-rejected is a partial success.
+            return self._ok(decoded, transport)
+        batch = self.enrich(decoded.batch)
+        got = self.writer.submit(batch, nbytes)
+        if isinstance(got, Busy):
+            return self._retry(n, got.reason, got.message, got.retry_after_s, transport)
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(got)), self.ack_timeout_s)
+        except asyncio.TimeoutError:
+            # Withdraw it if not yet being written; if it is written anyway, the
+            # client's retry is dropped as a duplicate.
+            self.writer.cancel(got)
+            return self._retry(n, "timeout", "storage is slow; the write did not finish in time, retry",
+                               self.writer.s.retry_after_s, transport)
+        except RetryableStorageError as e:
+            return self._retry(n, "storage_unavailable", f"storage unavailable: {e}",
+                               self.writer.s.retry_after_s, transport)
+        except DataError as e:
+            self.metrics.requests.labels(transport, "invalid").inc()
+            return Answer("invalid", rejected=n, message=f"storage refused the spans: {e}")
+        return self._ok(decoded, transport)
+
+    def _ok(self, decoded: Decoded, transport: str) -> Answer:
+        self.metrics.requests.labels(transport, "partial" if decoded.rejected else "ok").inc()
+        return Answer("ok", rejected=decoded.rejected, message=decoded.error_message)
+
+    def _retry(self, n: int, reason: str, message: str, after: float, transport: str) -> Answer:
+        self.metrics.requests.labels(transport, "retry").inc()
+        self.metrics.spans_refused_retry.labels(reason).inc(n)
+        return Answer("retry", message=message, retry_after_s=after, reason=reason)

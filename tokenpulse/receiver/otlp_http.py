@@ -1,0 +1,147 @@
+"""OTLP/HTTP: ``POST /v1/traces`` with protobuf or JSON bodies (otlp.md).
+
+* Content-Type ``application/x-protobuf`` or ``application/json``; the answer
+  uses the request's type. Anything else: 415.
+* ``Content-Encoding: gzip`` (or deflate). We inflate ourselves, with the same
+  limit as the raw body, so a gzip bomb stops at the limit: 413.
+* Success and partial success are 200 with ExportTraceServiceResponse; bad data
+  is 400, too large 413, both with a google.rpc.Status body.
+* Retryable refusals: 429 when our queue is full, 503 when storage is failing
+  or we are shutting down, both with ``Retry-After`` (whole seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import zlib
+
+from aiohttp import web
+from google.rpc import code_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from tokenpulse.errors import InvalidRequest, RequestTooLarge
+from tokenpulse.receiver.decode import decode_json, decode_protobuf
+from tokenpulse.receiver.ingest import Answer, Ingest
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+
+def inflate(data: bytes, encoding: str, limit: int) -> bytes:
+    """Decompress a request body, refusing to produce more than ``limit`` bytes."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity", "none"):
+        return data
+    if encoding in ("gzip", "x-gzip"):
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        d = zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, auto-detected
+    else:
+        raise InvalidRequest(f"unsupported Content-Encoding {encoding!r} (use gzip or none)")
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as e:
+        raise InvalidRequest(f"cannot decompress {encoding} body: {e}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise RequestTooLarge(f"decompressed body exceeds the {limit}-byte limit")
+    if not d.eof:
+        raise InvalidRequest(f"truncated {encoding} body")
+    return out
+
+
+def _status_body(ctype: str, code: int, message: str) -> bytes:
+    if ctype == PROTOBUF:
+        return status_pb2.Status(code=code, message=message).SerializeToString()
+    return json.dumps({"code": code, "message": message}).encode()
+
+
+def _error(ctype: str, http_status: int, code: int, message: str, headers: dict | None = None) -> web.Response:
+    ctype = ctype if ctype in (PROTOBUF, JSON) else JSON
+    return web.Response(status=http_status, body=_status_body(ctype, code, message),
+                        content_type=ctype, headers=headers)
+
+
+def _success(ctype: str, answer: Answer) -> web.Response:
+    if ctype == PROTOBUF:
+        resp = ExportTraceServiceResponse()
+        if answer.rejected or answer.message:
+            resp.partial_success.rejected_spans = answer.rejected
+            resp.partial_success.error_message = answer.message
+        body = resp.SerializeToString()
+    else:
+        doc = {}
+        if answer.rejected or answer.message:
+            # int64 as a decimal string, as OTLP/JSON writes it
+            doc["partialSuccess"] = {"rejectedSpans": str(answer.rejected), "errorMessage": answer.message}
+        body = json.dumps(doc).encode()
+    return web.Response(status=200, body=body, content_type=ctype)
+
+
+class OtlpHttpReceiver:
+    def __init__(self, ingest: Ingest, host: str, port: int, max_request_bytes: int, shutdown_timeout_s: float):
+        self.ingest = ingest
+        self.host = host
+        self.port = port
+        self.max_request_bytes = max_request_bytes
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_request_bytes)
+        app.router.add_post("/v1/traces", self._traces)
+        return app
+
+    async def start(self) -> int:
+        # auto_decompress off: we inflate with a limit (gzip bombs).
+        self.runner = web.AppRunner(self.app(), auto_decompress=False, access_log=None,
+                                    shutdown_timeout=self.shutdown_timeout_s)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # the bound port when 0 was asked
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening and wait for requests in flight (and their writes)."""
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _traces(self, request: web.Request) -> web.Response:
+        t0 = time.monotonic()
+        try:
+            return await self._handle(request)
+        finally:
+            self.ingest.metrics.export_latency.labels("http").observe(time.monotonic() - t0)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        requests = self.ingest.metrics.requests
+        ctype = request.content_type.lower()
+        if ctype not in (PROTOBUF, JSON):
+            requests.labels("http", "unsupported").inc()
+            return _error(JSON, 415, code_pb2.INVALID_ARGUMENT,
+                          f"unsupported Content-Type {ctype!r}; use {PROTOBUF} or {JSON}")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            requests.labels("http", "too_large").inc()
+            return _error(ctype, 413, code_pb2.RESOURCE_EXHAUSTED,
+                          f"request body exceeds the {self.max_request_bytes}-byte limit")
+        try:
+            body = inflate(raw, request.headers.get("Content-Encoding", ""), self.max_request_bytes)
+            decoded = decode_protobuf(body) if ctype == PROTOBUF else decode_json(body)
+        except RequestTooLarge as e:
+            requests.labels("http", "too_large").inc()
+            return _error(ctype, 413, code_pb2.RESOURCE_EXHAUSTED, str(e))
+        except InvalidRequest as e:
+            requests.labels("http", "invalid").inc()
+            return _error(ctype, 400, code_pb2.INVALID_ARGUMENT, str(e))
+        answer = await self.ingest.export(decoded, len(body), "http")
+        if answer.kind == "retry":
+            status = 429 if answer.reason == "queue_full" else 503
+            return _error(ctype, status, code_pb2.UNAVAILABLE, answer.message,
+                          headers={"Retry-After": str(max(1, math.ceil(answer.retry_after_s)))})
+        if answer.kind == "invalid":
+            return _error(ctype, 400, code_pb2.INVALID_ARGUMENT, answer.message)
+        return _success(ctype, answer)

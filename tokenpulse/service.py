@@ -1,0 +1,164 @@
+"""The tokenpulse service: receivers -> enrich -> writer -> ClickHouse, plus the admin API.
+
+Lifecycle (STYLE habit 8): ``start()`` opens storage, applies migrations, warms
+the dedup cache, starts the writer and then the servers on an asyncio loop in a
+thread of their own. ``shutdown()`` stops the receivers accepting (gRPC refuses
+new calls, HTTP stops listening), lets requests in flight finish (their writes
+included), drains the writer, stops the admin API and closes storage, each
+step getting what is left of the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+from tokenpulse.admin import AdminServer
+from tokenpulse.config import Settings
+from tokenpulse.enrich import Step, default_pipeline
+from tokenpulse.metrics import Metrics
+from tokenpulse.receiver.ingest import Ingest
+from tokenpulse.receiver.otlp_grpc import OtlpGrpcReceiver
+from tokenpulse.receiver.otlp_http import OtlpHttpReceiver
+from tokenpulse.storage.backend import Backend, open_backend
+from tokenpulse.storage.migrate import migrate
+from tokenpulse.storage.writer import DedupCache, Sink, SpanTable, Writer, WriterSettings
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, settings: Settings, backend: Backend | None = None, sink: Sink | None = None,
+                 enrich: Step | None = None):
+        self.settings = settings
+        self._own_backend = backend is None
+        self.backend = backend
+        self._sink = sink
+        self.enrich = enrich or default_pipeline()
+        self.metrics = Metrics()
+        self.writer: Writer | None = None
+        self.grpc: OtlpGrpcReceiver | None = None
+        self.http: OtlpHttpReceiver | None = None
+        self.admin: AdminServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._stopped = False
+        self.drained = False
+
+    # ------------------------------------------------------------ start
+    def start(self) -> "Service":
+        s = self.settings
+        if self.backend is None:
+            self.backend = open_backend(s.data_dir, s.clickhouse_url or None)
+        applied = migrate(self.backend, s.database, s.retention_days)
+        if applied:
+            log.info("applied schema migrations %s", applied)
+        self.backend.use_database(s.database)
+        sink = self._sink or SpanTable(self.backend, s.database)
+        self.writer = Writer(sink, WriterSettings(
+            max_rows=s.batch_max_spans, max_bytes=s.batch_max_bytes, max_age_s=s.batch_max_age_s,
+            max_queue_spans=s.queue_max_spans, retry_after_s=s.retry_after_s,
+            dedup_window_s=s.dedup_window_s, dedup_max_keys=s.dedup_max_keys,
+        ), self.metrics)
+        self._warm_dedup()
+        self.writer.start()
+        self._thread = threading.Thread(target=self._run_loop, name="tokenpulse-loop", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            self.writer.shutdown(1)
+            raise self._start_error
+        log.info("tokenpulse serving: OTLP/gRPC %s:%d, OTLP/HTTP %s:%d, admin http://%s:%d, storage %s",
+                 s.listen_host, self.grpc.port, s.listen_host, self.http.port, s.admin_host, self.admin.port,
+                 self.backend.description)
+        return self
+
+    def _warm_dedup(self) -> None:
+        """Remember spans stored in the last dedup window, so a restart does not forget them."""
+        s = self.settings
+        if s.dedup_max_keys <= 0 or s.dedup_window_s <= 0:
+            return
+        raw = self.backend.query(
+            f"SELECT trace_id, span_id FROM {s.database}.spans "
+            f"WHERE ingested_at > now64(3) - toIntervalMillisecond({int(s.dedup_window_s * 1000)}) "
+            f"ORDER BY ingested_at DESC LIMIT {s.dedup_max_keys // 2}", "TSV", readonly=False)
+        keys = []
+        for line in raw.decode().splitlines():
+            tid, _, sid = line.partition("\t")
+            if len(tid) == 32 and len(sid) == 16:
+                keys.append(DedupCache.key(tid, sid))
+        self.writer.warm_dedup(keys)
+        self.metrics.dedup_keys.set(len(self.writer.dedup))
+
+    def _run_loop(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s)
+        self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes)
+        self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes, s.shutdown_timeout_s)
+        self.admin = AdminServer(self, s.admin_host, s.admin_port)
+        try:
+            await self.grpc.start()
+            await self.http.start()
+            await self.admin.start()
+        except BaseException as e:  # e.g. port in use: report to start()
+            self._start_error = e
+            self._ready.set()
+            await self._close_servers(1.0)
+            return
+        self._ready.set()
+        await self._stop.wait()
+        await self._drain()
+
+    async def _close_servers(self, grace: float) -> None:
+        for closer in (lambda: self.grpc.stop(grace), self.http.stop, self.admin.stop):
+            try:
+                await closer()
+            except Exception:
+                pass
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        # 1. Receivers: refuse new requests, finish those in flight (they wait for their writes).
+        await asyncio.gather(self.grpc.stop(max(deadline - time.monotonic(), 0)), self.http.stop())
+        # 2. Writer: write whatever is still queued.
+        loop = asyncio.get_running_loop()
+        self.drained = await loop.run_in_executor(
+            None, self.writer.shutdown, max(deadline - time.monotonic(), 0.1))
+        # 3. Admin last, so /healthz answers while draining.
+        await self.admin.stop()
+
+    # ------------------------------------------------------------ stop
+    def shutdown(self) -> bool:
+        """Idempotent. True when everything accepted was written."""
+        if self._stopped:
+            return self.drained
+        self._stopped = True
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(self.settings.shutdown_timeout_s + 5)
+        if self._own_backend and self.backend is not None:
+            self.backend.close()
+        log.info("tokenpulse stopped (%s)", "drained" if self.drained else "NOT fully drained")
+        return self.drained
+
+    # ------------------------------------------------------------ state
+    def health(self) -> dict:
+        w = self.writer
+        ok = w is not None and w.last_error is None
+        return {
+            "status": "ok" if ok else "degraded",
+            "storage": {"backend": self.backend.description if self.backend else None,
+                        "writable": ok, "last_error": w.last_error if w else None},
+            "queue": {"spans": w.queued_spans if w else 0, "capacity": self.settings.queue_max_spans},
+        }

@@ -1,0 +1,106 @@
+"""Versioned, idempotent schema migrations.
+
+Migrations are the numbered ``.sql`` files in ``migrations/``, applied in order
+and recorded in ``{db}.schema_migrations``. Each statement is idempotent
+(``IF NOT EXISTS`` and friends), so a migration interrupted before it was
+recorded is simply run again. A migration file is never edited once released;
+a change is a new file.
+
+Retention is a setting, not a migration: ``apply_retention`` compares the TTL
+on ``spans`` with the configured number of days and changes it only when they
+differ, without rewriting existing parts (``materialize_ttl_after_modify=0``;
+old parts expire at their next merge).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+from tokenpulse.errors import ConfigError
+from tokenpulse.storage.backend import Backend
+
+_NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    def statements(self, db: str, ttl_days: int) -> list[str]:
+        text = self.sql.replace("{db}", db).replace("{ttl_days}", str(int(ttl_days)))
+        lines = [ln for ln in text.splitlines() if not ln.strip().startswith("--")]
+        return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def load_migrations() -> list[Migration]:
+    out = []
+    for entry in resources.files("tokenpulse.storage.migrations").iterdir():
+        m = _NAME_RE.match(entry.name)
+        if m:
+            out.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    out.sort(key=lambda m: m.version)
+    versions = [m.version for m in out]
+    if len(set(versions)) != len(versions):
+        raise ConfigError(f"duplicate migration versions: {versions}")
+    return out
+
+
+def check_identifier(name: str, what: str) -> str:
+    if not _IDENT_RE.match(name):
+        raise ConfigError(f"{what} {name!r} must be a plain identifier (letters, digits, _)")
+    return name
+
+
+def applied_versions(backend: Backend, db: str) -> set[int]:
+    raw = backend.query(f"SELECT version FROM {db}.schema_migrations", "JSONCompact", readonly=False)
+    return {int(row[0]) for row in json.loads(raw)["data"]}
+
+
+def migrate(backend: Backend, db: str, ttl_days: int) -> list[int]:
+    """Apply pending migrations; return the versions applied now."""
+    check_identifier(db, "database name")
+    backend.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    backend.command(
+        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
+        "(version UInt32, name String, applied_at DateTime DEFAULT now()) "
+        "ENGINE = MergeTree ORDER BY version"
+    )
+    done = applied_versions(backend, db)
+    applied = []
+    for m in load_migrations():
+        if m.version in done:
+            continue
+        for stmt in m.statements(db, ttl_days):
+            backend.command(stmt)
+        backend.command(f"INSERT INTO {db}.schema_migrations (version, name) VALUES ({m.version}, '{m.name}')")
+        applied.append(m.version)
+    apply_retention(backend, db, ttl_days)
+    return applied
+
+
+def current_ttl_days(backend: Backend, db: str, table: str = "spans") -> int | None:
+    raw = backend.query(
+        f"SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = '{table}'",
+        "JSONCompact", readonly=False,
+    )
+    rows = json.loads(raw)["data"]
+    if not rows:
+        return None
+    # The server prints the TTL back as ``toIntervalDay(N)``; accept both spellings.
+    m = re.search(r"TTL .*?(?:toIntervalDay\((\d+)\)|INTERVAL (\d+) DAY)", rows[0][0])
+    return int(m.group(1) or m.group(2)) if m else None
+
+
+def apply_retention(backend: Backend, db: str, ttl_days: int) -> None:
+    if current_ttl_days(backend, db) == ttl_days:
+        return
+    backend.command(
+        f"ALTER TABLE {db}.spans MODIFY TTL toDateTime(start_time) + INTERVAL {int(ttl_days)} DAY "
+        "SETTINGS materialize_ttl_after_modify = 0"
+    )

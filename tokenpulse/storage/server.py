@@ -1,0 +1,64 @@
+"""A ClickHouse server through clickhouse-connect (HTTP interface).
+
+Same SQL as the embedded backend; inserts go as Arrow (``insert_arrow``), the
+same table the embedded backend inserts. Read-only queries pass
+``readonly=1`` as a query setting, which the server then refuses to change.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+
+from tokenpulse.errors import ConfigError, RetryableStorageError
+from tokenpulse.storage.backend import INSERT_SETTINGS, classify, redact_url
+
+
+class ServerBackend:
+    def __init__(self, url: str):
+        import clickhouse_connect
+        from clickhouse_connect.driver.exceptions import OperationalError
+
+        self._operational = OperationalError
+        self.description = f"ClickHouse server at {redact_url(url)}"
+        try:
+            self._client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
+        except OperationalError as e:
+            raise RetryableStorageError(f"cannot reach {redact_url(url)}: {type(e).__name__}") from None
+        except Exception as e:
+            raise ConfigError(f"cannot use ClickHouse URL {redact_url(url)}: {e}") from None
+        # clickhouse-connect clients are not safe for concurrent queries.
+        self._lock = threading.Lock()
+
+    def command(self, sql: str) -> None:
+        with self._lock:
+            try:
+                self._client.command(sql)
+            except Exception as e:
+                raise classify(e, "ClickHouse command failed") from None
+
+    def query(self, sql: str, fmt: str = "JSONCompact", readonly: bool = True) -> bytes:
+        settings = {"readonly": 1} if readonly else {}
+        with self._lock:
+            try:
+                return self._client.raw_query(sql, fmt=fmt, settings=settings)
+            except Exception as e:
+                raise classify(e, "ClickHouse query failed") from None
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        with self._lock:
+            try:
+                self._client.insert_arrow(table, data, settings=INSERT_SETTINGS)
+            except Exception as e:
+                raise classify(e, f"insert into {table} failed") from None
+
+    def use_database(self, database: str) -> None:
+        self._client.database = database
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._client.close()
+            except Exception:
+                pass

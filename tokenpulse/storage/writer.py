@@ -1,0 +1,313 @@
+"""The batching writer: the ClickHouse sink, with end-to-end acknowledgement.
+
+The receivers ``submit`` a decoded, enriched batch and get a Future that
+resolves only once the batch is in ClickHouse (Vector's end-to-end ack; STYLE
+habit 6). Requests are merged into large inserts (chDB's fixed 10-60 ms per
+insert makes insert size dominate, platform.md), flushed when the pending
+spans reach ``max_rows`` or ``max_bytes``, or the oldest waited ``max_age_s``.
+
+Bounded: ``submit`` answers ``Busy`` instead of queueing when the queue holds
+``max_queue_spans`` or storage is backing off after a failure; the receiver
+turns ``Busy`` into UNAVAILABLE + RetryInfo / 429 or 503 + Retry-After.
+
+Failures: a retryable storage error fails every request in the insert (their
+clients retry) and starts a backoff; a DataError re-inserts request by request
+so only the offending request is refused.
+
+Exactly once in sums: exporters retry, so the same span can arrive twice.
+``DedupCache`` remembers the (trace_id, span_id) of spans stored in the last
+``dedup_window_s`` and drops repeats before the insert; the table's
+ReplacingMergeTree key (which ends in trace_id, span_id) is the backstop for
+repeats older than the window or split across receivers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from tokenpulse.errors import DataError, RetryableStorageError
+from tokenpulse.metrics import Metrics
+from tokenpulse.record import SpanBatch
+from tokenpulse.storage.backend import Backend
+from tokenpulse.storage.schema import batch_to_arrow
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    def write(self, batch: SpanBatch) -> None:
+        """Durably store the batch. Raises RetryableStorageError or DataError."""
+
+
+class SpanTable:
+    """The ``spans`` table as a sink."""
+
+    def __init__(self, backend: Backend, database: str):
+        self.backend = backend
+        self.table = f"{database}.spans"
+
+    def write(self, batch: SpanBatch) -> None:
+        self.backend.insert_arrow(self.table, batch_to_arrow(batch))
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Not accepted: the client should retry after ``retry_after_s``."""
+
+    retry_after_s: float
+    reason: str  # "queue_full" | "storage_unavailable" | "shutting_down"
+    message: str
+
+
+@dataclass(frozen=True)
+class Stored:
+    spans: int
+    duplicates: int
+
+
+class DedupCache:
+    """Keys of recently stored spans, for dropping exporter retries.
+
+    Two generations: lookups check both, inserts go to the current one, and the
+    current becomes the previous every ``window_s / 2`` seconds or when it holds
+    ``max_keys / 2`` keys. So a key is remembered for at least ``window_s / 2``
+    and memory stays under ``max_keys`` keys (~70 bytes each).
+    """
+
+    def __init__(self, window_s: float, max_keys: int, clock: Callable[[], float] = time.monotonic):
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self._clock = clock
+        self._current: set[int] = set()
+        self._previous: set[int] = set()
+        self._rotated_at = clock()
+
+    @staticmethod
+    def key(trace_id: str, span_id: str) -> int:
+        # Exact (96-bit) key: a hash collision would silently drop a real span.
+        return int(trace_id + span_id, 16)
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+    def _maybe_rotate(self) -> None:
+        if self._clock() - self._rotated_at >= self.window_s / 2 or len(self._current) >= self.max_keys // 2:
+            self._previous = self._current
+            self._current = set()
+            self._rotated_at = self._clock()
+
+    def filter(self, batch: SpanBatch) -> tuple[list[int] | None, list[int]]:
+        """Indexes to keep (None: all) and the keys of the kept spans."""
+        if self.max_keys <= 0:
+            return None, []
+        self._maybe_rotate()
+        cur, prev = self._current, self._previous
+        seen_here: set[int] = set()
+        keys = [int(t + s, 16) for t, s in zip(batch.trace_id, batch.span_id)]
+        keep: list[int] | None = None
+        for i, k in enumerate(keys):
+            if k in cur or k in prev or k in seen_here:
+                if keep is None:
+                    keep = list(range(i))
+                continue
+            seen_here.add(k)
+            if keep is not None:
+                keep.append(i)
+        if keep is None:
+            return None, keys
+        return keep, [keys[i] for i in keep]
+
+    def add(self, keys: list[int]) -> None:
+        if self.max_keys > 0:
+            self._current.update(keys)
+
+
+@dataclass
+class _Pending:
+    batch: SpanBatch
+    nbytes: int
+    future: Future
+    enqueued: float
+    cancelled: bool = False
+
+
+@dataclass
+class WriterSettings:
+    max_rows: int = 50_000
+    max_bytes: int = 64 * 1024 * 1024
+    max_age_s: float = 0.2
+    max_queue_spans: int = 500_000
+    retry_after_s: float = 1.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+    dedup_window_s: float = 600.0
+    dedup_max_keys: int = 2_000_000
+
+
+class Writer:
+    def __init__(self, sink: Sink, settings: WriterSettings, metrics: Metrics | None = None):
+        self.sink = sink
+        self.s = settings
+        self.metrics = metrics or Metrics()
+        self.dedup = DedupCache(settings.dedup_window_s, settings.dedup_max_keys)
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._queued_spans = 0
+        self._queued_bytes = 0
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._backoff_until = 0.0
+        self._backoff_s = 0.0
+        self.last_error: str | None = None
+        self.metrics.queue_capacity.set(settings.max_queue_spans)
+        self.metrics.storage_up.set(1)
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tokenpulse-writer", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Refuse new batches, write what is queued, stop. True if fully drained."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False
+        return not self._queue
+
+    @property
+    def healthy(self) -> bool:
+        return time.monotonic() >= self._backoff_until and self.last_error is None
+
+    @property
+    def queued_spans(self) -> int:
+        return self._queued_spans
+
+    # ------------------------------------------------------------ intake
+    def submit(self, batch: SpanBatch, nbytes: int = 0) -> Future | Busy:
+        n = len(batch)
+        with self._cond:
+            if self._closing:
+                return Busy(self.s.retry_after_s, "shutting_down", "tokenpulse is shutting down; retry")
+            now = time.monotonic()
+            if now < self._backoff_until:
+                wait = max(self._backoff_until - now, 0.1)
+                return Busy(wait, "storage_unavailable",
+                            f"storage unavailable ({self.last_error}); retry in {wait:.1f}s")
+            if self._queued_spans and self._queued_spans + n > self.s.max_queue_spans:
+                return Busy(self.s.retry_after_s, "queue_full",
+                            f"write queue full ({self._queued_spans} spans pending); retry")
+            fut: Future = Future()
+            self._queue.append(_Pending(batch, nbytes, fut, now))
+            self._queued_spans += n
+            self._queued_bytes += nbytes
+            self.metrics.queue_spans.set(self._queued_spans)
+            self._cond.notify_all()
+            return fut
+
+    def cancel(self, fut: Future) -> bool:
+        """Withdraw a batch whose client stopped waiting, if it is not being written yet."""
+        with self._cond:
+            for p in self._queue:
+                if p.future is fut:
+                    p.cancelled = True
+                    return True
+        return False
+
+    # ------------------------------------------------------------ the loop
+    def _take(self) -> list[_Pending] | None:
+        with self._cond:
+            while True:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return None  # closing and drained
+                deadline = self._queue[0].enqueued + self.s.max_age_s
+                while (self._queued_spans < self.s.max_rows and self._queued_bytes < self.s.max_bytes
+                       and not self._closing):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                items, rows = [], 0
+                while self._queue and (not items or rows + len(self._queue[0].batch) <= self.s.max_rows):
+                    p = self._queue.pop(0)
+                    self._queued_spans -= len(p.batch)
+                    self._queued_bytes -= p.nbytes
+                    if p.cancelled:
+                        p.future.cancel()
+                        continue
+                    items.append(p)
+                    rows += len(p.batch)
+                self.metrics.queue_spans.set(self._queued_spans)
+                if items:
+                    return items
+
+    def _run(self) -> None:
+        while True:
+            items = self._take()
+            if items is None:
+                return
+            self._write(items)
+
+    def _write(self, items: list[_Pending]) -> None:
+        batch = SpanBatch.concat([p.batch for p in items])
+        keep, keys = self.dedup.filter(batch)
+        to_store = batch if keep is None else batch.take(keep)
+        duplicates = len(batch) - len(to_store)
+        start = time.monotonic()
+        try:
+            if len(to_store):
+                self.sink.write(to_store)
+        except RetryableStorageError as e:
+            self.metrics.write_errors.labels("retryable").inc()
+            self._failed(e)
+            for p in items:
+                p.future.set_exception(e)
+            return
+        except DataError as e:
+            self.metrics.write_errors.labels("data").inc()
+            if len(items) > 1:
+                # Find the offending request(s); the others are written.
+                for p in items:
+                    self._write([p])
+            else:
+                log.warning("storage refused a batch of %d spans: %s", len(batch), e)
+                items[0].future.set_exception(e)
+            return
+        self.metrics.inserts.observe(time.monotonic() - start)
+        self.metrics.insert_rows.observe(len(to_store))
+        self.dedup.add(keys)
+        self.metrics.dedup_keys.set(len(self.dedup))
+        self._succeeded()
+        self.metrics.spans_stored.inc(len(to_store))
+        if duplicates:
+            self.metrics.spans_duplicate.inc(duplicates)
+        for p in items:
+            p.future.set_result(Stored(len(p.batch), duplicates if len(items) == 1 else 0))
+
+    def _failed(self, e: Exception) -> None:
+        self._backoff_s = min(max(self._backoff_s * 2, self.s.backoff_initial_s), self.s.backoff_max_s)
+        self._backoff_until = time.monotonic() + self._backoff_s
+        self.last_error = str(e)
+        self.metrics.storage_up.set(0)
+        log.warning("storage write failed, backing off %.1fs: %s", self._backoff_s, e)
+
+    def _succeeded(self) -> None:
+        if self.last_error is not None:
+            log.info("storage writes succeed again")
+        self._backoff_s = 0.0
+        self._backoff_until = 0.0
+        self.last_error = None
+        self.metrics.storage_up.set(1)
+
+    def warm_dedup(self, keys: list[int]) -> None:
+        self.dedup.add(keys)
