@@ -37,6 +37,9 @@ class Settings:
         "doc": "largest OTLP request, compressed or inflated (over it: 413 / RESOURCE_EXHAUSTED)",
         "min": 1024, "bytes": True})
     batch_max_spans: int = field(default=50_000, metadata={"doc": "flush an insert at this many spans", "min": 1})
+    batch_eager_spans: int = field(default=5_000, metadata={
+        "doc": "with this many spans queued, insert without waiting for requests still being decoded",
+        "min": 1})
     batch_max_bytes: int = field(default=64 * MiB, metadata={
         "doc": "flush an insert at this many request bytes", "min": 1024, "bytes": True})
     batch_max_age_s: float = field(default=0.2, metadata={

@@ -6,7 +6,8 @@
      ├── RequestTooLarge      body or inflated body over the limit (RESOURCE_EXHAUSTED / 413)
      └── StorageError         a ClickHouse failure, classified where it happens
           ├── RetryableStorageError   network, overload, server-side trouble: try again later
-          └── DataError               the batch itself was refused (bad types or values)
+          ├── DataError               the batch itself was refused (bad types or values)
+          └── InternalWriteError      a bug of ours while writing one request (answered INTERNAL / 500)
 
 Expected outcomes of a write (accepted, retry later, rejected) are return values
 of the writer (``tokenpulse.storage.writer.WriteOutcome``), not exceptions.
@@ -41,4 +42,8 @@ class RetryableStorageError(StorageError):
 
 
 class DataError(StorageError):
+    pass
+
+
+class InternalWriteError(StorageError):
     pass

@@ -61,7 +61,7 @@ class Service:
         self.backend.use_database(s.database)
         sink = self._sink or SpanTable(self.backend, s.database)
         self.writer = Writer(sink, WriterSettings(
-            max_rows=s.batch_max_spans, max_bytes=s.batch_max_bytes, max_age_s=s.batch_max_age_s,
+            max_rows=s.batch_max_spans, eager_rows=s.batch_eager_spans, max_bytes=s.batch_max_bytes, max_age_s=s.batch_max_age_s,
             max_queue_spans=s.queue_max_spans, retry_after_s=s.retry_after_s,
             dedup_window_s=s.dedup_window_s, dedup_max_keys=s.dedup_max_keys,
         ), self.metrics)
@@ -102,7 +102,7 @@ class Service:
         s = self.settings
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s)
+        ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days)
         self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes)
         self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes, s.shutdown_timeout_s)
         self.admin = AdminServer(self, s.admin_host, s.admin_port)

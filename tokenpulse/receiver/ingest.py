@@ -7,19 +7,20 @@ The transports only translate an ``Answer`` into gRPC statuses or HTTP codes.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Callable
 
-from tokenpulse.errors import DataError, RetryableStorageError
+from tokenpulse.errors import DataError, InternalWriteError, RetryableStorageError
 from tokenpulse.metrics import Metrics
 from tokenpulse.receiver.decode import Decoded
 from tokenpulse.record import SpanBatch
-from tokenpulse.storage.writer import Busy, Writer
+from tokenpulse.storage.writer import Arrival, Busy, Writer
 
 
 @dataclass(frozen=True)
 class Answer:
-    kind: str  # "ok" | "retry" | "invalid"
+    kind: str  # "ok" | "retry" | "invalid" | "internal"
     rejected: int = 0
     message: str = ""
     retry_after_s: float = 0.0
@@ -28,13 +29,39 @@ class Answer:
 
 class Ingest:
     def __init__(self, writer: Writer, enrich: Callable[[SpanBatch], SpanBatch], metrics: Metrics,
-                 ack_timeout_s: float):
+                 ack_timeout_s: float, retention_days: int):
         self.writer = writer
         self.enrich = enrich
         self.metrics = metrics
         self.ack_timeout_s = ack_timeout_s
+        self.retention_ns = retention_days * 86_400 * 10**9
 
-    async def export(self, decoded: Decoded, nbytes: int, transport: str) -> Answer:
+    def _drop_expired(self, decoded: Decoded) -> None:
+        """Refuse spans that started before the retention window.
+
+        ClickHouse drops rows already past the table TTL when it writes them
+        (seen with the ReplacingMergeTree spans table), so storing them would
+        acknowledge spans that are never stored. Better to say so."""
+        cutoff = time.time_ns() - self.retention_ns
+        starts = decoded.batch.start_time_ns
+        if min(starts) >= cutoff:
+            return
+        keep = [i for i, t in enumerate(starts) if t >= cutoff]
+        for _ in range(len(starts) - len(keep)):
+            decoded.reject(f"start time older than the {self.retention_ns // 86_400_000_000_000}-day "
+                           "retention (would expire at once)")
+        decoded.batch = decoded.batch.take(keep)
+
+    async def export(self, decoded: Decoded, nbytes: int, transport: str, arrival: Arrival | None = None) -> Answer:
+        try:
+            return await self._export(decoded, nbytes, transport, arrival)
+        finally:
+            if arrival is not None:
+                arrival.close()
+
+    async def _export(self, decoded: Decoded, nbytes: int, transport: str, arrival: Arrival | None) -> Answer:
+        if len(decoded.batch):
+            self._drop_expired(decoded)
         n = len(decoded.batch)
         self.metrics.spans_received.labels(transport).inc(n)
         if decoded.rejected:
@@ -44,6 +71,8 @@ class Ingest:
             return self._ok(decoded, transport)
         batch = self.enrich(decoded.batch)
         got = self.writer.submit(batch, nbytes)
+        if arrival is not None:
+            arrival.close()  # queued: the writer need not wait for this one any more
         if isinstance(got, Busy):
             return self._retry(n, got.reason, got.message, got.retry_after_s, transport)
         try:
@@ -57,6 +86,9 @@ class Ingest:
         except RetryableStorageError as e:
             return self._retry(n, "storage_unavailable", f"storage unavailable: {e}",
                                self.writer.s.retry_after_s, transport)
+        except InternalWriteError as e:
+            self.metrics.requests.labels(transport, "internal").inc()
+            return Answer("internal", rejected=n, message=str(e))
         except DataError as e:
             self.metrics.requests.labels(transport, "invalid").inc()
             return Answer("invalid", rejected=n, message=f"storage refused the spans: {e}")

@@ -73,21 +73,28 @@ class OtlpGrpcReceiver:
         t0 = time.monotonic()
         metrics = self.ingest.metrics
         try:
-            try:
-                decoded = decode_protobuf(body)
-            except InvalidRequest as e:
-                metrics.requests.labels("grpc", "invalid").inc()
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            answer = await self.ingest.export(decoded, len(body), "grpc")
-            if answer.kind == "retry":
-                await context.abort(grpc.StatusCode.UNAVAILABLE, answer.message,
-                                    trailing_metadata=_retry_trailers(answer.message, answer.retry_after_s))
-            if answer.kind == "invalid":
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, answer.message)
-            resp = ExportTraceServiceResponse()
-            if answer.rejected or answer.message:
-                resp.partial_success.rejected_spans = answer.rejected
-                resp.partial_success.error_message = answer.message
-            return resp.SerializeToString()
+            with self.ingest.writer.arriving() as arrival:
+                return await self._handle(body, context, arrival)
         finally:
             metrics.export_latency.labels("grpc").observe(time.monotonic() - t0)
+
+    async def _handle(self, body: bytes, context: grpc.aio.ServicerContext, arrival) -> bytes:
+        metrics = self.ingest.metrics
+        try:
+            decoded = decode_protobuf(body)
+        except InvalidRequest as e:
+            metrics.requests.labels("grpc", "invalid").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        answer = await self.ingest.export(decoded, len(body), "grpc", arrival)
+        if answer.kind == "retry":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, answer.message,
+                                trailing_metadata=_retry_trailers(answer.message, answer.retry_after_s))
+        if answer.kind == "invalid":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, answer.message)
+        if answer.kind == "internal":
+            await context.abort(grpc.StatusCode.INTERNAL, answer.message)
+        resp = ExportTraceServiceResponse()
+        if answer.rejected or answer.message:
+            resp.partial_success.rejected_spans = answer.rejected
+            resp.partial_success.error_message = answer.message
+        return resp.SerializeToString()

@@ -128,8 +128,13 @@ class OtlpHttpReceiver:
             requests.labels("http", "too_large").inc()
             return _error(ctype, 413, code_pb2.RESOURCE_EXHAUSTED,
                           f"request body exceeds the {self.max_request_bytes}-byte limit")
+        with self.ingest.writer.arriving() as arrival:
+            return await self._export(ctype, raw, request.headers.get("Content-Encoding", ""), arrival)
+
+    async def _export(self, ctype: str, raw: bytes, encoding: str, arrival) -> web.Response:
+        requests = self.ingest.metrics.requests
         try:
-            body = inflate(raw, request.headers.get("Content-Encoding", ""), self.max_request_bytes)
+            body = inflate(raw, encoding, self.max_request_bytes)
             decoded = decode_protobuf(body) if ctype == PROTOBUF else decode_json(body)
         except RequestTooLarge as e:
             requests.labels("http", "too_large").inc()
@@ -137,11 +142,13 @@ class OtlpHttpReceiver:
         except InvalidRequest as e:
             requests.labels("http", "invalid").inc()
             return _error(ctype, 400, code_pb2.INVALID_ARGUMENT, str(e))
-        answer = await self.ingest.export(decoded, len(body), "http")
+        answer = await self.ingest.export(decoded, len(body), "http", arrival)
         if answer.kind == "retry":
             status = 429 if answer.reason == "queue_full" else 503
             return _error(ctype, status, code_pb2.UNAVAILABLE, answer.message,
                           headers={"Retry-After": str(max(1, math.ceil(answer.retry_after_s)))})
         if answer.kind == "invalid":
             return _error(ctype, 400, code_pb2.INVALID_ARGUMENT, answer.message)
+        if answer.kind == "internal":
+            return _error(ctype, 500, code_pb2.INTERNAL, answer.message)
         return _success(ctype, answer)

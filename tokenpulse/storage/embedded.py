@@ -13,6 +13,7 @@ and concurrent use of one session mixed up batches on this platform.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 
@@ -21,6 +22,8 @@ import pyarrow as pa
 from tokenpulse.errors import ConfigError
 from tokenpulse.storage.backend import INSERT_SETTINGS, classify
 
+# Directories this process's engine has open (its own lock must not count as another's).
+_OPENED_HERE: set[str] = set()
 _SETTINGS_SQL = ", ".join(f"{k} = {v}" for k, v in INSERT_SETTINGS.items())
 
 
@@ -31,18 +34,19 @@ class EmbeddedBackend:
         self.data_dir = os.path.abspath(data_dir)
         self.description = f"embedded chDB {chdb.__version__} at {self.data_dir}"
         os.makedirs(self.data_dir, exist_ok=True)
+        if self.data_dir not in _OPENED_HERE and _locked_by_another_process(self.data_dir):
+            raise ConfigError(
+                f"data directory {self.data_dir} is in use by another tokenpulse process "
+                "(embedded ClickHouse allows one process per directory); query it through "
+                "that process's admin API, e.g. `tokenpulse sql`"
+            )
         try:
             self._rw = chdb.connect(self.data_dir)
             self._ro = chdb.connect(self.data_dir)
             self._ro.query("SET readonly = 1")
         except Exception as e:  # chDB raises RuntimeError subclasses
-            if "Cannot lock file" in str(e) or "Another server instance" in str(e):
-                raise ConfigError(
-                    f"data directory {self.data_dir} is in use by another tokenpulse process "
-                    "(embedded ClickHouse allows one process per directory); query it through "
-                    "that process's admin API, e.g. `tokenpulse sql`"
-                ) from None
             raise ConfigError(f"cannot open embedded ClickHouse at {self.data_dir}: {e}") from None
+        _OPENED_HERE.add(self.data_dir)
         self._rw_lock = threading.Lock()
         self._ro_lock = threading.Lock()
         self._closed = False
@@ -93,3 +97,24 @@ class EmbeddedBackend:
                     conn.close()
                 except Exception:
                     pass
+
+
+def _locked_by_another_process(data_dir: str) -> bool:
+    """True when another process holds the engine's lock on ``status``.
+
+    The engine takes an exclusive flock on that file; when it fails it prints
+    its reason and raises a generic "Error initializing EmbeddedServer", so we
+    look first. (flock locks belong to open files, so a probe would also
+    collide with this process's own engine: directories in ``_OPENED_HERE``
+    are not probed.)
+    """
+    path = os.path.join(data_dir, "status")
+    if not os.path.exists(path):
+        return False
+    with open(path, "rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False

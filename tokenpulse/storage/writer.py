@@ -4,7 +4,11 @@ The receivers ``submit`` a decoded, enriched batch and get a Future that
 resolves only once the batch is in ClickHouse (Vector's end-to-end ack; STYLE
 habit 6). Requests are merged into large inserts (chDB's fixed 10-60 ms per
 insert makes insert size dominate, platform.md), flushed when the pending
-spans reach ``max_rows`` or ``max_bytes``, or the oldest waited ``max_age_s``.
+spans reach ``max_rows`` or ``max_bytes``, when ``eager_rows`` are queued or no other request is on its way
+(receivers announce requests they are decoding with ``incoming()``: waiting
+for companions that are not coming only adds latency, and exporters wait for
+our answer before sending more), or when the oldest waited ``max_age_s``.
+While an insert runs, new requests pile up, so under load inserts grow large.
 
 Bounded: ``submit`` answers ``Busy`` instead of queueing when the queue holds
 ``max_queue_spans`` or storage is backing off after a failure; the receiver
@@ -30,7 +34,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from tokenpulse.errors import DataError, RetryableStorageError
+import pyarrow as pa
+from tokenpulse.errors import DataError, InternalWriteError, RetryableStorageError
 from tokenpulse.metrics import Metrics
 from tokenpulse.record import SpanBatch
 from tokenpulse.storage.backend import Backend
@@ -40,8 +45,11 @@ log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    def write(self, batch: SpanBatch) -> None:
-        """Durably store the batch. Raises RetryableStorageError or DataError."""
+    def encode(self, batch: SpanBatch) -> pa.Table:
+        """The batch as the sink's insert format (runs on the submitting thread)."""
+
+    def write(self, table: pa.Table) -> None:
+        """Durably store encoded spans. Raises RetryableStorageError or DataError."""
 
 
 class SpanTable:
@@ -51,8 +59,11 @@ class SpanTable:
         self.backend = backend
         self.table = f"{database}.spans"
 
-    def write(self, batch: SpanBatch) -> None:
-        self.backend.insert_arrow(self.table, batch_to_arrow(batch))
+    def encode(self, batch: SpanBatch) -> pa.Table:
+        return batch_to_arrow(batch)
+
+    def write(self, table: pa.Table) -> None:
+        self.backend.insert_arrow(self.table, table)
 
 
 @dataclass(frozen=True)
@@ -101,14 +112,17 @@ class DedupCache:
             self._current = set()
             self._rotated_at = self._clock()
 
-    def filter(self, batch: SpanBatch) -> tuple[list[int] | None, list[int]]:
+    @staticmethod
+    def keys_of(batch: SpanBatch) -> list[int]:
+        return [int(t + s, 16) for t, s in zip(batch.trace_id, batch.span_id)]
+
+    def filter(self, keys: list[int]) -> tuple[list[int] | None, list[int]]:
         """Indexes to keep (None: all) and the keys of the kept spans."""
         if self.max_keys <= 0:
             return None, []
         self._maybe_rotate()
         cur, prev = self._current, self._previous
         seen_here: set[int] = set()
-        keys = [int(t + s, 16) for t, s in zip(batch.trace_id, batch.span_id)]
         keep: list[int] | None = None
         for i, k in enumerate(keys):
             if k in cur or k in prev or k in seen_here:
@@ -127,9 +141,30 @@ class DedupCache:
             self._current.update(keys)
 
 
+class Arrival:
+    """A request on its way to the writer (see ``Writer.arriving``). ``close`` is idempotent."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: "Writer"):
+        self._writer = writer
+
+    def close(self) -> None:
+        if self._writer is not None:
+            w, self._writer = self._writer, None
+            w._arrived()
+
+    def __enter__(self) -> "Arrival":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @dataclass
 class _Pending:
-    batch: SpanBatch
+    table: pa.Table
+    keys: list[int]
     nbytes: int
     future: Future
     enqueued: float
@@ -139,6 +174,7 @@ class _Pending:
 @dataclass
 class WriterSettings:
     max_rows: int = 50_000
+    eager_rows: int = 5_000
     max_bytes: int = 64 * 1024 * 1024
     max_age_s: float = 0.2
     max_queue_spans: int = 500_000
@@ -147,6 +183,10 @@ class WriterSettings:
     backoff_max_s: float = 10.0
     dedup_window_s: float = 600.0
     dedup_max_keys: int = 2_000_000
+
+
+def p_rows(p: _Pending) -> int:
+    return p.table.num_rows
 
 
 class Writer:
@@ -159,6 +199,7 @@ class Writer:
         self._queue: list[_Pending] = []
         self._queued_spans = 0
         self._queued_bytes = 0
+        self._incoming = 0
         self._closing = False
         self._thread: threading.Thread | None = None
         self._backoff_until = 0.0
@@ -192,8 +233,31 @@ class Writer:
         return self._queued_spans
 
     # ------------------------------------------------------------ intake
+    def arriving(self) -> "Arrival":
+        """Announce a request being decoded, so the writer waits for it before flushing.
+
+        Close the returned Arrival once the request is submitted (or refused)."""
+        with self._cond:
+            self._incoming += 1
+        return Arrival(self)
+
+    def _arrived(self) -> None:
+        with self._cond:
+            self._incoming -= 1
+            if self._incoming == 0:
+                self._cond.notify_all()
+
     def submit(self, batch: SpanBatch, nbytes: int = 0) -> Future | Busy:
+        """Queue a batch; the Future resolves once it is stored (or fails).
+
+        Encoding and dedup keys are computed here, on the caller's thread: the
+        writer thread then does only C++ work (concatenation, insert) and the
+        two threads do not take turns at the GIL for Python work."""
         n = len(batch)
+        if self._closing:
+            return Busy(self.s.retry_after_s, "shutting_down", "tokenpulse is shutting down; retry")
+        table = self.sink.encode(batch)
+        keys = DedupCache.keys_of(batch) if self.s.dedup_max_keys > 0 else []
         with self._cond:
             if self._closing:
                 return Busy(self.s.retry_after_s, "shutting_down", "tokenpulse is shutting down; retry")
@@ -206,7 +270,7 @@ class Writer:
                 return Busy(self.s.retry_after_s, "queue_full",
                             f"write queue full ({self._queued_spans} spans pending); retry")
             fut: Future = Future()
-            self._queue.append(_Pending(batch, nbytes, fut, now))
+            self._queue.append(_Pending(table, keys, nbytes, fut, now))
             self._queued_spans += n
             self._queued_bytes += nbytes
             self.metrics.queue_spans.set(self._queued_spans)
@@ -231,22 +295,22 @@ class Writer:
                 if not self._queue:
                     return None  # closing and drained
                 deadline = self._queue[0].enqueued + self.s.max_age_s
-                while (self._queued_spans < self.s.max_rows and self._queued_bytes < self.s.max_bytes
-                       and not self._closing):
+                while (self._queued_spans < self.s.eager_rows and self._queued_bytes < self.s.max_bytes
+                       and self._incoming > 0 and not self._closing):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
                 items, rows = [], 0
-                while self._queue and (not items or rows + len(self._queue[0].batch) <= self.s.max_rows):
+                while self._queue and (not items or rows + p_rows(self._queue[0]) <= self.s.max_rows):
                     p = self._queue.pop(0)
-                    self._queued_spans -= len(p.batch)
+                    self._queued_spans -= p_rows(p)
                     self._queued_bytes -= p.nbytes
                     if p.cancelled:
                         p.future.cancel()
                         continue
                     items.append(p)
-                    rows += len(p.batch)
+                    rows += p_rows(p)
                 self.metrics.queue_spans.set(self._queued_spans)
                 if items:
                     return items
@@ -256,16 +320,31 @@ class Writer:
             items = self._take()
             if items is None:
                 return
-            self._write(items)
+            try:
+                self._write(items)
+            except Exception:  # a bug of ours: keep the writer alive, isolate the request
+                log.exception("unexpected error writing %d request(s)", len(items))
+                self._isolate_bug(items)
+
+    def _isolate_bug(self, items: list[_Pending]) -> None:
+        for p in items:
+            if p.future.done():
+                continue
+            try:
+                self._write([p])
+            except Exception as e:
+                self.metrics.write_errors.labels("internal").inc()
+                p.future.set_exception(InternalWriteError(f"internal error storing the spans: {type(e).__name__}: {e}"))
 
     def _write(self, items: list[_Pending]) -> None:
-        batch = SpanBatch.concat([p.batch for p in items])
-        keep, keys = self.dedup.filter(batch)
-        to_store = batch if keep is None else batch.take(keep)
-        duplicates = len(batch) - len(to_store)
+        table = items[0].table if len(items) == 1 else pa.concat_tables([p.table for p in items])
+        all_keys = items[0].keys if len(items) == 1 else [k for p in items for k in p.keys]
+        keep, keys = self.dedup.filter(all_keys)
+        to_store = table if keep is None else table.take(pa.array(keep, pa.int64()))
+        duplicates = table.num_rows - to_store.num_rows
         start = time.monotonic()
         try:
-            if len(to_store):
+            if to_store.num_rows:
                 self.sink.write(to_store)
         except RetryableStorageError as e:
             self.metrics.write_errors.labels("retryable").inc()
@@ -280,19 +359,19 @@ class Writer:
                 for p in items:
                     self._write([p])
             else:
-                log.warning("storage refused a batch of %d spans: %s", len(batch), e)
+                log.warning("storage refused a batch of %d spans: %s", table.num_rows, e)
                 items[0].future.set_exception(e)
             return
         self.metrics.inserts.observe(time.monotonic() - start)
-        self.metrics.insert_rows.observe(len(to_store))
+        self.metrics.insert_rows.observe(to_store.num_rows)
         self.dedup.add(keys)
         self.metrics.dedup_keys.set(len(self.dedup))
         self._succeeded()
-        self.metrics.spans_stored.inc(len(to_store))
+        self.metrics.spans_stored.inc(to_store.num_rows)
         if duplicates:
             self.metrics.spans_duplicate.inc(duplicates)
         for p in items:
-            p.future.set_result(Stored(len(p.batch), duplicates if len(items) == 1 else 0))
+            p.future.set_result(Stored(p_rows(p), duplicates if len(items) == 1 else 0))
 
     def _failed(self, e: Exception) -> None:
         self._backoff_s = min(max(self._backoff_s * 2, self.s.backoff_initial_s), self.s.backoff_max_s)

@@ -44,8 +44,8 @@ CREATE TABLE IF NOT EXISTS {db}.spans
     tool_name           LowCardinality(String),
     tool_call_id        String,
     error_type          LowCardinality(String),
-    resource_attributes Map(LowCardinality(String), String),
-    attributes          Map(LowCardinality(String), String),
+    resource_attributes Map(String, String),
+    attributes          Map(String, String),
     ingested_at         DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(ingested_at)

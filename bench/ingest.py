@@ -1,0 +1,189 @@
+"""Ingest benchmark: raw OTLP protobuf into a real `tokenpulse serve`, counted in ClickHouse.
+
+Starts `tokenpulse serve` (embedded chDB in a temporary directory, or
+--clickhouse-url) as a subprocess, then drives it from this separate process
+with pre-serialized ExportTraceServiceRequests (the OTel SDK exporter tops out
+near 9k spans/s per process, platform.md, so it cannot be the load). Each
+request gets fresh trace ids patched into its bytes, so no span repeats and
+the dedup cache drops nothing.
+
+Prints, per transport and batch size: spans/s durably stored (acknowledged
+spans / elapsed, checked against count() in ClickHouse), MB/s, p50/p99 Export
+latency and the server's peak RSS.
+
+    python bench/ingest.py                       # grpc+http, batches 512 and 5000
+    python bench/ingest.py --transport grpc --batch 5000 --concurrency 4 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import grpc
+import requests
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from spans import make_request  # noqa: E402
+
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+MARK = b"\xfe\xed\xfa\xce"
+SERVER_ARGS: list[str] = []  # extra `tokenpulse serve` flags (--server-arg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Template:
+    """A serialized request whose 16-byte trace ids can be rewritten in place."""
+
+    def __init__(self, n_spans: int):
+        req = make_request(n_spans, seed=n_spans)
+        for i, sp in enumerate(req.resource_spans[0].scope_spans[0].spans):
+            sp.trace_id = MARK + struct.pack(">I", i // 8) + bytes(8)
+        self.body = bytearray(req.SerializeToString())
+        self.offsets = []
+        start = 0
+        while (pos := self.body.find(MARK, start)) >= 0:
+            self.offsets.append(pos + 8)  # the last 8 bytes of each trace id
+            start = pos + 16
+        self.n_spans = n_spans
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    def next(self) -> bytes:
+        with self._lock:
+            self._counter += 1
+            tag = struct.pack(">Q", self._counter | (os.getpid() << 40))
+        body = bytearray(self.body)
+        for off in self.offsets:
+            body[off:off + 8] = tag
+        return bytes(body)
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_case(transport: str, batch: int, concurrency: int, seconds: float, clickhouse_url: str | None) -> dict:
+    tmp = tempfile.mkdtemp(prefix="tp-bench-")
+    ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
+    cmd = [sys.executable, "-m", "tokenpulse.cli", "serve", "--listen-host", "127.0.0.1", *SERVER_ARGS,
+           "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]),
+           "--admin-port", str(ports["admin"]), "--data-dir", os.path.join(tmp, "data"), "--log-level", "warning"]
+    if clickhouse_url:
+        cmd += ["--clickhouse-url", clickhouse_url, "--database", f"bench_{os.getpid()}"]
+    server = subprocess.Popen(cmd)
+    admin = f"http://127.0.0.1:{ports['admin']}"
+    try:
+        for _ in range(300):
+            try:
+                if requests.get(admin + "/healthz", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        template = Template(batch)
+        latencies: list[float] = []
+        counts = {"acked": 0, "bytes": 0, "retry": 0}
+        lock = threading.Lock()
+        stop_at = time.monotonic() + seconds
+
+        def worker():
+            if transport == "grpc":
+                channel = grpc.insecure_channel(f"127.0.0.1:{ports['grpc']}",
+                                                options=[("grpc.max_send_message_length", 64 << 20)])
+                call = channel.unary_unary(EXPORT)
+            else:
+                session = requests.Session()
+                url = f"http://127.0.0.1:{ports['http']}/v1/traces"
+            while time.monotonic() < stop_at:
+                body = template.next()
+                t0 = time.perf_counter()
+                try:
+                    if transport == "grpc":
+                        call(body, timeout=60)
+                        ok = True
+                    else:
+                        r = session.post(url, data=body, headers={"Content-Type": "application/x-protobuf"},
+                                         timeout=60)
+                        ok = r.status_code == 200
+                except grpc.RpcError:
+                    ok = False
+                dt = time.perf_counter() - t0
+                with lock:
+                    if ok:
+                        counts["acked"] += batch
+                        counts["bytes"] += len(body)
+                        latencies.append(dt)
+                    else:
+                        counts["retry"] += 1
+                if not ok:
+                    time.sleep(0.2)  # as an exporter would, on a retryable answer
+
+        t_start = time.monotonic()
+        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - t_start
+        stored = int(requests.post(admin + "/api/sql", data="SELECT count() FROM spans", timeout=60)
+                     .json()["data"][0][0])
+        latencies.sort()
+        rss = peak_rss_mb(server.pid)
+        return {
+            "transport": transport, "batch": batch, "concurrency": concurrency,
+            "acked": counts["acked"], "stored": stored, "retries": counts["retry"],
+            "spans_per_s": stored / elapsed, "mb_per_s": counts["bytes"] / elapsed / 1e6,
+            "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else float("nan"),
+            "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
+            "peak_rss_mb": rss,
+        }
+    finally:
+        server.terminate()
+        server.wait(60)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--transport", choices=("grpc", "http", "both"), default="both")
+    p.add_argument("--batch", default="512,5000", help="spans per request, comma-separated")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    p.add_argument("--seconds", type=float, default=15.0, help="load duration per case")
+    p.add_argument("--clickhouse-url", default=None, help="benchmark a ClickHouse server instead of chDB")
+    p.add_argument("--server-arg", action="append", default=[], help="extra flag for `tokenpulse serve`, "
+                   "e.g. --server-arg=--batch-eager-spans=20000 (repeatable)")
+    args = p.parse_args()
+    SERVER_ARGS.extend(args.server_arg)
+    transports = ("grpc", "http") if args.transport == "both" else (args.transport,)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"{platform.platform()}")
+    print(f"{'transport':<9} {'batch':>6} {'conc':>4} {'spans/s stored':>15} {'MB/s':>6} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'peak RSS MB':>11} {'acked=stored':>12} {'retries':>7}")
+    for transport in transports:
+        for batch in (int(b) for b in args.batch.split(",")):
+            r = run_case(transport, batch, args.concurrency, args.seconds, args.clickhouse_url)
+            print(f"{r['transport']:<9} {r['batch']:>6} {r['concurrency']:>4} {r['spans_per_s']:>15,.0f} "
+                  f"{r['mb_per_s']:>6.1f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['peak_rss_mb']:>11.0f} "
+                  f"{str(r['acked'] == r['stored']):>12} {r['retries']:>7}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Bad input gets the status the OTLP spec names, the service keeps serving, and
+valid spans in the same request are kept (partial success)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import grpc
+import pytest
+import requests
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from tests.conftest import scalar
+from tests.otlp import n_spans, request, span
+
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+PB = {"Content-Type": "application/x-protobuf"}
+
+
+def grpc_export(svc, body: bytes, compression=None, timeout=10):
+    with grpc.insecure_channel(f"127.0.0.1:{svc.grpc.port}", compression=compression) as ch:
+        return ch.unary_unary(EXPORT)(body, timeout=timeout)
+
+
+def post(svc, body: bytes, headers=PB):
+    return requests.post(f"http://127.0.0.1:{svc.http.port}/v1/traces", data=body, headers=headers, timeout=10)
+
+
+def assert_still_serving(svc, service: str):
+    r = post(svc, n_spans(2, service).SerializeToString())
+    assert r.status_code == 200
+    grpc_export(svc, n_spans(3, service).SerializeToString())
+    assert int(scalar(svc, f"SELECT count() FROM spans WHERE service = '{service}'")) == 5
+
+
+@pytest.fixture
+def svc(make_service):
+    return make_service(max_request_bytes=256 * 1024)
+
+
+GARBAGE = b"\x0a\xff\xff\xff\xff\x0f this is not protobuf"
+
+
+def test_malformed_protobuf(svc):
+    r = post(svc, GARBAGE)
+    assert r.status_code == 400
+    st = status_pb2.Status.FromString(r.content)  # spec: a google.rpc.Status body
+    assert st.code == 3 and "protobuf" in st.message
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_export(svc, GARBAGE)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert_still_serving(svc, "after-bad-pb")
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"resourceSpans": 5}', b"\xff\xfe", b"[" * 100_000])
+def test_malformed_json(svc, body):
+    r = post(svc, body, {"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert r.json()["code"] == 3
+    assert_still_serving(svc, "after-bad-json")
+
+
+def test_wrong_content_type(svc):
+    r = post(svc, n_spans(1, "x").SerializeToString(), {"Content-Type": "text/plain"})
+    assert r.status_code == 415
+    r = requests.get(f"http://127.0.0.1:{svc.http.port}/v1/traces", timeout=5)
+    assert r.status_code == 405
+
+
+def test_oversize_body(svc):
+    big = n_spans(1, "big", attrs={"blob": "x" * 300_000}).SerializeToString()
+    r = post(svc, big)
+    assert r.status_code == 413
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_export(svc, big)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert_still_serving(svc, "after-oversize")
+
+
+def test_gzip_bomb(svc):
+    # 64 MiB of zeros inflate from ~64 KiB: under the raw limit, far over the inflated one.
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
+    assert len(bomb) < 256 * 1024
+    r = post(svc, bomb, {**PB, "Content-Encoding": "gzip"})
+    assert r.status_code == 413
+    # A valid request inflated past the limit: gRPC checks the inflated size too.
+    inflated = n_spans(1, "bomb", attrs={"blob": "y" * 1_000_000}).SerializeToString()
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_export(svc, inflated, compression=grpc.Compression.Gzip)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert_still_serving(svc, "after-bomb")
+
+
+def test_corrupt_and_truncated_gzip(svc):
+    good = gzip.compress(n_spans(1, "gz").SerializeToString())
+    for body in (b"not gzip at all", good[: len(good) // 2]):
+        r = post(svc, body, {**PB, "Content-Encoding": "gzip"})
+        assert r.status_code == 400, body[:20]
+    r = post(svc, good, {**PB, "Content-Encoding": "br"})
+    assert r.status_code == 400
+
+
+def test_empty_requests_succeed(svc):
+    assert post(svc, b"").status_code == 200
+    r = post(svc, b"{}", {"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json() == {}
+    resp = ExportTraceServiceResponse.FromString(grpc_export(svc, b""))
+    assert not resp.HasField("partial_success")
+
+
+def test_invalid_spans_rejected_valid_neighbours_kept(svc):
+    req = request([
+        span(), span(trace_id=b"\x01" * 8), span(span_id=bytes(8)), span(), span(parent=b"\x01\x02"), span(),
+    ], service="mixed-grpc")
+    resp = ExportTraceServiceResponse.FromString(grpc_export(svc, req.SerializeToString()))
+    assert resp.partial_success.rejected_spans == 3
+    assert "trace_id" in resp.partial_success.error_message
+    assert int(scalar(svc, "SELECT count() FROM spans WHERE service = 'mixed-grpc'")) == 3
+
+    good = {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331", "name": "ok",
+            "startTimeUnixNano": str(__import__("time").time_ns())}
+    body = {"resourceSpans": [{"resource": {"attributes": [
+        {"key": "service.name", "value": {"stringValue": "mixed-json"}}]}, "scopeSpans": [{"spans": [
+            good,
+            {**good, "spanId": "zz" * 8},  # not hex
+            {**good, "traceId": "00" * 16},  # all zero
+            {**good, "spanId": "b7ad6b7169203332", "startTimeUnixNano": "soon"},
+            {**good, "spanId": "b7ad6b7169203333", "kind": 9},
+            "not an object",
+            {**good, "spanId": "b7ad6b7169203334", "attributes": [{"key": "k", "value": {"intValue": "1"}}]},
+        ]}]}]}
+    r = post(svc, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    assert r.status_code == 200
+    partial = r.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "5", partial
+    assert "spanId is not hex" in partial["errorMessage"]
+    assert int(scalar(svc, "SELECT count() FROM spans WHERE service = 'mixed-json'")) == 2

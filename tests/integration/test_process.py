@@ -1,0 +1,112 @@
+"""The real `tokenpulse serve` process: graceful shutdown under load, restart,
+`tokenpulse sql`, and start-up errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+
+from tests.otlp import n_spans
+
+
+def _cli(*args: str, timeout=60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tokenpulse.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_sigterm_drains_everything_accepted(serve_process, tmp_path):
+    proc = serve_process("--batch-max-age-s", "0.3")
+    acked = {"n": 0}
+    sent = {"n": 0}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def load(worker: int):
+        url = f"http://127.0.0.1:{proc.http_port}/v1/traces"
+        while not stop.is_set():
+            body = n_spans(200, "drain").SerializeToString()
+            with lock:
+                sent["n"] += 200
+            try:
+                r = requests.post(url, data=body, headers={"Content-Type": "application/x-protobuf"}, timeout=30)
+            except requests.RequestException:
+                return  # the server stopped listening
+            if r.status_code == 200:
+                with lock:
+                    acked["n"] += 200
+            elif r.status_code in (429, 503):
+                time.sleep(0.05)
+            else:
+                raise AssertionError(r.status_code)
+
+    workers = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    time.sleep(2.0)
+    assert proc.stop(15, timeout=60) == 0, proc.read_log()
+    stop.set()
+    for w in workers:
+        w.join(30)
+    assert acked["n"] > 0
+    assert "stopped (drained)" in proc.read_log()
+
+    again = serve_process(data_dir=proc.data_dir)
+    count, unique = (int(x) for x in again.sql("SELECT count(), uniqExact(span_id) FROM spans WHERE service='drain'")[0])
+    assert count == unique
+    assert acked["n"] <= count <= sent["n"], (acked, count, sent)
+
+
+def test_tokenpulse_sql_formats_and_read_only(serve_process):
+    proc = serve_process()
+    r = requests.post(f"http://127.0.0.1:{proc.http_port}/v1/traces",
+                      data=n_spans(3, "cli", attrs={"gen_ai.request.model": "gpt-4o"}).SerializeToString(),
+                      headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+    assert r.status_code == 200
+    q = "SELECT service, count() AS spans FROM spans GROUP BY service"
+    out = _cli("sql", q, "--admin-url", proc.admin_url)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["service", "spans"] and lines[2].split() == ["cli", "3"] and lines[-1] == "(1 row)"
+    out = _cli("sql", q, "--admin-url", proc.admin_url, "--format", "json")
+    assert json.loads(out.stdout) == [{"service": "cli", "spans": 3}]
+    out = _cli("sql", q, "--admin-url", proc.admin_url, "--format", "csv")
+    assert out.stdout.splitlines() == ["service,spans", "cli,3"]
+
+    for write in ("DROP TABLE spans", "INSERT INTO spans (trace_id) VALUES ('x')", "SET readonly = 0"):
+        out = _cli("sql", write, "--admin-url", proc.admin_url)
+        assert out.returncode == 1 and "readonly" in out.stderr.lower(), out.stderr
+    assert proc.sql("SELECT count() FROM spans")[0][0] in (3, "3")
+
+    out = _cli("sql", "SELEC nonsense", "--admin-url", proc.admin_url)
+    assert out.returncode == 1 and "error" in out.stderr.lower()
+
+
+def test_sql_without_a_running_service_says_so():
+    out = _cli("sql", "SELECT 1", "--admin-url", "http://127.0.0.1:9")
+    assert out.returncode == 1 and "is `tokenpulse serve` running?" in out.stderr
+
+
+def test_invalid_settings_fail_at_start_with_a_clear_message(tmp_path):
+    out = _cli("serve", "--grpc-port", "seventeen", "--data-dir", str(tmp_path / "d"))
+    assert out.returncode == 2 and "grpc_port from flag --grpc-port" in out.stderr
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("grpc_port: 4317\nbogus_setting: 1\n")
+    out = _cli("serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d"))
+    assert out.returncode == 2 and "unknown setting 'bogus_setting'" in out.stderr
+    env = {**os.environ, "TOKENPULSE_RETENTION_DAYS": "0"}
+    out = subprocess.run([sys.executable, "-m", "tokenpulse.cli", "serve", "--data-dir", str(tmp_path / "d")],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and "TOKENPULSE_RETENTION_DAYS" in out.stderr
+
+
+def test_second_process_on_same_data_dir_is_refused_clearly(serve_process):
+    proc = serve_process()
+    out = _cli("serve", "--data-dir", proc.data_dir, "--grpc-port", "0", "--http-port", "0", "--admin-port", "0")
+    assert out.returncode == 2
+    assert "in use by another tokenpulse process" in out.stderr

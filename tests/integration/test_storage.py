@@ -1,0 +1,54 @@
+"""Migrations and the spans table, on the real engine (and a server when configured)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.otlp import request, span
+from tokenpulse.errors import StorageError
+from tokenpulse.receiver.decode import decode_protobuf
+from tokenpulse.storage.migrate import applied_versions, current_ttl_days, load_migrations, migrate
+from tokenpulse.storage.schema import DEFAULT_COLUMNS, SPAN_COLUMNS, batch_to_arrow
+
+
+def test_migrations_are_versioned_and_idempotent(backend, database):
+    versions = [m.version for m in load_migrations()]
+    assert migrate(backend, database, 30) == versions
+    assert migrate(backend, database, 30) == []
+    assert applied_versions(backend, database) == set(versions)
+
+
+def test_table_columns_match_the_insert_schema(backend, database):
+    migrate(backend, database, 30)
+    rows = json.loads(backend.query(f"DESCRIBE TABLE {database}.spans", "JSONCompact"))["data"]
+    described = {r[0]: r[1] for r in rows}
+    expected = {name: ch_type for name, _, _, ch_type in SPAN_COLUMNS} | DEFAULT_COLUMNS
+    assert described == expected
+
+
+def test_retention_follows_settings(backend, database):
+    migrate(backend, database, 30)
+    assert current_ttl_days(backend, database) == 30
+    migrate(backend, database, 7)
+    assert current_ttl_days(backend, database) == 7
+
+
+def test_insert_types_and_defaults(backend, database):
+    migrate(backend, database, 30)
+    b = decode_protobuf(request([span(duration_ns=2_500_000, kind=2, status=2)]).SerializeToString()).batch
+    b.input_tokens[0], b.cost_usd[0], b.tenant[0] = 1200, 0.0125, "acme"
+    backend.insert_arrow(f"{database}.spans", batch_to_arrow(b))
+    row = json.loads(backend.query(
+        f"SELECT kind, status_code, duration_ms, input_tokens, cost_usd, tenant, toTypeName(input_tokens), "
+        f"ingested_at > now() - 60 FROM {database}.spans", "JSONCompact"))["data"][0]
+    assert row == ["server", "error", 2.5, 1200, 0.0125, "acme", "UInt64", 1]
+
+
+def test_read_only_queries_cannot_write(backend, database):
+    migrate(backend, database, 30)
+    with pytest.raises(StorageError, match="readonly"):
+        backend.query(f"DROP TABLE {database}.spans", "JSONCompact", readonly=True)
+    with pytest.raises(StorageError, match="readonly"):
+        backend.query(f"INSERT INTO {database}.spans (trace_id) VALUES ('x')", "JSONCompact", readonly=True)

@@ -1,0 +1,80 @@
+"""Pure parts of the write path: the dedup cache, request inflation, error classification."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+
+from tests.otlp import request, span
+from tokenpulse.errors import DataError, InvalidRequest, RequestTooLarge, RetryableStorageError
+from tokenpulse.receiver.decode import decode_protobuf
+from tokenpulse.receiver.otlp_http import inflate
+from tokenpulse.storage.backend import classify, redact_url
+from tokenpulse.storage.writer import DedupCache
+
+
+def _batch(spans):
+    return decode_protobuf(request(spans).SerializeToString()).batch
+
+
+def test_dedup_drops_repeats_within_and_across_batches():
+    cache = DedupCache(window_s=60, max_keys=100)
+    a, b = span(), span()
+    keep, keys = cache.filter(DedupCache.keys_of(_batch([a, b, a])))
+    assert keep == [0, 1] and len(keys) == 2
+    cache.add(keys)
+    keep, keys = cache.filter(DedupCache.keys_of(_batch([span(), b])))
+    assert keep == [0] and len(keys) == 1
+
+
+def test_dedup_forgets_after_window_and_caps_memory():
+    now = [0.0]
+    cache = DedupCache(window_s=10, max_keys=1000, clock=lambda: now[0])
+    s = span()
+    _, keys = cache.filter(DedupCache.keys_of(_batch([s])))
+    cache.add(keys)
+    now[0] = 6  # rotation 1: s moves to the previous generation, still known
+    assert cache.filter(DedupCache.keys_of(_batch([s])))[0] == []
+    now[0] = 12  # rotation 2: forgotten
+    assert cache.filter(DedupCache.keys_of(_batch([s])))[0] is None
+
+    small = DedupCache(window_s=3600, max_keys=10)
+    for _ in range(10):
+        _, keys = small.filter(DedupCache.keys_of(_batch([span() for _ in range(5)])))
+        small.add(keys)
+        assert len(small) <= 10
+
+
+def test_dedup_key_is_exact():
+    assert DedupCache.key("0" * 31 + "1", "0" * 16) != DedupCache.key("0" * 32, "0" * 15 + "1")
+
+
+def test_inflate_limits():
+    data = b"x" * 1000
+    assert inflate(gzip.compress(data), "gzip", 1000) == data
+    assert inflate(zlib.compress(data), "deflate", 1000) == data
+    assert inflate(data, "identity", 10) == data
+    with pytest.raises(RequestTooLarge):
+        inflate(gzip.compress(data), "gzip", 999)
+    with pytest.raises(InvalidRequest, match="unsupported Content-Encoding"):
+        inflate(data, "zstd", 10_000)
+    with pytest.raises(InvalidRequest, match="truncated"):
+        inflate(gzip.compress(data)[:-10], "gzip", 10_000)
+
+
+@pytest.mark.parametrize("message, cls", [
+    ("Code: 53. DB::Exception: Type mismatch", DataError),
+    ("Code: 6. DB::Exception: Cannot parse text", DataError),
+    ("Code: 210. DB::NetException: Connection refused", RetryableStorageError),
+    ("Code: 241. DB::Exception: Memory limit exceeded", RetryableStorageError),
+    ("connection reset by peer", RetryableStorageError),
+])
+def test_storage_errors_are_classified(message, cls):
+    err = classify(RuntimeError(message), "insert")
+    assert type(err) is cls and err.code == (int(message.split()[1].rstrip(".")) if "Code" in message else None)
+
+
+def test_redact_url_hides_credentials():
+    assert redact_url("https://user:s3cret@ch.example:8443/db?x=1") == "https://ch.example:8443/db"
