@@ -86,7 +86,7 @@ class Backend(Protocol):
 # Settings for every span insert. A batch can span many days (late or
 # backfilled spans); the default cap of 100 partitions per insert would turn
 # that into a refused batch.
-INSERT_SETTINGS = {"max_partitions_per_insert_block": 0}
+INSERT_SETTINGS = {"max_partitions_per_insert_block": 0, "optimize_on_insert": 0}
 
 
 def open_backend(data_dir: str, clickhouse_url: str | None) -> Backend:

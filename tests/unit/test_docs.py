@@ -1,0 +1,40 @@
+"""The README is part of the interface: its commands, settings and columns must be true."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+from tokenpulse.config import Settings
+from tokenpulse.storage.schema import DEFAULT_COLUMNS, SPAN_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def _code_block_after(heading: str) -> str:
+    section = README.split(heading, 1)[1]
+    return re.search(r"```\n(.*?)```", section, re.S).group(1).strip()
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    command = _code_block_after("## Tests: one command")
+    assert len(command.splitlines()) == 1
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert command in ci, f"{command!r} is not a line of .ci/run"
+
+
+def test_readme_gives_two_setup_commands():
+    assert _code_block_after("## Set-up: two commands").splitlines() == ["pip install .", "tokenpulse serve"]
+
+
+def test_every_setting_is_documented():
+    for f in fields(Settings):
+        assert f"| `{f.name}` | `--{f.name.replace('_', '-')}` | `TOKENPULSE_{f.name.upper()}` |" in README, f.name
+
+
+def test_every_column_is_documented_with_its_type():
+    columns = {name: ch_type for name, _, _, ch_type in SPAN_COLUMNS} | DEFAULT_COLUMNS
+    for name, ch_type in columns.items():
+        assert f"| `{name}` | {ch_type} |" in README, name
