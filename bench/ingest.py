@@ -165,7 +165,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--transport", choices=("grpc", "http", "both"), default="both")
     p.add_argument("--batch", default="512,5000", help="spans per request, comma-separated")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="requests in flight (a Collector sending queue runs 10 consumers by default)")
     p.add_argument("--seconds", type=float, default=15.0, help="load duration per case")
     p.add_argument("--clickhouse-url", default=None, help="benchmark a ClickHouse server instead of chDB")
     p.add_argument("--server-arg", action="append", default=[], help="extra flag for `tokenpulse serve`, "

@@ -80,7 +80,8 @@ def make_service(backend, database):
         settings = load_settings({
             "listen_host": "127.0.0.1", "admin_host": "127.0.0.1",
             "grpc_port": 0, "http_port": 0, "admin_port": 0,
-            "database": database, "shutdown_timeout_s": 10, **overrides,
+            "database": database, "shutdown_timeout_s": 10, "user_id_key": "test-key-0123456789abcdef",
+            **overrides,
         }, env={})
         sink = None
         if sink_wrapper is not None:

@@ -31,8 +31,9 @@ log = logging.getLogger("tokenpulse")
 def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
+        default = "{}" if f.name == "attribute_keys" else repr(f.default)
         p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
-                       help=f"{f.metadata['doc']} (default: {f.default!r}; env TOKENPULSE_{f.name.upper()})")
+                       help=f"{f.metadata['doc']} (default: {default}; env TOKENPULSE_{f.name.upper()})")
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ values fail at start-up with a message naming the setting and its source.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -56,9 +57,30 @@ class Settings:
         "doc": "cap on remembered span ids (~70 bytes each); 0 disables the cache", "min": 0})
     shutdown_timeout_s: float = field(default=30.0, metadata={
         "doc": "time allowed on SIGTERM to finish requests in flight and flush", "min": 0.0})
+    price_file: str = field(default="", metadata={
+        "doc": "YAML price overrides (see README 'Prices'); check one with `tokenpulse prices check FILE`"})
+    user_id_mode: str = field(default="pseudonymize", metadata={
+        "doc": "pseudonymize (HMAC-SHA256 with user_id_key), raw (store ids as sent; opt-in) or drop",
+        "choices": ("pseudonymize", "raw", "drop")})
+    user_id_key: str = field(default="", metadata={
+        "doc": "HMAC key for user ids (>= 16 chars). Embedded storage: generated once into the data "
+               "directory when empty; a ClickHouse server needs it set (receivers must share it)",
+        "secret": True})
+    require_tags: str = field(default="", metadata={
+        "doc": "tag-or-reject: comma-separated dimensions a span must have (e.g. tenant,feature), "
+               "else it is refused with partial success; empty: off (missing tags -> 'unattributed')"})
+    attribute_keys: dict = field(default_factory=dict, metadata={
+        "doc": "per-dimension attribute keys, replacing the defaults: {tenant: [k1, k2], ...} "
+               "(YAML, or JSON in the flag/env)"})
     log_level: str = field(default="info", metadata={
         "doc": "debug, info, warning or error", "choices": ("debug", "info", "warning", "error")})
 
+
+def _required_tags(self: "Settings") -> tuple[str, ...]:
+    return tuple(t.strip() for t in self.require_tags.split(",") if t.strip())
+
+
+Settings.required_tags = property(_required_tags)
 
 SETTING_NAMES = tuple(f.name for f in fields(Settings))
 _FIELDS = {f.name: f for f in fields(Settings)}
@@ -70,7 +92,9 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m
 def _convert(name: str, value: Any, source: str) -> Any:
     f = _FIELDS[name]
     meta = f.metadata
-    typ = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+    typ = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "dict": dict}[f.type]
+    if typ is dict:
+        return _convert_mapping(name, value, source)
     try:
         if typ is int and meta.get("bytes") and isinstance(value, str):
             m = _SIZE_RE.match(value)
@@ -96,6 +120,39 @@ def _convert(name: str, value: Any, source: str) -> Any:
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{name} from {source}: {value!r} is not one of {', '.join(meta['choices'])}")
     return value
+
+
+def _convert_mapping(name: str, value: Any, source: str) -> dict:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError as e:
+            raise ConfigError(f"{name} from {source}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} from {source}: must be a mapping of dimension to a list of attribute keys")
+    from tokenpulse.enrich.attribute import DIMENSIONS
+
+    out = {}
+    for dim, keys in value.items():
+        if dim not in DIMENSIONS:
+            raise ConfigError(f"{name} from {source}: unknown dimension {dim!r} (known: {', '.join(DIMENSIONS)})")
+        if isinstance(keys, str):
+            keys = [keys]
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
+            raise ConfigError(f"{name} from {source}: {dim} must be a non-empty list of attribute keys")
+        out[dim] = tuple(keys)
+    return out
+
+
+def _check(settings: "Settings") -> "Settings":
+    from tokenpulse.enrich.attribute import REQUIRED_CHOICES
+
+    for tag in settings.required_tags:
+        if tag not in REQUIRED_CHOICES:
+            raise ConfigError(f"require_tags: unknown dimension {tag!r} (known: {', '.join(REQUIRED_CHOICES)})")
+    if settings.user_id_key and len(settings.user_id_key) < 16:
+        raise ConfigError("user_id_key must be at least 16 characters")
+    return settings
 
 
 def load_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
@@ -127,4 +184,4 @@ def load_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str]
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = _convert(name, value, f"flag --{name.replace('_', '-')}")
-    return Settings(**values)
+    return _check(Settings(**values))

@@ -44,6 +44,9 @@ class Metrics:
         self.export_latency = Histogram(
             "tokenpulse_export_seconds", "Export request latency, receipt to answer (includes the durable write)",
             ["transport"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.unknown_model = Counter(
+            "tokenpulse_unknown_model_spans", "Counted spans with usage whose model has no price (cost left NULL)",
+            ["model"], registry=r)
         self.queue_spans = Gauge("tokenpulse_queue_spans", "Spans waiting to be written", registry=r)
         self.queue_capacity = Gauge("tokenpulse_queue_capacity_spans", "Writer queue bound", registry=r)
         self.storage_up = Gauge(

@@ -49,8 +49,13 @@ ENRICHED_FIELDS: tuple[tuple[str, type, Any], ...] = (
     ("reasoning_tokens", int, 0),
     ("total_tokens", int, 0),
     ("usage_status", str, ""),
-    ("cost_usd", float, 0.0),
-    ("reported_cost_usd", float, 0.0),
+    ("cost_usd", float, None),  # None (NULL) when the span could not be priced
+    ("input_cost_usd", float, None),  # uncached input tokens x input price
+    ("cache_read_cost_usd", float, None),
+    ("cache_write_cost_usd", float, None),
+    ("output_cost_usd", float, None),  # non-reasoning output tokens x output price
+    ("reasoning_cost_usd", float, None),
+    ("reported_cost_usd", float, None),  # as the instrumentation reported it
     ("price_status", str, ""),
     ("price_id", str, ""),
     ("counted", int, 1),  # 1: counts in sums; 0: aggregate or duplicate report
@@ -60,6 +65,7 @@ ENRICHED_FIELDS: tuple[tuple[str, type, Any], ...] = (
     ("user_id", str, ""),  # pseudonymized by enrichment
     ("agent_role", str, ""),
     ("agent_name", str, ""),
+    ("agent_id", str, ""),
     ("session_id", str, ""),
     ("route", str, ""),
     ("environment", str, ""),
@@ -72,6 +78,7 @@ FIELDS = RECEIVED_FIELDS + ENRICHED_FIELDS
 FIELD_NAMES: tuple[str, ...] = tuple(f[0] for f in FIELDS)
 RECEIVED_NAMES: tuple[str, ...] = tuple(f[0] for f in RECEIVED_FIELDS)
 _DEFAULTS = {name: default for name, _, default in FIELDS}
+_DICT_FIELDS = frozenset(name for name, typ, _ in FIELDS if typ is dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +108,13 @@ class SpanRecord:
     reasoning_tokens: int = 0
     total_tokens: int = 0
     usage_status: str = ""
-    cost_usd: float = 0.0
-    reported_cost_usd: float = 0.0
+    cost_usd: float | None = None
+    input_cost_usd: float | None = None
+    cache_read_cost_usd: float | None = None
+    cache_write_cost_usd: float | None = None
+    output_cost_usd: float | None = None
+    reasoning_cost_usd: float | None = None
+    reported_cost_usd: float | None = None
     price_status: str = ""
     price_id: str = ""
     counted: int = 1
@@ -112,6 +124,7 @@ class SpanRecord:
     user_id: str = ""
     agent_role: str = ""
     agent_name: str = ""
+    agent_id: str = ""
     session_id: str = ""
     route: str = ""
     environment: str = ""
@@ -146,11 +159,10 @@ class SpanBatch:
             col = getattr(self, name)
             missing = n - len(col)
             if missing > 0:
-                default = _DEFAULTS[name]
-                if default is None:
+                if name in _DICT_FIELDS:
                     col.extend({} for _ in range(missing))
                 else:
-                    col.extend([default] * missing)
+                    col.extend([_DEFAULTS[name]] * missing)
         return self
 
     def extend(self, other: "SpanBatch") -> None:

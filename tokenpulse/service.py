@@ -17,7 +17,10 @@ import time
 
 from tokenpulse.admin import AdminServer
 from tokenpulse.config import Settings
-from tokenpulse.enrich import Step, default_pipeline
+from tokenpulse.enrich import Pipeline
+from tokenpulse.enrich.attribute import Attributor
+from tokenpulse.enrich.price import PriceTable, load_overrides
+from tokenpulse.errors import ConfigError
 from tokenpulse.metrics import Metrics
 from tokenpulse.receiver.ingest import Ingest
 from tokenpulse.receiver.otlp_grpc import OtlpGrpcReceiver
@@ -31,13 +34,13 @@ log = logging.getLogger(__name__)
 
 class Service:
     def __init__(self, settings: Settings, backend: Backend | None = None, sink: Sink | None = None,
-                 enrich: Step | None = None):
+                 enrich: Pipeline | None = None):
         self.settings = settings
         self._own_backend = backend is None
         self.backend = backend
         self._sink = sink
-        self.enrich = enrich or default_pipeline()
         self.metrics = Metrics()
+        self.enrich = enrich
         self.writer: Writer | None = None
         self.grpc: OtlpGrpcReceiver | None = None
         self.http: OtlpHttpReceiver | None = None
@@ -51,8 +54,40 @@ class Service:
         self.drained = False
 
     # ------------------------------------------------------------ start
+    def _pipeline(self) -> Pipeline:
+        s = self.settings
+        overrides = load_overrides(s.price_file) if s.price_file else []
+        key = s.user_id_key.encode() if s.user_id_key else None
+        if s.user_id_mode == "pseudonymize" and key is None:
+            key = self._local_user_id_key()
+        attributor = Attributor(keys=s.attribute_keys, user_id_mode=s.user_id_mode, user_id_key=key,
+                                require=s.required_tags)
+        return Pipeline(PriceTable(overrides), attributor,
+                        on_unknown_model=lambda model: self.metrics.unknown_model.labels(model).inc())
+
+    def _local_user_id_key(self) -> bytes:
+        """Embedded storage only: a key generated once and kept beside the data (mode 0600)."""
+        s = self.settings
+        if s.clickhouse_url:
+            raise ConfigError("user_id_mode is pseudonymize but no user_id_key is set: set TOKENPULSE_USER_ID_KEY "
+                              "(the same on every receiver), or choose user_id_mode raw or drop")
+        import os
+        import secrets
+
+        os.makedirs(s.data_dir, exist_ok=True)
+        path = os.path.join(s.data_dir, "user-id.key")
+        if not os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+            log.warning("generated a user-id pseudonymization key at %s; keep it to keep pseudonyms stable", path)
+        with open(path, encoding="ascii") as fh:
+            return fh.read().strip().encode()
+
     def start(self) -> "Service":
         s = self.settings
+        if self.enrich is None:
+            self.enrich = self._pipeline()
         if self.backend is None:
             self.backend = open_backend(s.data_dir, s.clickhouse_url or None)
         applied = migrate(self.backend, s.database, s.retention_days)

@@ -56,7 +56,7 @@ def test_ids_times_resource_and_defaults():
     assert (r.start_time_ns, r.end_time_ns, r.status_code, r.kind) == (now, now + 5, 2, 3)
     assert r.service == "svc" and r.resource_attributes["tenant.id"] == "acme"
     assert (r.scope_name, r.scope_version) == ("test.scope", "1.0")
-    assert (r.input_tokens, r.cost_usd, r.counted, r.tenant) == (0, 0.0, 1, "")  # enrichment fills these
+    assert (r.input_tokens, r.cost_usd, r.counted, r.tenant) == (0, None, 1, "")  # enrichment fills these
     for name in FIELD_NAMES:
         assert len(getattr(b, name)) == 1, name
 

@@ -1,30 +1,42 @@
-"""Enrichment: pure SpanBatch -> SpanBatch steps, applied in order.
+"""Enrichment: SpanBatch -> SpanBatch steps, applied in order on the receiver's path.
 
-The chain is normalize -> price -> attribute (the enrichment issue). Each step
-is a plain function of the batch (and its loaded tables) with no I/O, so it is
-tested with tables of cases and runs on the receiver's hot path.
+    normalize  (every dialect -> typed GenAI fields; aggregates flagged)
+    calls      (the same LLM call reported twice in a trace counted once)
+    price      (cost from the price table in force at the span's start)
+    attribute  (tenant, feature, user, session, route, agent role, environment;
+                tag-or-reject)
+
+Each step is a plain function of the batch and its loaded tables, with no I/O,
+tested with tables of cases. ``calls`` and ``attribute`` keep bounded memories
+of recent traces (see their modules). A step may refuse spans: the pipeline
+reports them to the client as OTLP partial success.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
-from tokenpulse.record import SpanBatch
-
-Step = Callable[[SpanBatch], SpanBatch]
-
-
-def chain(steps: Sequence[Step]) -> Step:
-    """Compose steps into one; with no steps, the batch passes unchanged."""
-    steps = tuple(steps)
-
-    def run(batch: SpanBatch) -> SpanBatch:
-        for step in steps:
-            batch = step(batch)
-        return batch
-
-    return run
+from tokenpulse.enrich.attribute import Attributor
+from tokenpulse.enrich.calls import DuplicateCalls
+from tokenpulse.enrich.normalize import normalize
+from tokenpulse.enrich.price import PriceTable, make_price_step
+from tokenpulse.receiver.decode import Decoded
 
 
-def default_pipeline() -> Step:
-    return chain(())
+class Pipeline:
+    def __init__(self, price_table: PriceTable | None = None, attributor: Attributor | None = None,
+                 on_unknown_model: Callable[[str], None] = lambda model: None):
+        self.price_table = price_table or PriceTable()
+        self.attributor = attributor or Attributor(user_id_mode="raw")
+        self.calls = DuplicateCalls()
+        self._price = make_price_step(self.price_table, on_unknown_model)
+
+    def __call__(self, decoded: Decoded) -> Decoded:
+        batch = normalize(decoded.batch)
+        batch = self.calls(batch)
+        batch = self._price(batch)
+        batch, rejects = self.attributor(batch)
+        for reason in rejects:
+            decoded.reject(reason)
+        decoded.batch = batch
+        return decoded

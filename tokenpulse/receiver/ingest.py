@@ -14,7 +14,6 @@ from typing import Callable
 from tokenpulse.errors import DataError, InternalWriteError, RetryableStorageError
 from tokenpulse.metrics import Metrics
 from tokenpulse.receiver.decode import Decoded
-from tokenpulse.record import SpanBatch
 from tokenpulse.storage.writer import Arrival, Busy, Writer
 
 
@@ -28,7 +27,7 @@ class Answer:
 
 
 class Ingest:
-    def __init__(self, writer: Writer, enrich: Callable[[SpanBatch], SpanBatch], metrics: Metrics,
+    def __init__(self, writer: Writer, enrich: Callable[[Decoded], Decoded], metrics: Metrics,
                  ack_timeout_s: float, retention_days: int):
         self.writer = writer
         self.enrich = enrich
@@ -60,17 +59,18 @@ class Ingest:
                 arrival.close()
 
     async def _export(self, decoded: Decoded, nbytes: int, transport: str, arrival: Arrival | None) -> Answer:
+        self.metrics.spans_received.labels(transport).inc(len(decoded.batch) + decoded.rejected)
         if len(decoded.batch):
             self._drop_expired(decoded)
-        n = len(decoded.batch)
-        self.metrics.spans_received.labels(transport).inc(n)
+        if len(decoded.batch):
+            self.enrich(decoded)  # may refuse spans (tag-or-reject): they join decoded.rejected
         if decoded.rejected:
             self.metrics.spans_rejected.labels(transport).inc(decoded.rejected)
+        n = len(decoded.batch)
         if n == 0:
             # An empty request is a success (otlp.md); all-rejected is a partial success.
             return self._ok(decoded, transport)
-        batch = self.enrich(decoded.batch)
-        got = self.writer.submit(batch, nbytes)
+        got = self.writer.submit(decoded.batch, nbytes)
         if arrival is not None:
             arrival.close()  # queued: the writer need not wait for this one any more
         if isinstance(got, Busy):

@@ -97,10 +97,14 @@ def current_ttl_days(backend: Backend, db: str, table: str = "spans") -> int | N
     return int(m.group(1) or m.group(2)) if m else None
 
 
+RETAINED_TABLES = ("spans", "trace_tags")
+
+
 def apply_retention(backend: Backend, db: str, ttl_days: int) -> None:
-    if current_ttl_days(backend, db) == ttl_days:
-        return
-    backend.command(
-        f"ALTER TABLE {db}.spans MODIFY TTL toDateTime(start_time) + INTERVAL {int(ttl_days)} DAY "
-        "SETTINGS materialize_ttl_after_modify = 0"
-    )
+    for table in RETAINED_TABLES:
+        if current_ttl_days(backend, db, table) in (ttl_days, None):
+            continue
+        backend.command(
+            f"ALTER TABLE {db}.{table} MODIFY TTL toDateTime(start_time) + INTERVAL {int(ttl_days)} DAY "
+            "SETTINGS materialize_ttl_after_modify = 0"
+        )

@@ -1,0 +1,207 @@
+"""Attribute: who and what a span's tokens were for.
+
+Each dimension is read from an ordered list of attribute keys, resource
+attributes first, then span attributes; the first non-empty value wins. The
+defaults (``DEFAULT_KEYS``) cover the conventions in
+../shared/reference/genai-conventions.md §3: ``tenant.id``, ``app.feature``,
+``user.id``/``enduser.id``, ``gen_ai.agent.name``, ``gen_ai.conversation.id``/
+``session.id``, and the OpenLLMetry (``traceloop.association.properties.*``),
+Langfuse (``langfuse.*``) and Vercel (``ai.telemetry.metadata.*``) spellings.
+
+**Trace-level tags.** Tags set once per trace (on the root agent span, or on
+every span through baggage) attribute every span of that trace:
+
+1. At ingest, a bounded in-memory map ``trace_id -> tags`` (``TraceTags``) fills
+   spans that arrive *after* a tagged span of their trace, in the same request
+   or a later one. Within a request, all spans are read before any is filled,
+   so order inside a request does not matter.
+2. Spans that arrive *before* the tagged span (children usually end, and are
+   exported, before their root) are stored with what was known then. The
+   ``trace_tags`` table and the ``spans_attributed`` view (migration 0002)
+   resolve them at query time: the view fills each empty or ``unattributed``
+   dimension from the trace's tagged spans, preferring the root.
+
+``agent_role`` is per span: its own ``gen_ai.agent.name`` (or the configured
+keys), else the nearest ancestor's role seen so far, so an LLM call inside a
+``planner`` agent span counts for ``planner``.
+
+**unattributed.** A span with no tenant or no feature gets the explicit value
+``unattributed`` for it. In tag-or-reject mode (``require_tags``), such spans
+are refused with OTLP partial success, naming the missing tags; their valid
+neighbours are stored.
+
+**Privacy.** With ``user_id_mode = pseudonymize`` (the default) the user id is
+stored as ``HMAC-SHA256(key, raw)``, 32 hex characters, and the raw value is
+replaced by that pseudonym wherever it appears in the stored attribute maps
+under a user key. ``raw`` stores it as is (opt-in); ``drop`` stores nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import OrderedDict
+
+from tokenpulse.record import SpanBatch
+
+UNATTRIBUTED = "unattributed"
+DIMENSIONS = ("tenant", "feature", "user_id", "session_id", "route", "agent_role", "environment")
+TRACE_LEVEL = ("tenant", "feature", "user_id", "session_id", "route", "environment")
+REQUIRED_CHOICES = ("tenant", "feature", "user_id", "session_id", "route", "agent_role", "environment")
+
+DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
+    "tenant": ("tenant.id", "tenant", "app.tenant", "customer.id", "traceloop.association.properties.customer_id",
+               "traceloop.association.properties.tenant_id", "langfuse.trace.metadata.tenant_id",
+               "langfuse.trace.metadata.tenant", "ai.telemetry.metadata.tenantId", "ai.telemetry.metadata.tenant"),
+    "feature": ("app.feature", "feature", "traceloop.association.properties.feature",
+                "langfuse.trace.metadata.feature", "ai.telemetry.metadata.feature", "ai.telemetry.functionId",
+                "traceloop.workflow.name"),
+    "user_id": ("user.id", "enduser.id", "enduser.pseudo.id", "langfuse.user.id",
+                "traceloop.association.properties.user_id", "ai.telemetry.metadata.userId",
+                "langfuse.trace.metadata.langfuse_user_id"),
+    "session_id": ("gen_ai.conversation.id", "session.id", "langfuse.session.id",
+                   "traceloop.association.properties.session_id", "ai.telemetry.metadata.sessionId"),
+    "route": ("http.route", "app.route", "traceloop.association.properties.route"),
+    "agent_role": ("app.agent.role", "gen_ai.agent.role", "gen_ai.agent.name"),
+    "environment": ("deployment.environment.name", "deployment.environment", "environment"),
+}
+
+
+class TraceTags:
+    """Bounded memory of tags per trace and agent role per span (oldest forgotten first)."""
+
+    def __init__(self, max_traces: int = 100_000, max_spans: int = 500_000):
+        self.max_traces = max_traces
+        self.max_spans = max_spans
+        self.traces: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self.roles: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()  # (trace, span) -> (parent, role)
+
+    def trace(self, trace_id: str) -> dict[str, str] | None:
+        return self.traces.get(trace_id)
+
+    def add_trace(self, trace_id: str, tags: dict[str, str], is_root: bool) -> None:
+        known = self.traces.get(trace_id)
+        if known is None:
+            self.traces[trace_id] = dict(tags)
+            if len(self.traces) > self.max_traces:
+                self.traces.popitem(last=False)
+        else:
+            for k, v in tags.items():
+                if is_root or k not in known:
+                    known[k] = v
+
+    def add_span(self, trace_id: str, span_id: str, parent: str, role: str) -> None:
+        self.roles[(trace_id, span_id)] = (parent, role)
+        if len(self.roles) > self.max_spans:
+            self.roles.popitem(last=False)
+
+    def ancestor_role(self, trace_id: str, parent: str) -> str:
+        for _ in range(64):  # ancestors of one trace; bounded against cycles
+            got = self.roles.get((trace_id, parent))
+            if got is None:
+                return ""
+            parent, role = got
+            if role:
+                return role
+            if not parent:
+                return ""
+        return ""
+
+
+def pseudonymize(key: bytes, raw: str) -> str:
+    return hmac.new(key, raw.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+class Attributor:
+    def __init__(self, keys: dict[str, tuple[str, ...]] | None = None, user_id_mode: str = "pseudonymize",
+                 user_id_key: bytes | None = None, require: tuple[str, ...] = (), memory: TraceTags | None = None):
+        self.keys = {**DEFAULT_KEYS, **(keys or {})}
+        if user_id_mode not in ("pseudonymize", "raw", "drop"):
+            raise ValueError(f"user_id_mode {user_id_mode!r}")
+        if user_id_mode == "pseudonymize" and not user_id_key:
+            raise ValueError("pseudonymize needs a key")
+        self.user_id_mode = user_id_mode
+        self.user_id_key = user_id_key
+        self.require = tuple(require)
+        self.memory = memory or TraceTags()
+        self._user_keys = frozenset(self.keys["user_id"])
+
+    def _own(self, res: dict, attrs: dict) -> dict[str, str]:
+        tags = {}
+        for dim, keys in self.keys.items():
+            for k in keys:
+                v = res.get(k) or attrs.get(k)
+                if v:
+                    tags[dim] = v
+                    break
+        return tags
+
+    def _user(self, raw: str) -> str:
+        if not raw or self.user_id_mode == "drop":
+            return ""
+        if self.user_id_mode == "raw":
+            return raw
+        return pseudonymize(self.user_id_key, raw)
+
+    def _scrub(self, attrs: dict) -> dict:
+        """The attribute map with raw user ids replaced (or removed, in drop mode)."""
+        if self.user_id_mode == "raw" or not self._user_keys.intersection(attrs):
+            return attrs
+        out = dict(attrs)
+        for k in self._user_keys.intersection(attrs):
+            if self.user_id_mode == "drop":
+                del out[k]
+            else:
+                out[k] = pseudonymize(self.user_id_key, attrs[k])
+        return out
+
+    def __call__(self, batch: SpanBatch) -> tuple[SpanBatch, list[str]]:
+        n = len(batch)
+        own = [self._own(batch.resource_attributes[i], batch.attributes[i]) for i in range(n)]
+        mem = self.memory
+        # Pass 1: learn everything this request tells about its traces and agent roles.
+        for i in range(n):
+            trace_tags = {d: own[i][d] for d in TRACE_LEVEL if d in own[i]}
+            if trace_tags:
+                mem.add_trace(batch.trace_id[i], trace_tags, is_root=not batch.parent_span_id[i])
+            mem.add_span(batch.trace_id[i], batch.span_id[i], batch.parent_span_id[i], own[i].get("agent_role", ""))
+        # Pass 2: fill.
+        rejects: list[str] = []
+        keep: list[int] | None = None
+        scrubbed_resources: dict[int, dict] = {}
+        for i in range(n):
+            tags = own[i]
+            known = mem.trace(batch.trace_id[i])
+            if known:
+                for d in TRACE_LEVEL:
+                    if d not in tags and d in known:
+                        tags[d] = known[d]
+            if "agent_role" not in tags and batch.parent_span_id[i]:
+                role = mem.ancestor_role(batch.trace_id[i], batch.parent_span_id[i])
+                if role:
+                    tags["agent_role"] = role
+            missing = [d for d in self.require if not tags.get(d)]
+            if missing:
+                rejects.append(f"span {batch.name[i]!r} has no {' or '.join(missing)} "
+                               f"(tag-or-reject mode; set one of: {', '.join(self.keys[missing[0]][:3])}, ...)")
+                if keep is None:
+                    keep = list(range(i))
+                continue
+            if keep is not None:
+                keep.append(i)
+            batch.tenant[i] = tags.get("tenant") or UNATTRIBUTED
+            batch.feature[i] = tags.get("feature") or UNATTRIBUTED
+            batch.user_id[i] = self._user(tags.get("user_id", ""))
+            batch.session_id[i] = tags.get("session_id", "")
+            batch.route[i] = tags.get("route", "")
+            batch.agent_role[i] = tags.get("agent_role", "")
+            batch.environment[i] = tags.get("environment", "")
+            batch.attributes[i] = self._scrub(batch.attributes[i])
+            res = batch.resource_attributes[i]
+            rid = id(res)
+            if rid not in scrubbed_resources:
+                scrubbed_resources[rid] = self._scrub(res)
+            batch.resource_attributes[i] = scrubbed_resources[rid]
+        if keep is not None:
+            batch = batch.take(keep)
+        return batch, rejects

@@ -1,0 +1,71 @@
+"""The same LLM call reported twice in one trace is counted once.
+
+Two instrumentations on one call (a provider SDK's own span plus a library's
+span around it, e.g. OpenLLMetry over the OpenAI SDK's OTel integration) give
+two counted inference spans. They are the same call when, within one trace,
+(a) they carry the same response id (``gen_ai.response.id``), or (b) one is
+the other's parent and both report the same input and output token counts.
+The span seen second is flagged ``counted = 0``, ``excluded_reason =
+'duplicate_of:<span_id>'``.
+
+This is the one stateful enrichment step: it remembers recent calls (bounded,
+``max_entries``, oldest forgotten first) so the two reports may arrive in
+different export requests. The memory is per process: with several receivers
+(deployment docs) a pair split across receivers is not caught at ingest.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS, exclude
+from tokenpulse.record import SpanBatch
+
+RESPONSE_ID_KEYS = ("gen_ai.response.id", "ai.response.id")
+
+
+class DuplicateCalls:
+    def __init__(self, max_entries: int = 200_000):
+        self.max_entries = max_entries
+        self._by_response: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._by_span: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        self._children: OrderedDict[tuple[str, str], list[tuple[str, tuple[int, int]]]] = OrderedDict()
+
+    def _remember(self, table: OrderedDict, key, value) -> None:
+        table[key] = value
+        if len(table) > self.max_entries:
+            table.popitem(last=False)
+
+    def __call__(self, batch: SpanBatch) -> SpanBatch:
+        for i in range(len(batch)):
+            if not batch.counted[i] or batch.operation[i] not in INFERENCE_OPERATIONS or not batch.input_tokens[i]:
+                continue
+            trace, sid, parent = batch.trace_id[i], batch.span_id[i], batch.parent_span_id[i]
+            attrs = batch.attributes[i]
+            rid = next((attrs[k] for k in RESPONSE_ID_KEYS if attrs.get(k)), "")
+            fp = (batch.input_tokens[i], batch.output_tokens[i])
+            dup_of = ""
+            if rid:
+                prev = self._by_response.get((trace, rid))
+                if prev and prev != sid:
+                    dup_of = prev
+            if not dup_of and parent and self._by_span.get((trace, parent)) == fp:
+                dup_of = parent
+            if not dup_of:
+                for child, child_fp in self._children.get((trace, sid), ()):
+                    if child_fp == fp and child != sid:
+                        dup_of = child
+                        break
+            if dup_of:
+                exclude(batch, i, f"duplicate_of:{dup_of}")
+                continue
+            if rid:
+                self._remember(self._by_response, (trace, rid), sid)
+            self._remember(self._by_span, (trace, sid), fp)
+            if parent:
+                siblings = self._children.get((trace, parent))
+                if siblings is None:
+                    self._remember(self._children, (trace, parent), [(sid, fp)])
+                else:
+                    siblings.append((sid, fp))
+        return batch

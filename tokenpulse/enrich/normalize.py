@@ -1,0 +1,384 @@
+"""Normalize: every instrumentation dialect -> the record's typed GenAI fields.
+
+Source of every key below: ../shared/reference/genai-conventions.md (the §2.1
+mapping table and §2's per-library notes). The key tables are data, ordered by
+priority: the first key present wins.
+
+Token semantics (semconv, SCG client-inference.md note [28]):
+``input_tokens`` *includes* cache read and cache write tokens and
+``output_tokens`` *includes* reasoning tokens. Dialects that report otherwise
+are converted here:
+
+* Anthropic's own ``input_tokens`` excludes cached tokens. The OTel, OpenLLMetry,
+  OpenInference and Pydantic AI instrumentations add the cache counts back (SCG
+  ``anthropic.inference.client``); the Vercel AI SDK (<= v6) passes the raw
+  number, and Langfuse's ``usage_details`` are cache-exclusive by design. We
+  correct those, and any Anthropic span whose cache counts exceed its input
+  (which only a cache-exclusive count can do).
+* LangSmith writes cache/reasoning details as a stringified Python dict.
+
+Counting (``counted``, ``excluded_reason``): tokens count only on inference spans
+(chat, text_completion, generate_content, embeddings; or a CLIENT span with
+usage and no operation). Aggregates are stored and flagged, never summed:
+``invoke_agent``/``create_agent``/workflow/chain spans that carry usage, the
+Vercel AI SDK's outer ``ai.generateText``-style spans, and
+``gen_ai.aggregated_usage.*`` (Pydantic AI agent runs).
+
+Bad usage never poisons sums: a missing, negative, non-integer, NaN or absurd
+(> 10M) count is stored as 0 and ``usage_status`` says what was wrong.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+
+from tokenpulse.record import SpanBatch
+
+MAX_TOKENS = 10_000_000
+INFERENCE_OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "embeddings"})
+AGGREGATE_OPERATIONS = frozenset({"invoke_agent", "create_agent", "invoke_workflow", "chain", "workflow", "task"})
+
+# ---------------------------------------------------------------- key tables (§2.1)
+PROVIDER_KEYS = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system", "ai.model.provider")
+MODEL_KEYS = ("gen_ai.response.model", "ai.response.model", "gen_ai.request.model", "llm.response.model_name",
+              "llm.model_name", "ai.model.id", "langfuse.observation.model.name")
+REQUEST_MODEL_KEYS = ("gen_ai.request.model", "llm.request.model_name", "llm.model_name", "ai.model.id")
+INPUT_KEYS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt",
+              "ai.usage.promptTokens", "ai.usage.inputTokens", "ai.usage.tokens")
+OUTPUT_KEYS = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion",
+               "ai.usage.completionTokens", "ai.usage.outputTokens")
+CACHE_READ_KEYS = ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens",
+                   "llm.token_count.prompt_details.cache_read", "gen_ai.usage.details.cache_read_tokens",
+                   "ai.usage.cachedInputTokens", "ai.usage.inputTokenDetails.cacheReadTokens")
+CACHE_WRITE_KEYS = ("gen_ai.usage.cache_write.input_tokens", "gen_ai.usage.cache_creation.input_tokens",
+                    "gen_ai.usage.cache_creation_input_tokens", "llm.token_count.prompt_details.cache_write",
+                    "gen_ai.usage.details.cache_write_tokens", "ai.usage.inputTokenDetails.cacheWriteTokens")
+REASONING_KEYS = ("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens",
+                  "llm.usage.reasoning_tokens", "llm.token_count.completion_details.reasoning",
+                  "ai.usage.reasoningTokens", "gen_ai.usage.details.reasoning_tokens")
+TOTAL_KEYS = ("gen_ai.usage.total_tokens", "llm.usage.total_tokens", "llm.token_count.total", "ai.usage.totalTokens",
+              "gen_ai.client.token.usage")
+REPORTED_COST_KEYS = ("gen_ai.usage.cost", "llm.cost.total", "operation.cost")
+AGENT_NAME_KEYS = ("gen_ai.agent.name", "ai.telemetry.functionId")
+AGENT_ID_KEYS = ("gen_ai.agent.id",)
+TOOL_NAME_KEYS = ("gen_ai.tool.name", "tool.name", "ai.toolCall.name")
+TOOL_CALL_ID_KEYS = ("gen_ai.tool.call.id", "tool_call.id", "ai.toolCall.id")
+VERCEL_NOCACHE = "ai.usage.inputTokenDetails.noCacheTokens"
+AGGREGATED_PREFIX = "gen_ai.aggregated_usage."
+LANGFUSE_USAGE = "langfuse.observation.usage_details"
+LANGFUSE_COST = "langfuse.observation.cost_details"
+LANGSMITH_INPUT_DETAILS = "gen_ai.usage.input_token_details"
+LANGSMITH_OUTPUT_DETAILS = "gen_ai.usage.output_token_details"
+
+# Current gen_ai.provider.name values (SCG, reference §1.6).
+KNOWN_PROVIDERS = frozenset({
+    "anthropic", "aws.bedrock", "azure.ai.inference", "azure.ai.openai", "cohere", "deepseek", "gcp.gemini",
+    "gcp.gen_ai", "gcp.vertex_ai", "groq", "ibm.watsonx.ai", "mistral_ai", "moonshot_ai", "openai", "perplexity",
+    "x_ai",
+})
+# Legacy gen_ai.system values (reference §1.4) and library-specific spellings:
+# OpenLLMetry's "OpenAI"/"Azure"/"AWS"/"Google" (§2), OpenInference llm.provider
+# ("azure", "aws", "google"), Vercel provider ids ("amazon-bedrock", "google.vertex", ...).
+PROVIDER_ALIASES = {
+    "az.ai.openai": "azure.ai.openai", "az.ai.inference": "azure.ai.inference", "vertex_ai": "gcp.vertex_ai",
+    "gemini": "gcp.gemini", "xai": "x_ai", "x-ai": "x_ai", "azure": "azure.ai.openai", "azure-openai": "azure.ai.openai",
+    "aws": "aws.bedrock", "bedrock": "aws.bedrock", "amazon-bedrock": "aws.bedrock", "google": "gcp.gen_ai",
+    "google.vertex": "gcp.vertex_ai", "vertex": "gcp.vertex_ai", "google.generative-ai": "gcp.gemini",
+    "mistral": "mistral_ai", "mistralai": "mistral_ai", "moonshot": "moonshot_ai", "moonshotai": "moonshot_ai",
+    "watsonx": "ibm.watsonx.ai", "ibm": "ibm.watsonx.ai",
+}
+# openinference.span.kind, traceloop.span.kind, llm.request.type (OpenLLMetry),
+# langsmith.span.kind -> operation.
+OPENINFERENCE_KINDS = {"LLM": "chat", "EMBEDDING": "embeddings", "TOOL": "execute_tool", "AGENT": "invoke_agent",
+                       "CHAIN": "chain", "RETRIEVER": "retrieval", "RERANKER": "rerank", "GUARDRAIL": "guardrail"}
+TRACELOOP_KINDS = {"workflow": "invoke_workflow", "task": "task", "agent": "invoke_agent", "tool": "execute_tool"}
+LLM_REQUEST_TYPES = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings", "rerank": "rerank"}
+LANGSMITH_KINDS = {"llm": "chat", "tool": "execute_tool", "chain": "chain", "retriever": "retrieval",
+                   "embedding": "embeddings"}
+OPERATION_ALIASES = {"completion": "text_completion", "embedding": "embeddings"}
+# Vercel AI SDK <= v6 span names (vercel/ai generate-text.ts et al.): the outer
+# call aggregates its doGenerate/doStream steps.
+VERCEL_OUTER = frozenset({"ai.generateText", "ai.streamText", "ai.generateObject", "ai.streamObject"})
+VERCEL_EMBED = frozenset({"ai.embed.doEmbed", "ai.embedMany.doEmbed"})
+
+# Problems, most severe first; usage_status reports the first one found.
+_PROBLEMS = ("nan", "negative", "non_integer", "absurd")
+
+
+def normalize_provider(raw: str) -> str:
+    p = raw.strip().lower()
+    if p in KNOWN_PROVIDERS:
+        return p
+    if p in PROVIDER_ALIASES:
+        return PROVIDER_ALIASES[p]
+    # Vercel ids carry an API suffix: "openai.chat", "anthropic.messages", "google.vertex.chat".
+    parts = p.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        head = ".".join(parts[:n])
+        if head in KNOWN_PROVIDERS:
+            return head
+        if head in PROVIDER_ALIASES:
+            return PROVIDER_ALIASES[head]
+    return p
+
+
+def parse_count(raw) -> tuple[int, str]:
+    """A token count from an attribute string: (value, problem or "")."""
+    if isinstance(raw, bool):
+        return 0, "non_integer"
+    if isinstance(raw, int):
+        v = raw
+    else:
+        try:
+            v = int(raw)
+        except (TypeError, ValueError):
+            try:
+                f = float(raw)
+            except (TypeError, ValueError):
+                return 0, "non_integer"
+            if math.isnan(f):
+                return 0, "nan"
+            if math.isinf(f):
+                return 0, "absurd"
+            if not f.is_integer():
+                return 0, "non_integer"
+            v = int(f)
+    if v < 0:
+        return 0, "negative"
+    if v > MAX_TOKENS:
+        return 0, "absurd"
+    return v, ""
+
+
+def parse_cost(raw) -> float | None:
+    try:
+        f = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f >= 0 else None
+
+
+def _first(attrs: dict, keys: tuple[str, ...]) -> str:
+    for k in keys:
+        v = attrs.get(k)
+        if v:
+            return v
+    return ""
+
+
+def _first_key(attrs: dict, keys: tuple[str, ...]) -> str | None:
+    for k in keys:
+        if k in attrs and attrs[k] != "":
+            return k
+    return None
+
+
+def _structured(raw: str) -> dict:
+    """A JSON object (Langfuse) or a Python dict literal (LangSmith), else {}."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            v = parse(raw)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        return v if isinstance(v, dict) else {}
+    return {}
+
+
+def operation_of(attrs: dict, name: str, kind: int, has_usage: bool) -> str:
+    op = attrs.get("gen_ai.operation.name")
+    if op:
+        op = op.strip().lower()
+        return OPERATION_ALIASES.get(op, op)
+    v = attrs.get("openinference.span.kind")
+    if v:
+        return OPENINFERENCE_KINDS.get(v.upper(), v.lower())
+    v = attrs.get("llm.request.type")
+    if v:
+        return LLM_REQUEST_TYPES.get(v.lower(), v.lower())
+    v = attrs.get("traceloop.span.kind")
+    if v:
+        return TRACELOOP_KINDS.get(v.lower(), v.lower())
+    v = attrs.get("langsmith.span.kind")
+    if v:
+        return LANGSMITH_KINDS.get(v.lower(), v.lower())
+    if name.startswith("ai."):
+        if name in VERCEL_OUTER:
+            return "chain"
+        if name in VERCEL_EMBED:
+            return "embeddings"
+        if name.endswith(".doGenerate") or name.endswith(".doStream"):
+            return "chat"
+        if name == "ai.toolCall":
+            return "execute_tool"
+    if name == "agent run" or name.startswith("invoke_agent"):  # Pydantic AI, Vercel v7 root
+        return "invoke_agent"
+    if has_usage and kind == 3:  # CLIENT span with usage and no operation (reference §2.1)
+        return "chat"
+    return ""
+
+
+class Usage:
+    """Token counts of one span, semconv semantics. Built by ``read_usage``."""
+
+    __slots__ = ("input", "output", "cache_read", "cache_write", "reasoning", "total", "present", "problem",
+                 "aggregated", "corrected")
+
+    def __init__(self) -> None:
+        self.input = self.output = self.cache_read = self.cache_write = self.reasoning = self.total = 0
+        self.present = False
+        self.problem = ""
+        self.aggregated = False
+        self.corrected = ""
+
+    def _set(self, field: str, raw) -> None:
+        value, problem = parse_count(raw)
+        self.present = True
+        if problem and (not self.problem or _PROBLEMS.index(problem) < _PROBLEMS.index(self.problem)):
+            self.problem = problem
+        setattr(self, field, value)
+
+
+_FIELD_KEYS = (("input", INPUT_KEYS), ("output", OUTPUT_KEYS), ("cache_read", CACHE_READ_KEYS),
+               ("cache_write", CACHE_WRITE_KEYS), ("reasoning", REASONING_KEYS), ("total", TOTAL_KEYS))
+_AGGREGATED_KEYS = tuple(
+    (field, tuple(AGGREGATED_PREFIX + k[len("gen_ai.usage."):] for k in keys if k.startswith("gen_ai.usage.")))
+    for field, keys in _FIELD_KEYS)
+
+
+def read_usage(attrs: dict, provider: str, model: str) -> Usage:
+    u = Usage()
+    for field, keys in _FIELD_KEYS:
+        k = _first_key(attrs, keys)
+        if k is not None:
+            u._set(field, attrs[k])
+    if not u.present:
+        for field, keys in _AGGREGATED_KEYS:
+            k = _first_key(attrs, keys)
+            if k is not None:
+                u._set(field, attrs[k])
+                u.aggregated = True
+    if LANGSMITH_INPUT_DETAILS in attrs or LANGSMITH_OUTPUT_DETAILS in attrs:
+        # LangChain UsageMetadata: input_tokens already includes cache tokens.
+        details = _structured(attrs.get(LANGSMITH_INPUT_DETAILS, ""))
+        if not u.cache_read and "cache_read" in details:
+            u._set("cache_read", details["cache_read"])
+        if not u.cache_write and "cache_creation" in details:
+            u._set("cache_write", details["cache_creation"])
+        out_details = _structured(attrs.get(LANGSMITH_OUTPUT_DETAILS, ""))
+        if not u.reasoning and "reasoning" in out_details:
+            u._set("reasoning", out_details["reasoning"])
+    if not u.present and LANGFUSE_USAGE in attrs:
+        _read_langfuse(u, _structured(attrs[LANGFUSE_USAGE]))
+    if VERCEL_NOCACHE in attrs:
+        # Vercel's legacy exporter splits input; the parts add up to the semconv total.
+        nocache, problem = parse_count(attrs[VERCEL_NOCACHE])
+        if not problem:
+            u.input = nocache + u.cache_read + u.cache_write
+            u.present = True
+    elif _anthropic_family(provider, model) and (u.cache_read or u.cache_write) and (
+            "ai.model.provider" in attrs or u.cache_read + u.cache_write > u.input):
+        # Anthropic's cache-exclusive input_tokens passed through (see module doc).
+        u.input += u.cache_read + u.cache_write
+        u.corrected = "anthropic_raw_input"
+    if u.present and not u.total:
+        u.total = u.input + u.output
+    return u
+
+
+def _read_langfuse(u: Usage, d: dict) -> None:
+    """Langfuse usage_details are cache- and reasoning-exclusive (reference §3)."""
+    def pick(*names):
+        for n in names:
+            if n in d:
+                return d[n]
+        return None
+
+    values = {
+        "input": pick("input", "input_tokens", "prompt_tokens"),
+        "output": pick("output", "output_tokens", "completion_tokens"),
+        "cache_read": pick("cache_read_input_tokens", "input_cached_tokens", "input_cache_read", "cached_tokens"),
+        "cache_write": pick("cache_creation_input_tokens", "input_cache_creation", "input_cache_write"),
+        "reasoning": pick("output_reasoning_tokens", "output_reasoning", "reasoning_tokens"),
+        "total": pick("total", "total_tokens"),
+    }
+    for field, raw in values.items():
+        if raw is not None:
+            u._set(field, raw)
+    u.input += u.cache_read + u.cache_write
+    u.output += u.reasoning
+
+
+def _anthropic_family(provider: str, model: str) -> bool:
+    return provider == "anthropic" or "claude" in model.lower()
+
+
+def exclude(batch: SpanBatch, i: int, reason: str) -> None:
+    """Flag span i as not counted. Its typed token columns are zeroed, so a plain
+    ``sum(input_tokens)`` never counts it; the reported numbers stay in ``attributes``."""
+    batch.counted[i] = 0
+    batch.excluded_reason[i] = reason
+    batch.input_tokens[i] = batch.output_tokens[i] = batch.total_tokens[i] = 0
+    batch.cache_read_tokens[i] = batch.cache_write_tokens[i] = batch.reasoning_tokens[i] = 0
+
+
+def normalize(batch: SpanBatch) -> SpanBatch:
+    """Fill operation, provider, model, token, reported-cost, agent, tool and error fields."""
+    attrs_col, names, kinds, codes = batch.attributes, batch.name, batch.kind, batch.status_code
+    for i, attrs in enumerate(attrs_col):
+        provider_raw = _first(attrs, PROVIDER_KEYS)
+        provider = normalize_provider(provider_raw) if provider_raw else ""
+        model = _first(attrs, MODEL_KEYS)
+        usage = read_usage(attrs, provider, model)
+        name = names[i]
+        op = operation_of(attrs, name, kinds[i], usage.present)
+
+        batch.operation[i] = op
+        batch.provider[i] = provider
+        batch.model[i] = model
+        batch.request_model[i] = _first(attrs, REQUEST_MODEL_KEYS)
+        batch.input_tokens[i] = usage.input
+        batch.output_tokens[i] = usage.output
+        batch.cache_read_tokens[i] = usage.cache_read
+        batch.cache_write_tokens[i] = usage.cache_write
+        batch.reasoning_tokens[i] = usage.reasoning
+        batch.total_tokens[i] = usage.total
+
+        if not usage.present:
+            status = "missing" if op in INFERENCE_OPERATIONS else "none"
+        elif usage.problem:
+            status = usage.problem
+        elif usage.cache_read + usage.cache_write > usage.input or usage.reasoning > usage.output:
+            status = "inconsistent"
+        else:
+            status = "ok"
+        batch.usage_status[i] = status
+
+        reason = ""
+        if usage.present:
+            if usage.aggregated:
+                reason = "aggregate:aggregated_usage"
+            elif name in VERCEL_OUTER:
+                reason = "aggregate:vercel_outer"
+            elif op in AGGREGATE_OPERATIONS:
+                reason = f"aggregate:{op}"
+            elif op not in INFERENCE_OPERATIONS:
+                reason = f"not_inference:{op or 'unknown'}"
+        if reason:
+            exclude(batch, i, reason)
+
+        cost = _first(attrs, REPORTED_COST_KEYS)
+        if cost:
+            batch.reported_cost_usd[i] = parse_cost(cost)
+        elif LANGFUSE_COST in attrs:
+            batch.reported_cost_usd[i] = parse_cost(_structured(attrs[LANGFUSE_COST]).get("total"))
+
+        batch.agent_name[i] = _first(attrs, AGENT_NAME_KEYS) or (
+            attrs.get("traceloop.entity.name", "") if attrs.get("traceloop.span.kind") == "agent" else "")
+        batch.agent_id[i] = _first(attrs, AGENT_ID_KEYS)
+        batch.tool_name[i] = _first(attrs, TOOL_NAME_KEYS) or (
+            attrs.get("traceloop.entity.name", "") if attrs.get("traceloop.span.kind") == "tool" else "")
+        batch.tool_call_id[i] = _first(attrs, TOOL_CALL_ID_KEYS)
+        batch.error_type[i] = attrs.get("error.type") or ("_OTHER" if codes[i] == 2 else "")
+    return batch
