@@ -117,6 +117,55 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prices_lookup(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from tokenpulse.enrich.normalize import normalize_provider
+    from tokenpulse.enrich.price import PRICE_KINDS, PriceTable, load_overrides
+
+    at = datetime.now(timezone.utc)
+    if args.at:
+        try:
+            at = datetime.fromisoformat(args.at)
+        except ValueError:
+            print(f"error: --at {args.at!r} is not a date (YYYY-MM-DD[THH:MM])", file=sys.stderr)
+            return 2
+        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    table = PriceTable(load_overrides(args.price_file) if args.price_file else [])
+    provider = normalize_provider(args.provider) if args.provider else ""
+    entry = table.lookup(provider, args.model, at)
+    if entry is None:
+        print(f"no price for model {args.model!r}" + (f" (provider {provider})" if provider else "")
+              + f" at {at.date()}: spans with it are stored with price_status 'unknown_model' and cost NULL")
+        return 1
+    print(f"model     {args.model}" + (f"  (provider {provider})" if provider else ""))
+    print(f"at        {at.isoformat()}")
+    print(f"entry     {entry.id}")
+    print("prices    $ per 1M tokens")
+    for kind in PRICE_KINDS:
+        t = getattr(entry, kind)
+        if t is None:
+            fallback = "output" if kind == "reasoning" else "input"
+            print(f"  {kind:<12} (the {fallback} price)")
+            continue
+        tiers = "".join(f", {p:g} above {start:,} input tokens" for start, p in t.tiers)
+        print(f"  {kind:<12} {t.base:g}{tiers}")
+    return 0
+
+
+def _prices_check(args: argparse.Namespace) -> int:
+    from tokenpulse.enrich.price import PriceFileError, load_overrides
+
+    try:
+        entries = load_overrides(args.file)
+    except PriceFileError as e:
+        for line, message in e.errors:
+            print(f"{args.file}:{line}: {message}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok, {len(entries)} price entr{'y' if len(entries) == 1 else 'ies'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokenpulse", description="Token and cost observability for LLM agents.")
     parser.add_argument("--version", action="version", version=f"tokenpulse {__version__}")
@@ -136,6 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     sql.add_argument("--format", choices=("table", "json", "csv"), default="table")
     sql.add_argument("--timeout", type=float, default=60.0)
     sql.set_defaults(func=_sql)
+
+    prices = sub.add_parser("prices", help="look up prices, check a price file")
+    prices_sub = prices.add_subparsers(dest="prices_command", required=True)
+    lookup = prices_sub.add_parser("lookup", help="the price entry that would price MODEL")
+    lookup.add_argument("model")
+    lookup.add_argument("--provider", default=None, help="gen_ai.provider.name, e.g. openai, anthropic, aws.bedrock")
+    lookup.add_argument("--at", default=None, help="date (YYYY-MM-DD) the span started; default now")
+    lookup.add_argument("--price-file", default=None, help="price overrides to apply (YAML)")
+    lookup.set_defaults(func=_prices_lookup)
+    check = prices_sub.add_parser("check", help="validate a price override file")
+    check.add_argument("file")
+    check.set_defaults(func=_prices_check)
 
     args = parser.parse_args(argv)
     try:

@@ -23,7 +23,10 @@ every span through baggage) attribute every span of that trace:
 
 ``agent_role`` is per span: its own ``gen_ai.agent.name`` (or the configured
 keys), else the nearest ancestor's role seen so far, so an LLM call inside a
-``planner`` agent span counts for ``planner``.
+``planner`` agent span counts for ``planner``. An agent span usually ends, and
+is exported, after its calls; ``spans_attributed`` then gives each span the
+role of the innermost agent span of its trace whose time interval contains it
+(an approximation: two agents running in parallel in one trace overlap).
 
 **unattributed.** A span with no tenant or no feature gets the explicit value
 ``unattributed`` for it. In tag-or-reject mode (``require_tags``), such spans

@@ -143,6 +143,16 @@ class Override:
             self.effective_to is None or day <= self.effective_to)
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that leaves dates as text, so a bad date is reported with its line, not raised."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 class PriceFileError(ConfigError):
     def __init__(self, path: str, errors: list[tuple[int, str]]):
         self.errors = errors
@@ -166,14 +176,14 @@ def load_overrides(path: str) -> list[Override]:
     except OSError as e:
         raise ConfigError(f"cannot read price file {path}: {e.strerror}") from None
     try:
-        root = yaml.compose(text)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise PriceFileError(path, [((mark.line + 1) if mark else 0, f"not valid YAML: {e}")]) from None
     errors: list[tuple[int, str]] = []
     if root is None:
         return []
-    doc = yaml.safe_load(text)
+    doc = yaml.load(text, Loader=_Loader)  # noqa: S506 -- a SafeLoader subclass
     if not isinstance(doc, dict) or not isinstance(doc.get("prices"), list):
         raise PriceFileError(path, [(root.start_mark.line + 1, "the file must be a mapping with a 'prices' list")])
     prices_node = next(v for k, v in root.value if k.value == "prices")

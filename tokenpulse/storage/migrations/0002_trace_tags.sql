@@ -32,6 +32,27 @@ FROM {db}.spans
 WHERE tenant != 'unattributed' OR feature != 'unattributed' OR user_id != '' OR session_id != ''
    OR route != '' OR environment != '';
 
+-- Agent spans (spans that name an agent) with their interval: a span whose own
+-- agent_role is empty takes the role of the innermost agent span of its trace
+-- whose interval contains it (children are exported before their agent span).
+CREATE TABLE IF NOT EXISTS {db}.agent_spans
+(
+    trace_id    String,
+    span_id     String,
+    start_time  DateTime64(9, 'UTC'),
+    end_time    DateTime64(9, 'UTC'),
+    agent_role  LowCardinality(String)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toDate(start_time)
+ORDER BY (trace_id, span_id)
+TTL toDateTime(start_time) + INTERVAL {ttl_days} DAY;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.agent_spans_mv TO {db}.agent_spans AS
+SELECT trace_id, span_id, start_time, end_time, agent_role
+FROM {db}.spans
+WHERE agent_name != '' AND agent_role != '';
+
 CREATE VIEW IF NOT EXISTS {db}.spans_attributed AS
 SELECT s.* REPLACE (
     if(s.tenant = 'unattributed' AND t.tenant != '', t.tenant, s.tenant) AS tenant,
@@ -39,7 +60,10 @@ SELECT s.* REPLACE (
     if(s.user_id = '', t.user_id, s.user_id) AS user_id,
     if(s.session_id = '', t.session_id, s.session_id) AS session_id,
     if(s.route = '', t.route, s.route) AS route,
-    if(s.environment = '', t.environment, s.environment) AS environment
+    if(s.environment = '', t.environment, s.environment) AS environment,
+    if(s.agent_role != '', s.agent_role,
+       arraySort(x -> -toUnixTimestamp64Nano(x.1),
+                 arrayFilter(x -> x.1 <= s.start_time AND x.2 >= s.end_time, a.agents))[1].3) AS agent_role
 )
 FROM {db}.spans AS s
 LEFT JOIN
@@ -54,4 +78,10 @@ LEFT JOIN
         argMaxIf(environment, is_root, environment != '') AS environment
     FROM {db}.trace_tags
     GROUP BY trace_id
-) AS t ON s.trace_id = t.trace_id;
+) AS t ON s.trace_id = t.trace_id
+LEFT JOIN
+(
+    SELECT trace_id, groupArray((start_time, end_time, agent_role)) AS agents
+    FROM {db}.agent_spans
+    GROUP BY trace_id
+) AS a ON s.trace_id = a.trace_id;
