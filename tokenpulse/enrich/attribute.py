@@ -43,8 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections import OrderedDict
-
+from tokenpulse.enrich.keys import KeyIndex
 from tokenpulse.record import SpanBatch
 
 UNATTRIBUTED = "unattributed"
@@ -71,13 +70,15 @@ DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
 
 
 class TraceTags:
-    """Bounded memory of tags per trace and agent role per span (oldest forgotten first)."""
+    """Bounded memory of tags per trace and agent role per span (oldest forgotten first).
+
+    Plain dicts keep insertion order; the oldest entry is ``next(iter(d))``."""
 
     def __init__(self, max_traces: int = 100_000, max_spans: int = 500_000):
         self.max_traces = max_traces
         self.max_spans = max_spans
-        self.traces: OrderedDict[str, dict[str, str]] = OrderedDict()
-        self.roles: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()  # (trace, span) -> (parent, role)
+        self.traces: dict[str, dict[str, str]] = {}
+        self.roles: dict[tuple[str, str], tuple[str, str]] = {}  # (trace, span) -> (parent, role)
 
     def trace(self, trace_id: str) -> dict[str, str] | None:
         return self.traces.get(trace_id)
@@ -87,7 +88,7 @@ class TraceTags:
         if known is None:
             self.traces[trace_id] = dict(tags)
             if len(self.traces) > self.max_traces:
-                self.traces.popitem(last=False)
+                del self.traces[next(iter(self.traces))]
         else:
             for k, v in tags.items():
                 if is_root or k not in known:
@@ -96,7 +97,7 @@ class TraceTags:
     def add_span(self, trace_id: str, span_id: str, parent: str, role: str) -> None:
         self.roles[(trace_id, span_id)] = (parent, role)
         if len(self.roles) > self.max_spans:
-            self.roles.popitem(last=False)
+            del self.roles[next(iter(self.roles))]
 
     def ancestor_role(self, trace_id: str, parent: str) -> str:
         for _ in range(64):  # ancestors of one trace; bounded against cycles
@@ -128,83 +129,94 @@ class Attributor:
         self.require = tuple(require)
         self.memory = memory or TraceTags()
         self._user_keys = frozenset(self.keys["user_id"])
-
-    def _own(self, res: dict, attrs: dict) -> dict[str, str]:
-        tags = {}
-        for dim, keys in self.keys.items():
-            for k in keys:
-                v = res.get(k) or attrs.get(k)
-                if v:
-                    tags[dim] = v
-                    break
-        return tags
+        self._index = KeyIndex(self.keys)
+        self._pseudonyms: dict[str, str] = {}
 
     def _user(self, raw: str) -> str:
         if not raw or self.user_id_mode == "drop":
             return ""
         if self.user_id_mode == "raw":
             return raw
-        return pseudonymize(self.user_id_key, raw)
+        got = self._pseudonyms.get(raw)
+        if got is None:
+            if len(self._pseudonyms) >= 100_000:
+                self._pseudonyms.clear()
+            got = self._pseudonyms[raw] = pseudonymize(self.user_id_key, raw)
+        return got
 
     def _scrub(self, attrs: dict) -> dict:
         """The attribute map with raw user ids replaced (or removed, in drop mode)."""
-        if self.user_id_mode == "raw" or not self._user_keys.intersection(attrs):
+        if self.user_id_mode == "raw":
+            return attrs
+        present = self._user_keys.intersection(attrs)
+        if not present:
             return attrs
         out = dict(attrs)
-        for k in self._user_keys.intersection(attrs):
+        for k in present:
             if self.user_id_mode == "drop":
                 del out[k]
             else:
-                out[k] = pseudonymize(self.user_id_key, attrs[k])
+                out[k] = self._user(attrs[k])
         return out
 
     def __call__(self, batch: SpanBatch) -> tuple[SpanBatch, list[str]]:
         n = len(batch)
-        own = [self._own(batch.resource_attributes[i], batch.attributes[i]) for i in range(n)]
+        pick = self._index.pick
+        resources: dict[int, tuple[dict, dict]] = {}  # id(resource attrs) -> (its tags, scrubbed copy)
+        own = []
+        for i in range(n):
+            res = batch.resource_attributes[i]
+            r = resources.get(id(res))
+            if r is None:
+                r = resources[id(res)] = (pick(res), self._scrub(res))
+            tags = pick(batch.attributes[i])
+            if r[0]:
+                tags.update(r[0])  # resource attributes first
+            own.append(tags)
         mem = self.memory
+        trace_ids, span_ids, parents = batch.trace_id, batch.span_id, batch.parent_span_id
         # Pass 1: learn everything this request tells about its traces and agent roles.
         for i in range(n):
-            trace_tags = {d: own[i][d] for d in TRACE_LEVEL if d in own[i]}
-            if trace_tags:
-                mem.add_trace(batch.trace_id[i], trace_tags, is_root=not batch.parent_span_id[i])
-            mem.add_span(batch.trace_id[i], batch.span_id[i], batch.parent_span_id[i], own[i].get("agent_role", ""))
+            tags = own[i]
+            if tags:
+                trace_tags = {d: tags[d] for d in TRACE_LEVEL if d in tags}
+                if trace_tags:
+                    mem.add_trace(trace_ids[i], trace_tags, is_root=not parents[i])
+            mem.add_span(trace_ids[i], span_ids[i], parents[i], tags.get("agent_role", ""))
         # Pass 2: fill.
         rejects: list[str] = []
         keep: list[int] | None = None
-        scrubbed_resources: dict[int, dict] = {}
         for i in range(n):
             tags = own[i]
-            known = mem.trace(batch.trace_id[i])
+            known = mem.trace(trace_ids[i])
             if known:
                 for d in TRACE_LEVEL:
                     if d not in tags and d in known:
                         tags[d] = known[d]
-            if "agent_role" not in tags and batch.parent_span_id[i]:
-                role = mem.ancestor_role(batch.trace_id[i], batch.parent_span_id[i])
+            if "agent_role" not in tags and parents[i]:
+                role = mem.ancestor_role(trace_ids[i], parents[i])
                 if role:
                     tags["agent_role"] = role
-            missing = [d for d in self.require if not tags.get(d)]
-            if missing:
-                rejects.append(f"span {batch.name[i]!r} has no {' or '.join(missing)} "
-                               f"(tag-or-reject mode; set one of: {', '.join(self.keys[missing[0]][:3])}, ...)")
-                if keep is None:
-                    keep = list(range(i))
-                continue
+            if self.require:
+                missing = [d for d in self.require if not tags.get(d)]
+                if missing:
+                    rejects.append(f"span {batch.name[i]!r} has no {' or '.join(missing)} "
+                                   f"(tag-or-reject mode; set one of: {', '.join(self.keys[missing[0]][:3])}, ...)")
+                    if keep is None:
+                        keep = list(range(i))
+                    continue
             if keep is not None:
                 keep.append(i)
             batch.tenant[i] = tags.get("tenant") or UNATTRIBUTED
             batch.feature[i] = tags.get("feature") or UNATTRIBUTED
-            batch.user_id[i] = self._user(tags.get("user_id", ""))
+            if "user_id" in tags:
+                batch.user_id[i] = self._user(tags["user_id"])
             batch.session_id[i] = tags.get("session_id", "")
             batch.route[i] = tags.get("route", "")
             batch.agent_role[i] = tags.get("agent_role", "")
             batch.environment[i] = tags.get("environment", "")
             batch.attributes[i] = self._scrub(batch.attributes[i])
-            res = batch.resource_attributes[i]
-            rid = id(res)
-            if rid not in scrubbed_resources:
-                scrubbed_resources[rid] = self._scrub(res)
-            batch.resource_attributes[i] = scrubbed_resources[rid]
+            batch.resource_attributes[i] = resources[id(batch.resource_attributes[i])][1]
         if keep is not None:
             batch = batch.take(keep)
         return batch, rejects

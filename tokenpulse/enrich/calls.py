@@ -16,25 +16,24 @@ different export requests. The memory is per process: with several receivers
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS, exclude
 from tokenpulse.record import SpanBatch
 
-RESPONSE_ID_KEYS = ("gen_ai.response.id", "ai.response.id")
+RESPONSE_ID_KEYS = ("gen_ai.response.id", "ai.response.id")  # read in this order below
 
 
 class DuplicateCalls:
     def __init__(self, max_entries: int = 200_000):
         self.max_entries = max_entries
-        self._by_response: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._by_span: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
-        self._children: OrderedDict[tuple[str, str], list[tuple[str, tuple[int, int]]]] = OrderedDict()
+        # Plain dicts keep insertion order: the oldest entry is next(iter(d)).
+        self._by_response: dict[tuple[str, str], str] = {}
+        self._by_span: dict[tuple[str, str], tuple[int, int]] = {}
+        self._children: dict[tuple[str, str], list[tuple[str, tuple[int, int]]]] = {}
 
-    def _remember(self, table: OrderedDict, key, value) -> None:
+    def _remember(self, table: dict, key, value) -> None:
         table[key] = value
         if len(table) > self.max_entries:
-            table.popitem(last=False)
+            del table[next(iter(table))]
 
     def __call__(self, batch: SpanBatch) -> SpanBatch:
         for i in range(len(batch)):
@@ -42,7 +41,7 @@ class DuplicateCalls:
                 continue
             trace, sid, parent = batch.trace_id[i], batch.span_id[i], batch.parent_span_id[i]
             attrs = batch.attributes[i]
-            rid = next((attrs[k] for k in RESPONSE_ID_KEYS if attrs.get(k)), "")
+            rid = attrs.get("gen_ai.response.id") or attrs.get("ai.response.id", "")
             fp = (batch.input_tokens[i], batch.output_tokens[i])
             dup_of = ""
             if rid:

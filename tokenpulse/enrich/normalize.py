@@ -34,6 +34,7 @@ import ast
 import json
 import math
 
+from tokenpulse.enrich.keys import KeyIndex
 from tokenpulse.record import SpanBatch
 
 MAX_TOKENS = 10_000_000
@@ -160,21 +161,6 @@ def parse_cost(raw) -> float | None:
     return f if math.isfinite(f) and f >= 0 else None
 
 
-def _first(attrs: dict, keys: tuple[str, ...]) -> str:
-    for k in keys:
-        v = attrs.get(k)
-        if v:
-            return v
-    return ""
-
-
-def _first_key(attrs: dict, keys: tuple[str, ...]) -> str | None:
-    for k in keys:
-        if k in attrs and attrs[k] != "":
-            return k
-    return None
-
-
 def _structured(raw: str) -> dict:
     """A JSON object (Langfuse) or a Python dict literal (LangSmith), else {}."""
     for parse in (json.loads, ast.literal_eval):
@@ -186,21 +172,22 @@ def _structured(raw: str) -> dict:
     return {}
 
 
-def operation_of(attrs: dict, name: str, kind: int, has_usage: bool) -> str:
-    op = attrs.get("gen_ai.operation.name")
+def operation_of(f: dict, name: str, kind: int, has_usage: bool) -> str:
+    """The operation, from ``f`` = INDEX.pick(attrs), the span name and kind."""
+    op = f.get("op")
     if op:
         op = op.strip().lower()
         return OPERATION_ALIASES.get(op, op)
-    v = attrs.get("openinference.span.kind")
+    v = f.get("oi_kind")
     if v:
         return OPENINFERENCE_KINDS.get(v.upper(), v.lower())
-    v = attrs.get("llm.request.type")
+    v = f.get("llm_type")
     if v:
         return LLM_REQUEST_TYPES.get(v.lower(), v.lower())
-    v = attrs.get("traceloop.span.kind")
+    v = f.get("tl_kind")
     if v:
         return TRACELOOP_KINDS.get(v.lower(), v.lower())
-    v = attrs.get("langsmith.span.kind")
+    v = f.get("ls_kind")
     if v:
         return LANGSMITH_KINDS.get(v.lower(), v.lower())
     if name.startswith("ai."):
@@ -243,42 +230,55 @@ class Usage:
 _FIELD_KEYS = (("input", INPUT_KEYS), ("output", OUTPUT_KEYS), ("cache_read", CACHE_READ_KEYS),
                ("cache_write", CACHE_WRITE_KEYS), ("reasoning", REASONING_KEYS), ("total", TOTAL_KEYS))
 _AGGREGATED_KEYS = tuple(
-    (field, tuple(AGGREGATED_PREFIX + k[len("gen_ai.usage."):] for k in keys if k.startswith("gen_ai.usage.")))
+    ("agg_" + field, tuple(AGGREGATED_PREFIX + k[len("gen_ai.usage."):] for k in keys if k.startswith("gen_ai.usage.")))
     for field, keys in _FIELD_KEYS)
+TOKEN_FIELDS = tuple(f for f, _ in _FIELD_KEYS)
+# One index for every field normalize reads (see keys.py).
+INDEX = KeyIndex({
+    **dict(_FIELD_KEYS), **dict(_AGGREGATED_KEYS),
+    "provider": PROVIDER_KEYS, "model": MODEL_KEYS, "request_model": REQUEST_MODEL_KEYS,
+    "reported_cost": REPORTED_COST_KEYS, "agent_name": AGENT_NAME_KEYS, "agent_id": AGENT_ID_KEYS,
+    "tool_name": TOOL_NAME_KEYS, "tool_call_id": TOOL_CALL_ID_KEYS,
+    "op": ("gen_ai.operation.name",), "oi_kind": ("openinference.span.kind",), "llm_type": ("llm.request.type",),
+    "tl_kind": ("traceloop.span.kind",), "ls_kind": ("langsmith.span.kind",),
+    "langfuse_usage": (LANGFUSE_USAGE,), "langfuse_cost": (LANGFUSE_COST,),
+    "ls_in": (LANGSMITH_INPUT_DETAILS,), "ls_out": (LANGSMITH_OUTPUT_DETAILS,), "vercel_nocache": (VERCEL_NOCACHE,),
+    "vercel_provider": ("ai.model.provider",), "error": ("error.type",), "tl_entity": ("traceloop.entity.name",),
+})
 
 
-def read_usage(attrs: dict, provider: str, model: str) -> Usage:
+def read_usage(attrs: dict, provider: str, model: str, found: dict | None = None) -> Usage:
+    """Token counts from a span's attributes (``found``: INDEX.pick(attrs), if already computed)."""
+    f = INDEX.pick(attrs) if found is None else found
     u = Usage()
-    for field, keys in _FIELD_KEYS:
-        k = _first_key(attrs, keys)
-        if k is not None:
-            u._set(field, attrs[k])
+    for field in TOKEN_FIELDS:
+        if field in f:
+            u._set(field, f[field])
     if not u.present:
-        for field, keys in _AGGREGATED_KEYS:
-            k = _first_key(attrs, keys)
-            if k is not None:
-                u._set(field, attrs[k])
+        for field in TOKEN_FIELDS:
+            if "agg_" + field in f:
+                u._set(field, f["agg_" + field])
                 u.aggregated = True
-    if LANGSMITH_INPUT_DETAILS in attrs or LANGSMITH_OUTPUT_DETAILS in attrs:
+    if "ls_in" in f or "ls_out" in f:
         # LangChain UsageMetadata: input_tokens already includes cache tokens.
-        details = _structured(attrs.get(LANGSMITH_INPUT_DETAILS, ""))
+        details = _structured(f.get("ls_in", ""))
         if not u.cache_read and "cache_read" in details:
             u._set("cache_read", details["cache_read"])
         if not u.cache_write and "cache_creation" in details:
             u._set("cache_write", details["cache_creation"])
-        out_details = _structured(attrs.get(LANGSMITH_OUTPUT_DETAILS, ""))
+        out_details = _structured(f.get("ls_out", ""))
         if not u.reasoning and "reasoning" in out_details:
             u._set("reasoning", out_details["reasoning"])
-    if not u.present and LANGFUSE_USAGE in attrs:
-        _read_langfuse(u, _structured(attrs[LANGFUSE_USAGE]))
-    if VERCEL_NOCACHE in attrs:
+    if not u.present and "langfuse_usage" in f:
+        _read_langfuse(u, _structured(f["langfuse_usage"]))
+    if "vercel_nocache" in f:
         # Vercel's legacy exporter splits input; the parts add up to the semconv total.
-        nocache, problem = parse_count(attrs[VERCEL_NOCACHE])
+        nocache, problem = parse_count(f["vercel_nocache"])
         if not problem:
             u.input = nocache + u.cache_read + u.cache_write
             u.present = True
     elif _anthropic_family(provider, model) and (u.cache_read or u.cache_write) and (
-            "ai.model.provider" in attrs or u.cache_read + u.cache_write > u.input):
+            "vercel_provider" in f or u.cache_read + u.cache_write > u.input):
         # Anthropic's cache-exclusive input_tokens passed through (see module doc).
         u.input += u.cache_read + u.cache_write
         u.corrected = "anthropic_raw_input"
@@ -326,18 +326,32 @@ def exclude(batch: SpanBatch, i: int, reason: str) -> None:
 def normalize(batch: SpanBatch) -> SpanBatch:
     """Fill operation, provider, model, token, reported-cost, agent, tool and error fields."""
     attrs_col, names, kinds, codes = batch.attributes, batch.name, batch.kind, batch.status_code
+    pick = INDEX.pick
     for i, attrs in enumerate(attrs_col):
-        provider_raw = _first(attrs, PROVIDER_KEYS)
-        provider = normalize_provider(provider_raw) if provider_raw else ""
-        model = _first(attrs, MODEL_KEYS)
-        usage = read_usage(attrs, provider, model)
+        f = pick(attrs)
         name = names[i]
-        op = operation_of(attrs, name, kinds[i], usage.present)
+        if not f:
+            # No GenAI attribute at all (HTTP, DB, ... spans): only name-based operations and errors.
+            op = operation_of(f, name, kinds[i], False)
+            if op:
+                batch.operation[i] = op
+                if op in INFERENCE_OPERATIONS:
+                    batch.usage_status[i] = "missing"
+                    continue
+            batch.usage_status[i] = "none"
+            if codes[i] == 2:
+                batch.error_type[i] = "_OTHER"
+            continue
+        provider_raw = f.get("provider", "")
+        provider = normalize_provider(provider_raw) if provider_raw else ""
+        model = f.get("model", "")
+        usage = read_usage(attrs, provider, model, f)
+        op = operation_of(f, name, kinds[i], usage.present)
 
         batch.operation[i] = op
         batch.provider[i] = provider
         batch.model[i] = model
-        batch.request_model[i] = _first(attrs, REQUEST_MODEL_KEYS)
+        batch.request_model[i] = f.get("request_model", "")
         batch.input_tokens[i] = usage.input
         batch.output_tokens[i] = usage.output
         batch.cache_read_tokens[i] = usage.cache_read
@@ -368,17 +382,16 @@ def normalize(batch: SpanBatch) -> SpanBatch:
         if reason:
             exclude(batch, i, reason)
 
-        cost = _first(attrs, REPORTED_COST_KEYS)
+        cost = f.get("reported_cost")
         if cost:
             batch.reported_cost_usd[i] = parse_cost(cost)
-        elif LANGFUSE_COST in attrs:
-            batch.reported_cost_usd[i] = parse_cost(_structured(attrs[LANGFUSE_COST]).get("total"))
+        elif "langfuse_cost" in f:
+            batch.reported_cost_usd[i] = parse_cost(_structured(f["langfuse_cost"]).get("total"))
 
-        batch.agent_name[i] = _first(attrs, AGENT_NAME_KEYS) or (
-            attrs.get("traceloop.entity.name", "") if attrs.get("traceloop.span.kind") == "agent" else "")
-        batch.agent_id[i] = _first(attrs, AGENT_ID_KEYS)
-        batch.tool_name[i] = _first(attrs, TOOL_NAME_KEYS) or (
-            attrs.get("traceloop.entity.name", "") if attrs.get("traceloop.span.kind") == "tool" else "")
-        batch.tool_call_id[i] = _first(attrs, TOOL_CALL_ID_KEYS)
-        batch.error_type[i] = attrs.get("error.type") or ("_OTHER" if codes[i] == 2 else "")
+        tl_kind = f.get("tl_kind")
+        batch.agent_name[i] = f.get("agent_name") or (f.get("tl_entity", "") if tl_kind == "agent" else "")
+        batch.agent_id[i] = f.get("agent_id", "")
+        batch.tool_name[i] = f.get("tool_name") or (f.get("tl_entity", "") if tl_kind == "tool" else "")
+        batch.tool_call_id[i] = f.get("tool_call_id", "")
+        batch.error_type[i] = f.get("error") or ("_OTHER" if codes[i] == 2 else "")
     return batch
