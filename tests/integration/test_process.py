@@ -110,3 +110,18 @@ def test_second_process_on_same_data_dir_is_refused_clearly(serve_process):
     out = _cli("serve", "--data-dir", proc.data_dir, "--grpc-port", "0", "--http-port", "0", "--admin-port", "0")
     assert out.returncode == 2
     assert "in use by another tokenpulse process" in out.stderr
+
+
+def test_pseudonymize_without_key_refused_for_a_server_and_generated_once_for_embedded(serve_process, tmp_path):
+    out = _cli("serve", "--clickhouse-url", "http://127.0.0.1:9", "--grpc-port", "0", "--http-port", "0",
+               "--admin-port", "0")
+    assert out.returncode == 2 and "no user_id_key is set" in out.stderr
+
+    proc = serve_process()
+    key_file = os.path.join(proc.data_dir, "user-id.key")
+    assert os.stat(key_file).st_mode & 0o777 == 0o600
+    key = open(key_file).read()
+    assert len(key) == 64
+    proc.stop()
+    serve_process(data_dir=proc.data_dir)  # a restart keeps the key, so pseudonyms stay stable
+    assert open(key_file).read() == key
