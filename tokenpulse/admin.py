@@ -4,6 +4,9 @@ GET /healthz   JSON; 200 when storage accepts writes, 503 (status "degraded") wh
 GET /metrics   Prometheus text format
 GET|POST /api/sql   a read-only query (``q`` parameter or POST body); ``format`` is
                json (ClickHouse JSONCompact: meta, data, rows), csv or tsv (with a header row)
+GET /api/panels     the dashboard panels and their parameters
+GET /api/panels/{name}?since=1h&by=feature&tenant=...   one panel:
+               {"panel", "title", "params", "columns", "rows"}
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tokenpulse.errors import StorageError
+from tokenpulse.queries import QueryError, load_panels, run as run_panel
 
 SQL_FORMATS = {"json": ("JSONCompact", "application/json"),
                "csv": ("CSVWithNames", "text/csv"),
@@ -27,6 +31,7 @@ class AdminServer:
         self.host = host
         self.port = port
         self.runner: web.AppRunner | None = None
+        self.panels = load_panels()
 
     async def start(self) -> int:
         app = web.Application(client_max_size=1024 * 1024)
@@ -34,6 +39,8 @@ class AdminServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/sql", self._sql)
         app.router.add_post("/api/sql", self._sql)
+        app.router.add_get("/api/panels", self._panels)
+        app.router.add_get("/api/panels/{name}", self._panel)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
@@ -68,6 +75,25 @@ class AdminServer:
         except StorageError as e:
             return web.json_response({"error": str(e), "code": e.code}, status=400)
         return web.Response(body=body, headers={"Content-Type": ctype})
+
+    async def _panels(self, request: web.Request) -> web.Response:
+        return web.json_response([q.describe() for q in self.panels.values()])
+
+    async def _panel(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        query = self.panels.get(name)
+        if query is None:
+            return web.json_response({"error": f"no panel {name!r}; see /api/panels"}, status=404)
+        values = dict(request.query)
+        loop = asyncio.get_running_loop()
+        try:
+            columns, rows = await loop.run_in_executor(None, run_panel, self.service.backend, query, values)
+        except QueryError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        except StorageError as e:
+            return web.json_response({"error": str(e), "code": e.code}, status=500)
+        return web.json_response({"panel": name, "title": query.title, "params": values, "columns": columns,
+                                  "rows": rows})
 
 
 def parse_sql_json(body: bytes) -> tuple[list[str], list[list]]:

@@ -117,6 +117,90 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
+class _PanelSource:
+    """Runs panels through a service's admin API, or directly on a ClickHouse server."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.backend = None
+        if args.clickhouse_url:
+            from tokenpulse.storage.server import ServerBackend
+
+            self.backend = ServerBackend(args.clickhouse_url)
+            self.backend.use_database(args.database)
+
+    def run(self, name: str, values: dict) -> tuple[list[str], list[list]]:
+        if self.backend is not None:
+            from tokenpulse.queries import QueryError, load_panels, run
+
+            panels = load_panels()
+            if name not in panels:
+                raise QueryError(f"no panel {name!r} (panels: {', '.join(panels)})")
+            return run(self.backend, panels[name], values)
+        url = (self.args.admin_url.rstrip("/") + f"/api/panels/{urllib.parse.quote(name)}?"
+               + urllib.parse.urlencode(values))
+        try:
+            with urllib.request.urlopen(url, timeout=self.args.timeout) as resp:
+                doc = json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            try:
+                message = json.loads(e.read())["error"]
+            except (ValueError, KeyError):
+                message = f"HTTP {e.code}"
+            raise ReportError(message) from None
+        except urllib.error.URLError as e:
+            raise ReportError(f"cannot reach the tokenpulse admin API at {self.args.admin_url} ({e.reason}); "
+                              "is `tokenpulse serve` running? (or pass --clickhouse-url)") from None
+        return doc["columns"], doc["rows"]
+
+
+class ReportError(Exception):
+    pass
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tokenpulse.queries import QueryError
+
+    source = _PanelSource(args)
+    common = {"since": args.since}
+    if args.tenant:
+        common["tenant"] = args.tenant
+    try:
+        if args.panel:
+            values = dict(common)
+            for name in ("by", "feature", "limit"):
+                if getattr(args, name) is not None:
+                    values[name] = getattr(args, name)
+            columns, rows = source.run(args.panel, values)
+            print(_render(columns, rows, args.format))
+            return 0
+        sections = [
+            ("Spend by feature", "cost_by_dimension", {**common, "by": "feature", "limit": "8"}),
+            ("Top tenants", "cost_by_dimension", {**common, "by": "tenant", "limit": "5"}),
+            ("Top models", "cost_by_dimension", {**common, "by": "model", "limit": "5"}),
+            ("Tokens per run", "tokens_per_run", common),
+            ("Price coverage", "price_coverage", common),
+        ]
+        out = {}
+        for title, panel, values in sections:
+            columns, rows = source.run(panel, values)
+            if panel == "tokens_per_run":
+                columns = ["runs", "p50_tokens", "p95_tokens", "p99_tokens"]
+                rows = [[rows[0][3], rows[0][4], rows[0][5], rows[0][6]]] if rows else []
+            out[title] = (columns, rows)
+    except (QueryError, ReportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps({t: [dict(zip(c, r)) for r in rows] for t, (c, rows) in out.items()}, indent=2))
+        return 0
+    print(f"tokenpulse overview, last {args.since}" + (f", tenant {args.tenant}" if args.tenant else ""))
+    for title, (columns, rows) in out.items():
+        print(f"\n{title}")
+        print(_render(columns, rows, "csv" if args.format == "csv" else "table"))
+    return 0
+
+
 def _prices_lookup(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
@@ -185,6 +269,22 @@ def main(argv: list[str] | None = None) -> int:
     sql.add_argument("--format", choices=("table", "json", "csv"), default="table")
     sql.add_argument("--timeout", type=float, default=60.0)
     sql.set_defaults(func=_sql)
+
+    report = sub.add_parser("report", help="print a dashboard panel, or an overview of spend and tokens")
+    report.add_argument("panel", nargs="?", default=None,
+                        help="panel name (see GET /api/panels); omitted: a one-screen overview")
+    report.add_argument("--since", default="1h", help="window: 15m, 1h, 24h, 7d (default: %(default)s)")
+    report.add_argument("--by", default=None, help="dimension for panels that group by one")
+    report.add_argument("--tenant", default=None)
+    report.add_argument("--feature", default=None)
+    report.add_argument("--limit", default=None)
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.add_argument("--admin-url", default="http://127.0.0.1:4319",
+                        help="admin API of a running `tokenpulse serve` (default: %(default)s)")
+    report.add_argument("--clickhouse-url", default=None, help="run the panels on a ClickHouse server instead")
+    report.add_argument("--database", default="tokenpulse")
+    report.add_argument("--timeout", type=float, default=60.0)
+    report.set_defaults(func=_report)
 
     prices = sub.add_parser("prices", help="look up prices, check a price file")
     prices_sub = prices.add_subparsers(dest="prices_command", required=True)

@@ -71,8 +71,10 @@ class Backend(Protocol):
     def command(self, sql: str) -> None:
         """Run DDL or another statement with no result. Raises StorageError."""
 
-    def query(self, sql: str, fmt: str = "JSONCompact", readonly: bool = True) -> bytes:
-        """Run a query and return its output in a ClickHouse format. Raises StorageError."""
+    def query(self, sql: str, fmt: str = "JSONCompact", readonly: bool = True, params: dict | None = None) -> bytes:
+        """Run a query and return its output in a ClickHouse format. Raises StorageError.
+
+        ``params`` bind ClickHouse query parameters (``{name:Type}`` in the SQL) server-side."""
 
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         """Insert an Arrow table (columns in table order). Raises StorageError."""

@@ -58,11 +58,11 @@ class EmbeddedBackend:
             except Exception as e:
                 raise classify(e, "ClickHouse command failed") from None
 
-    def query(self, sql: str, fmt: str = "JSONCompact", readonly: bool = True) -> bytes:
+    def query(self, sql: str, fmt: str = "JSONCompact", readonly: bool = True, params: dict | None = None) -> bytes:
         conn, lock = (self._ro, self._ro_lock) if readonly else (self._rw, self._rw_lock)
         with lock:
             try:
-                res = conn.query(sql, fmt)
+                res = conn.query(sql, fmt, params=params) if params else conn.query(sql, fmt)
             except Exception as e:
                 raise classify(e, "ClickHouse query failed") from None
         return res.bytes() if hasattr(res, "bytes") else bytes(res)

@@ -38,11 +38,11 @@ class ServerBackend:
             except Exception as e:
                 raise classify(e, "ClickHouse command failed") from None
 
-    def query(self, sql: str, fmt: str = "JSONCompact", readonly: bool = True) -> bytes:
+    def query(self, sql: str, fmt: str = "JSONCompact", readonly: bool = True, params: dict | None = None) -> bytes:
         settings = {"readonly": 1} if readonly else {}
         with self._lock:
             try:
-                return self._client.raw_query(sql, fmt=fmt, settings=settings)
+                return self._client.raw_query(sql, parameters=params or None, fmt=fmt, settings=settings)
             except Exception as e:
                 raise classify(e, "ClickHouse query failed") from None
 

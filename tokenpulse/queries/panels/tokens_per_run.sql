@@ -1,0 +1,26 @@
+-- title: Tokens per run
+-- description: Distribution of tokens (input + output, counted calls only) per run (trace) that started in the window, in power-of-two buckets, with exact p50 / p95 / p99. The long tail is where failures live.
+-- param: since UInt32 3600 Window, seconds back from now (the CLI and API accept 15m, 1h, 7d)
+-- param: tenant String "" Only runs of this tenant; empty for all
+WITH
+per_run AS (
+    SELECT trace_id, sum(input_tokens) + sum(output_tokens) AS tokens
+    FROM runs
+    WHERE end_time >= now64() - toIntervalSecond({since:UInt32})
+    GROUP BY trace_id
+    HAVING min(start_time) >= now64() - toIntervalSecond({since:UInt32})
+       AND sum(llm_calls) > 0
+       AND ({tenant:String} = '' OR max(tenant) = {tenant:String})
+),
+stats AS (SELECT quantilesExact(0.5, 0.95, 0.99)(tokens) AS q, count() AS n FROM per_run)
+SELECT
+    toUInt64(pow(2, floor(log2(greatest(tokens, 1))))) AS bucket_from,
+    toUInt64(pow(2, floor(log2(greatest(tokens, 1))) + 1)) AS bucket_to,
+    count() AS runs,
+    any(stats.n) AS total_runs,
+    toUInt64(any(stats.q)[1]) AS p50_tokens,
+    toUInt64(any(stats.q)[2]) AS p95_tokens,
+    toUInt64(any(stats.q)[3]) AS p99_tokens
+FROM per_run CROSS JOIN stats
+GROUP BY bucket_from, bucket_to
+ORDER BY bucket_from
