@@ -11,6 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 # The *_created series double the output and no dashboard here reads them.
 disable_created_metrics()
 
+MAX_MODEL_LABELS = 50  # distinct `model` label values before the rest are counted as "_other"
+_TOKEN_TYPES = (("input", "input_tokens"), ("output", "output_tokens"), ("cache_read", "cache_read_tokens"),
+                ("cache_write", "cache_write_tokens"), ("reasoning", "reasoning_tokens"))
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -47,11 +50,49 @@ class Metrics:
         self.unknown_model = Counter(
             "tokenpulse_unknown_model_spans", "Counted spans with usage whose model has no price (cost left NULL)",
             ["model"], registry=r)
+        self.tokens = Counter(
+            "tokenpulse_tokens", "Tokens of counted LLM calls stored, by token type and model (at most "
+            f"{MAX_MODEL_LABELS} model values; later ones are counted as _other)", ["type", "model"], registry=r)
+        self.cost = Counter(
+            "tokenpulse_cost_usd", "Computed cost (USD) of counted LLM calls stored, by model (same bound)",
+            ["model"], registry=r)
+        self._models: set[str] = set()
         self.queue_spans = Gauge("tokenpulse_queue_spans", "Spans waiting to be written", registry=r)
         self.queue_capacity = Gauge("tokenpulse_queue_capacity_spans", "Writer queue bound", registry=r)
         self.storage_up = Gauge(
             "tokenpulse_storage_up", "1 when the last insert succeeded, 0 while storage is failing", registry=r)
         self.dedup_keys = Gauge("tokenpulse_dedup_keys", "Span keys held for retry dedup", registry=r)
+
+    def model_label(self, model: str) -> str:
+        if model in self._models:
+            return model
+        if len(self._models) < MAX_MODEL_LABELS:
+            self._models.add(model)
+            return model
+        return "_other"
+
+    def count_usage(self, batch) -> None:
+        """Add a stored batch's counted tokens and cost to the counters (one pass, summed per model)."""
+        sums: dict[str, list[float]] = {}
+        for i in range(len(batch)):
+            if not batch.counted[i] or not (batch.input_tokens[i] or batch.output_tokens[i]):
+                continue
+            acc = sums.get(batch.model[i])
+            if acc is None:
+                acc = sums[batch.model[i]] = [0, 0, 0, 0, 0, 0.0]
+            acc[0] += batch.input_tokens[i]
+            acc[1] += batch.output_tokens[i]
+            acc[2] += batch.cache_read_tokens[i]
+            acc[3] += batch.cache_write_tokens[i]
+            acc[4] += batch.reasoning_tokens[i]
+            acc[5] += batch.cost_usd[i] or 0.0
+        for model, acc in sums.items():
+            label = self.model_label(model or "(none)")
+            for j, (kind, _) in enumerate(_TOKEN_TYPES):
+                if acc[j]:
+                    self.tokens.labels(kind, label).inc(acc[j])
+            if acc[5]:
+                self.cost.labels(label).inc(acc[5])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

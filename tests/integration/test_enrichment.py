@@ -138,3 +138,20 @@ def test_raw_user_ids_are_not_stored_by_default(make_service):
     row = sql(svc, "SELECT user_id, toJSONString(attributes), toJSONString(resource_attributes) "
                    "FROM spans WHERE service = 'privacy'")[0]
     assert len(row[0]) == 32 and "alice" not in json.dumps(row)
+
+
+def test_token_and_cost_counters_on_metrics(make_service):
+    svc = make_service()
+    usage = {**CHAT, "gen_ai.response.model": "gpt-4o", "gen_ai.usage.input_tokens": 1200,
+             "gen_ai.usage.cache_read.input_tokens": 1000, "gen_ai.usage.output_tokens": 100}
+    req = request([span(attrs=usage), span(attrs=usage),
+                   span(name="invoke_agent", attrs={"gen_ai.operation.name": "invoke_agent",
+                                                    "gen_ai.usage.input_tokens": 99999})], service="counters")
+    assert post(svc, req.SerializeToString()).status_code == 200
+    assert post(svc, req.SerializeToString()).status_code == 200  # a retry: stored once, counted once
+    metrics = requests.get(f"http://127.0.0.1:{svc.admin.port}/metrics", timeout=5).text
+    assert 'tokenpulse_tokens_total{model="gpt-4o",type="input"} 2400.0' in metrics
+    assert 'tokenpulse_tokens_total{model="gpt-4o",type="cache_read"} 2000.0' in metrics
+    assert 'tokenpulse_tokens_total{model="gpt-4o",type="output"} 200.0' in metrics
+    cost = [ln for ln in metrics.splitlines() if ln.startswith('tokenpulse_cost_usd_total{model="gpt-4o"}')]
+    assert float(cost[0].split()[-1]) == pytest.approx(2 * (200 * 2.5 + 1000 * 1.25 + 100 * 10) / 1e6)

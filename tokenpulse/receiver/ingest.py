@@ -76,7 +76,7 @@ class Ingest:
         if isinstance(got, Busy):
             return self._retry(n, got.reason, got.message, got.retry_after_s, transport)
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(got)), self.ack_timeout_s)
+            stored = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(got)), self.ack_timeout_s)
         except asyncio.TimeoutError:
             # Withdraw it if not yet being written; if it is written anyway, the
             # client's retry is dropped as a duplicate.
@@ -92,6 +92,8 @@ class Ingest:
         except DataError as e:
             self.metrics.requests.labels(transport, "invalid").inc()
             return Answer("invalid", rejected=n, message=f"storage refused the spans: {e}")
+        # Count only what this request stored: spans dropped as retries were counted the first time.
+        self.metrics.count_usage(decoded.batch if stored.kept is None else decoded.batch.take(stored.kept))
         return self._ok(decoded, transport)
 
     def _ok(self, decoded: Decoded, transport: str) -> Answer:

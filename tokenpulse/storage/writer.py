@@ -79,6 +79,7 @@ class Busy:
 class Stored:
     spans: int
     duplicates: int
+    kept: list[int] | None = None  # indexes of the request's spans that were stored (None: all)
 
 
 class DedupCache:
@@ -370,8 +371,20 @@ class Writer:
         self.metrics.spans_stored.inc(to_store.num_rows)
         if duplicates:
             self.metrics.spans_duplicate.inc(duplicates)
+        if keep is None:
+            for p in items:
+                p.future.set_result(Stored(p_rows(p), 0))
+            return
+        # Hand each request the indexes of its own spans that were stored (keep is ascending).
+        it, start = 0, 0
         for p in items:
-            p.future.set_result(Stored(p_rows(p), duplicates if len(items) == 1 else 0))
+            end = start + p_rows(p)
+            kept = []
+            while it < len(keep) and keep[it] < end:
+                kept.append(keep[it] - start)
+                it += 1
+            p.future.set_result(Stored(p_rows(p), p_rows(p) - len(kept), kept))
+            start = end
 
     def _failed(self, e: Exception) -> None:
         self._backoff_s = min(max(self._backoff_s * 2, self.s.backoff_initial_s), self.s.backoff_max_s)
