@@ -168,7 +168,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         if args.panel:
             values = dict(common)
-            for name in ("by", "feature", "limit"):
+            for name in ("by", "feature", "model", "limit"):
                 if getattr(args, name) is not None:
                     values[name] = getattr(args, name)
             columns, rows = source.run(args.panel, values)
@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--by", default=None, help="dimension for panels that group by one")
     report.add_argument("--tenant", default=None)
     report.add_argument("--feature", default=None)
+    report.add_argument("--model", default=None)
     report.add_argument("--limit", default=None)
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--admin-url", default="http://127.0.0.1:4319",

@@ -6,7 +6,8 @@ never share counters.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               disable_created_metrics, generate_latest)
 
 # The *_created series double the output and no dashboard here reads them.
 disable_created_metrics()
@@ -20,14 +21,16 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self.requests = Counter(
             "tokenpulse_export_requests", "OTLP Export requests by transport and outcome "
             "(ok, partial, invalid, too_large, unsupported, retry)", ["transport", "outcome"], registry=r)
         self.spans_received = Counter(
             "tokenpulse_spans_received", "Spans decoded from Export requests", ["transport"], registry=r)
         self.spans_rejected = Counter(
-            "tokenpulse_spans_rejected", "Spans refused by the receiver (invalid ids, bad fields), "
-            "reported to the client as partial success", ["transport"], registry=r)
+            "tokenpulse_spans_rejected", "Spans refused and reported to the client as partial success, by "
+            "reason: invalid_span (bad ids or fields), expired (older than retention), missing_tags "
+            "(tag-or-reject)", ["transport", "reason"], registry=r)
         self.spans_stored = Counter(
             "tokenpulse_spans_stored", "Spans written to ClickHouse", registry=r)
         self.spans_duplicate = Counter(

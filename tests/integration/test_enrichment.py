@@ -97,7 +97,7 @@ def test_tag_or_reject_through_a_real_exporter(make_service):
     tp.shutdown()
     assert [r[0] for r in sql(svc, "SELECT name FROM spans WHERE service = 'strict'")] == ["tagged"]
     metrics = requests.get(f"http://127.0.0.1:{svc.admin.port}/metrics", timeout=5).text
-    assert 'tokenpulse_spans_rejected_total{transport="http"} 1.0' in metrics
+    assert 'tokenpulse_spans_rejected_total{reason="missing_tags",transport="http"} 1.0' in metrics
 
     body = {"resourceSpans": [{"resource": {"attributes": [
         {"key": "service.name", "value": {"stringValue": "strict-json"}},

@@ -183,3 +183,22 @@ def test_report_cli(scenario, capsys):
         assert section in overview
     assert main(["report", "tokens_per_run", "--by", "feature", "--admin-url", admin]) == 1
     assert "has no parameter by" in capsys.readouterr().err
+
+
+def test_model_filter(scenario):
+    rows = panel(scenario, "cost_by_dimension", since="1h", by="tenant", model="gpt-4o-mini")
+    assert [(r["key"], r["calls"]) for r in rows] == [("unattributed", 1)]
+
+
+def test_session_and_run_rollups(scenario):
+    from tests.conftest import sql
+
+    sessions = sql(scenario, """SELECT session_id, sum(llm_calls), sum(input_tokens), argMinMerge(first_input),
+                                       argMaxMerge(last_input), max(tenant)
+                                FROM sessions GROUP BY session_id ORDER BY session_id""")
+    assert [[r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), r[5]] for r in sessions] == [
+        ["s-A", 3, 5000, 1000, 2500, "acme"], ["s-B", 1, 300, 300, 300, "beta"]]
+    runs = sql(scenario, """SELECT max(tenant), sum(llm_calls), sum(tool_calls), max(root_seen), max(root_error)
+                            FROM runs GROUP BY trace_id ORDER BY max(tenant)""")
+    assert [[r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4])] for r in runs] == [
+        ["", 1, 0, 1, 0], ["acme", 3, 2, 1, 0], ["beta", 1, 0, 1, 1]]

@@ -37,6 +37,6 @@ class Pipeline:
         batch = self._price(batch)
         batch, rejects = self.attributor(batch)
         for reason in rejects:
-            decoded.reject(reason)
+            decoded.reject(reason, "missing_tags")
         decoded.batch = batch
         return decoded

@@ -40,11 +40,14 @@ class Decoded:
     batch: SpanBatch
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)  # kind -> count, for /metrics
 
-    def reject(self, reason: str) -> None:
+    def reject(self, message: str, kind: str = "invalid_span") -> None:
+        """Refuse one span: ``message`` goes to the client, ``kind`` to the metrics label."""
         self.rejected += 1
+        self.reasons[kind] = self.reasons.get(kind, 0) + 1
         if len(self.errors) < _MAX_ERRORS_LISTED:
-            self.errors.append(reason)
+            self.errors.append(message)
 
     @property
     def error_message(self) -> str:

@@ -48,7 +48,7 @@ class Ingest:
         keep = [i for i, t in enumerate(starts) if t >= cutoff]
         for _ in range(len(starts) - len(keep)):
             decoded.reject(f"start time older than the {self.retention_ns // 86_400_000_000_000}-day "
-                           "retention (would expire at once)")
+                           "retention (would expire at once)", "expired")
         decoded.batch = decoded.batch.take(keep)
 
     async def export(self, decoded: Decoded, nbytes: int, transport: str, arrival: Arrival | None = None) -> Answer:
@@ -64,8 +64,8 @@ class Ingest:
             self._drop_expired(decoded)
         if len(decoded.batch):
             self.enrich(decoded)  # may refuse spans (tag-or-reject): they join decoded.rejected
-        if decoded.rejected:
-            self.metrics.spans_rejected.labels(transport).inc(decoded.rejected)
+        for kind, count in decoded.reasons.items():
+            self.metrics.spans_rejected.labels(transport, kind).inc(count)
         n = len(decoded.batch)
         if n == 0:
             # An empty request is a success (otlp.md); all-rejected is a partial success.

@@ -97,7 +97,7 @@ def current_ttl_days(backend: Backend, db: str, table: str = "spans") -> int | N
     return int(m.group(1) or m.group(2)) if m else None
 
 
-RETAINED_TABLES = ("spans", "trace_tags", "agent_spans", "runs")
+RETAINED_TABLES = ("spans", "trace_tags", "agent_spans", "runs", "sessions")
 
 
 def apply_retention(backend: Backend, db: str, ttl_days: int) -> None:

@@ -3,6 +3,7 @@
 -- param: since UInt32 3600 Window, seconds back from now
 -- param: by Identifier feature choices=feature,tenant,model,provider,agent_role,service,environment Dimension to group by
 -- param: tenant String "" Only this tenant; empty for all
+-- param: model String "" Only this model; empty for all
 -- param: feature String "" Only this feature; empty for all
 -- param: limit UInt32 10 Rows to show, by cost
 SELECT key, calls, input_tokens, output_tokens, cache_read_tokens, reasoning_tokens, cost_usd,
@@ -22,6 +23,7 @@ FROM
     FROM usage_minute AS u
     WHERE minute >= now() - toIntervalSecond({since:UInt32})
       AND ({tenant:String} = '' OR tenant = {tenant:String})
+      AND ({model:String} = '' OR model = {model:String})
       AND ({feature:String} = '' OR feature = {feature:String})
     GROUP BY key
 )

@@ -3,6 +3,7 @@
 -- param: since UInt32 86400 Window, seconds back from now
 -- param: by Identifier feature choices=feature,tenant,model,provider,agent_role,service,environment Dimension to group by
 -- param: tenant String "" Only this tenant; empty for all
+-- param: model String "" Only this model; empty for all
 SELECT
     toStartOfHour(minute) AS hour,
     {by:Identifier} AS key,
@@ -12,5 +13,6 @@ SELECT
 FROM usage_minute AS u
 WHERE minute >= now() - toIntervalSecond({since:UInt32})
   AND ({tenant:String} = '' OR tenant = {tenant:String})
+  AND ({model:String} = '' OR model = {model:String})
 GROUP BY hour, key
 ORDER BY hour, cost_usd DESC

@@ -92,3 +92,40 @@ SELECT
     max(s.service) AS service
 FROM {db}.spans AS s
 GROUP BY s.trace_id;
+
+-- Per session (gen_ai.conversation.id / session.id): one row per session after
+-- merges; first_input/last_input are aggregate states (argMinMerge/argMaxMerge).
+CREATE TABLE IF NOT EXISTS {db}.sessions
+(
+    session_id     String,
+    start_time     SimpleAggregateFunction(min, DateTime64(9, 'UTC')),
+    end_time       SimpleAggregateFunction(max, DateTime64(9, 'UTC')),
+    llm_calls      SimpleAggregateFunction(sum, UInt64),
+    input_tokens   SimpleAggregateFunction(sum, UInt64),
+    output_tokens  SimpleAggregateFunction(sum, UInt64),
+    cost_usd       SimpleAggregateFunction(sum, Float64),
+    max_input      SimpleAggregateFunction(max, UInt64),
+    first_input    AggregateFunction(argMin, UInt64, DateTime64(9, 'UTC')),
+    last_input     AggregateFunction(argMax, UInt64, DateTime64(9, 'UTC')),
+    tenant         SimpleAggregateFunction(max, String)
+)
+ENGINE = AggregatingMergeTree
+ORDER BY session_id
+TTL toDateTime(start_time) + INTERVAL {ttl_days} DAY;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.sessions_mv TO {db}.sessions AS
+SELECT
+    s.session_id AS session_id,
+    min(s.start_time) AS start_time,
+    max(s.end_time) AS end_time,
+    count() AS llm_calls,
+    sum(s.input_tokens) AS input_tokens,
+    sum(s.output_tokens) AS output_tokens,
+    sum(ifNull(s.cost_usd, 0)) AS cost_usd,
+    max(s.input_tokens) AS max_input,
+    argMinState(s.input_tokens, s.start_time) AS first_input,
+    argMaxState(s.input_tokens, s.start_time) AS last_input,
+    max(if(s.tenant = 'unattributed', '', s.tenant)) AS tenant
+FROM {db}.spans AS s
+WHERE s.session_id != '' AND s.counted = 1 AND s.operation IN ('chat', 'text_completion', 'generate_content')
+GROUP BY s.session_id;
