@@ -4,18 +4,20 @@
 -- param: tenant String "" Only runs of this tenant; empty for all
 -- param: limit UInt32 20 Tool calls to show
 WITH
-calls AS (
-    SELECT trace_id, start_time, input_tokens, output_tokens
-    FROM spans
-    WHERE start_time >= now64() - toIntervalSecond({since:UInt32}) - toIntervalHour(1)
-      AND counted = 1 AND operation IN ('chat', 'text_completion', 'generate_content') AND input_tokens > 0
-),
 tools AS (
     SELECT trace_id, span_id, tool_name, start_time, end_time
     FROM spans
     WHERE start_time >= now64() - toIntervalSecond({since:UInt32}) AND operation = 'execute_tool'
       AND ({tenant:String} = '' OR trace_id IN (
             SELECT trace_id FROM runs GROUP BY trace_id HAVING max(tenant) = {tenant:String}))
+),
+calls AS (
+    -- only the calls of runs that used a tool in the window
+    SELECT trace_id, start_time, input_tokens, output_tokens
+    FROM spans
+    WHERE start_time >= now64() - toIntervalSecond({since:UInt32}) - toIntervalHour(1)
+      AND counted = 1 AND operation IN ('chat', 'text_completion', 'generate_content') AND input_tokens > 0
+      AND trace_id IN (SELECT trace_id FROM tools)
 ),
 gaps AS (
     SELECT t.tool_name AS tool_name, t.trace_id AS trace_id, t.span_id AS span_id, nxt.start_time AS next_start,
