@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from tests.conftest import scalar, sql
-from tests.integration.test_bad_input import EXPORT, PB, grpc_export, post
+from tests.integration.test_bad_input import grpc_export, post
 from tests.otlp import n_spans
 from tokenpulse.errors import RetryableStorageError
 

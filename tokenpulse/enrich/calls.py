@@ -19,8 +19,6 @@ from __future__ import annotations
 from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS, exclude
 from tokenpulse.record import SpanBatch
 
-RESPONSE_ID_KEYS = ("gen_ai.response.id", "ai.response.id")  # read in this order below
-
 
 class DuplicateCalls:
     def __init__(self, max_entries: int = 200_000):
