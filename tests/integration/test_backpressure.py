@@ -201,3 +201,21 @@ def test_a_bug_while_writing_fails_one_request_and_the_writer_lives_on(make_serv
     assert e.value.code() == grpc.StatusCode.INTERNAL
     assert post(svc, n_spans(3, "fine-c").SerializeToString()).status_code == 200
     assert int(scalar(svc, "SELECT count() FROM spans WHERE service LIKE 'fine-%'")) == 13
+
+
+def test_a_bug_in_enrichment_fails_that_request_only(make_service):
+    svc = make_service()
+    real = svc.enrich
+
+    def flaky(decoded):
+        if "poison" in decoded.batch.service:
+            raise ValueError("simulated enrichment bug")
+        return real(decoded)
+
+    svc.grpc.ingest.enrich = flaky  # the receivers' ingest step; the same object serves HTTP
+    assert post(svc, n_spans(2, "poison").SerializeToString()).status_code == 500
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_export(svc, n_spans(2, "poison").SerializeToString())
+    assert e.value.code() == grpc.StatusCode.INTERNAL and "enrichment" in e.value.details()
+    assert post(svc, n_spans(3, "healthy").SerializeToString()).status_code == 200
+    assert int(scalar(svc, "SELECT count() FROM spans WHERE service = 'healthy'")) == 3

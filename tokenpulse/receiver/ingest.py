@@ -7,6 +7,7 @@ The transports only translate an ``Answer`` into gRPC statuses or HTTP codes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -15,6 +16,9 @@ from tokenpulse.errors import DataError, InternalWriteError, RetryableStorageErr
 from tokenpulse.metrics import Metrics
 from tokenpulse.receiver.decode import Decoded
 from tokenpulse.storage.writer import Arrival, Busy, Writer
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,14 +67,20 @@ class Ingest:
         if len(decoded.batch):
             self._drop_expired(decoded)
         if len(decoded.batch):
-            self.enrich(decoded)  # may refuse spans (tag-or-reject): they join decoded.rejected
+            try:
+                self.enrich(decoded)  # may refuse spans (tag-or-reject): they join decoded.rejected
+            except Exception as e:  # a bug of ours: this request fails clearly, the service goes on
+                return self._internal("enrichment", e, len(decoded.batch), transport)
         for kind, count in decoded.reasons.items():
             self.metrics.spans_rejected.labels(transport, kind).inc(count)
         n = len(decoded.batch)
         if n == 0:
             # An empty request is a success (otlp.md); all-rejected is a partial success.
             return self._ok(decoded, transport)
-        got = self.writer.submit(decoded.batch, nbytes)
+        try:
+            got = self.writer.submit(decoded.batch, nbytes)
+        except Exception as e:
+            return self._internal("encoding", e, n, transport)
         if arrival is not None:
             arrival.close()  # queued: the writer need not wait for this one any more
         if isinstance(got, Busy):
@@ -95,6 +105,11 @@ class Ingest:
         # Count only what this request stored: spans dropped as retries were counted the first time.
         self.metrics.count_usage(decoded.batch if stored.kept is None else decoded.batch.take(stored.kept))
         return self._ok(decoded, transport)
+
+    def _internal(self, stage: str, e: Exception, n: int, transport: str) -> Answer:
+        log.exception("bug in %s of %d spans", stage, n)
+        self.metrics.requests.labels(transport, "internal").inc()
+        return Answer("internal", rejected=n, message=f"internal error in {stage}: {type(e).__name__}: {e}")
 
     def _ok(self, decoded: Decoded, transport: str) -> Answer:
         self.metrics.requests.labels(transport, "partial" if decoded.rejected else "ok").inc()
