@@ -72,6 +72,12 @@ class Settings:
     attribute_keys: dict = field(default_factory=dict, metadata={
         "doc": "per-dimension attribute keys, replacing the defaults: {tenant: [k1, k2], ...} "
                "(YAML, or JSON in the flag/env)"})
+    outcome_attribute: str = field(default="", metadata={
+        "doc": "attribute (span, else resource) that reports a run's outcome, e.g. app.outcome; empty: "
+               "a run succeeds when its root span is not ERROR"})
+    outcome_success_values: str = field(default="success,ok,succeeded,true,pass,passed", metadata={
+        "doc": "comma-separated values of outcome_attribute that mean success (case-insensitive); "
+               "any other value means failure"})
     log_level: str = field(default="info", metadata={
         "doc": "debug, info, warning or error", "choices": ("debug", "info", "warning", "error")})
 

@@ -72,6 +72,7 @@ ENRICHED_FIELDS: tuple[tuple[str, type, Any], ...] = (
     ("tool_name", str, ""),
     ("tool_call_id", str, ""),
     ("error_type", str, ""),
+    ("outcome", str, ""),  # "success" | "failure" | "" from the configured outcome attribute
 )
 
 FIELDS = RECEIVED_FIELDS + ENRICHED_FIELDS
@@ -131,6 +132,7 @@ class SpanRecord:
     tool_name: str = ""
     tool_call_id: str = ""
     error_type: str = ""
+    outcome: str = ""
 
 
 assert tuple(f.name for f in dc_fields(SpanRecord)) == FIELD_NAMES, "SpanRecord must follow FIELDS"

@@ -61,7 +61,8 @@ class Service:
         if s.user_id_mode == "pseudonymize" and key is None:
             key = self._local_user_id_key()
         attributor = Attributor(keys=s.attribute_keys, user_id_mode=s.user_id_mode, user_id_key=key,
-                                require=s.required_tags)
+                                require=s.required_tags, outcome_attribute=s.outcome_attribute,
+                                outcome_success_values=tuple(s.outcome_success_values.split(",")))
         return Pipeline(PriceTable(overrides), attributor,
                         on_unknown_model=lambda model: self.metrics.unknown_model.labels(model).inc())
 

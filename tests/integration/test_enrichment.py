@@ -155,3 +155,22 @@ def test_token_and_cost_counters_on_metrics(make_service):
     assert 'tokenpulse_tokens_total{model="gpt-4o",type="output"} 200.0' in metrics
     cost = [ln for ln in metrics.splitlines() if ln.startswith('tokenpulse_cost_usd_total{model="gpt-4o"}')]
     assert float(cost[0].split()[-1]) == pytest.approx(2 * (200 * 2.5 + 1000 * 1.25 + 100 * 10) / 1e6)
+
+
+def test_outcome_attribute_decides_run_success(make_service):
+    svc = make_service(outcome_attribute="app.outcome")
+    runs = []
+    for root_status, child_outcome in ((2, "success"), (1, "failed"), (0, None)):
+        tid, root = os.urandom(16), os.urandom(8)
+        child_attrs = {**CHAT, "gen_ai.usage.input_tokens": 10}
+        if child_outcome:
+            child_attrs["app.outcome"] = child_outcome
+        runs.append(request([span(trace_id=tid, parent=root, attrs=child_attrs),
+                             span(name="root", trace_id=tid, span_id=root, status=root_status)], service="outcome"))
+    for req in runs:
+        assert post(svc, req.SerializeToString()).status_code == 200
+    r = requests.get(f"http://127.0.0.1:{svc.admin.port}/api/panels/cost_per_successful_run", timeout=30).json()
+    rows = [dict(zip(r["columns"], row)) for row in r["rows"]]
+    # run 1: root ERROR but outcome success -> succeeded; run 2: root OK but outcome failed -> failed;
+    # run 3: no outcome, root UNSET -> succeeded.
+    assert sum(x["runs"] for x in rows) == 3 and sum(x["successful_runs"] for x in rows) == 2

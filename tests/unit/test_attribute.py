@@ -120,3 +120,13 @@ def test_same_call_reported_twice_is_counted_once():
     # Same counts but not parent/child, no shared response id: two real calls (an agent loop).
     loop = calls(normalize(batch_of(_chat({}, trace_id=tid), _chat({}, trace_id=tid))))
     assert loop.counted == [1, 1]
+
+
+def test_outcome_attribute():
+    b = batch_of(("a", CLIENT, {"app.outcome": "Success"}), ("b", CLIENT, {"app.outcome": "timeout"}),
+                 ("c", CLIENT, {}), resource={})
+    b, _ = Attributor(user_id_mode="raw", outcome_attribute="app.outcome",
+                      outcome_success_values=("success", "ok"))(b)
+    assert b.outcome == ["success", "failure", ""]
+    off, _ = Attributor(user_id_mode="raw")(batch_of(("a", CLIENT, {"app.outcome": "success"})))
+    assert off.outcome == [""]

@@ -28,6 +28,10 @@ is exported, after its calls; ``spans_attributed`` then gives each span the
 role of the innermost agent span of its trace whose time interval contains it
 (an approximation: two agents running in parallel in one trace overlap).
 
+**Outcome.** With ``outcome_attribute`` set, a span carrying it gets ``outcome``
+``success`` (its value is one of ``outcome_success_values``) or ``failure``; the
+``runs`` rollup and the cost-per-successful-run panel use it before root status.
+
 **unattributed.** A span with no tenant or no feature gets the explicit value
 ``unattributed`` for it. In tag-or-reject mode (``require_tags``), such spans
 are refused with OTLP partial success, naming the missing tags; their valid
@@ -118,7 +122,8 @@ def pseudonymize(key: bytes, raw: str) -> str:
 
 class Attributor:
     def __init__(self, keys: dict[str, tuple[str, ...]] | None = None, user_id_mode: str = "pseudonymize",
-                 user_id_key: bytes | None = None, require: tuple[str, ...] = (), memory: TraceTags | None = None):
+                 user_id_key: bytes | None = None, require: tuple[str, ...] = (), memory: TraceTags | None = None,
+                 outcome_attribute: str = "", outcome_success_values: tuple[str, ...] = ()):
         self.keys = {**DEFAULT_KEYS, **(keys or {})}
         if user_id_mode not in ("pseudonymize", "raw", "drop"):
             raise ValueError(f"user_id_mode {user_id_mode!r}")
@@ -131,6 +136,8 @@ class Attributor:
         self._user_keys = frozenset(self.keys["user_id"])
         self._index = KeyIndex(self.keys)
         self._pseudonyms: dict[str, str] = {}
+        self.outcome_attribute = outcome_attribute
+        self.outcome_success = frozenset(v.strip().lower() for v in outcome_success_values)
 
     def _user(self, raw: str) -> str:
         if not raw or self.user_id_mode == "drop":
@@ -215,6 +222,11 @@ class Attributor:
             batch.route[i] = tags.get("route", "")
             batch.agent_role[i] = tags.get("agent_role", "")
             batch.environment[i] = tags.get("environment", "")
+            if self.outcome_attribute:
+                raw = batch.attributes[i].get(self.outcome_attribute) or \
+                    batch.resource_attributes[i].get(self.outcome_attribute)
+                if raw:
+                    batch.outcome[i] = "success" if raw.strip().lower() in self.outcome_success else "failure"
             batch.attributes[i] = self._scrub(batch.attributes[i])
             batch.resource_attributes[i] = resources[id(batch.resource_attributes[i])][1]
         if keep is not None:

@@ -67,6 +67,7 @@ SPAN_COLUMNS: tuple[tuple[str, str, pa.DataType, str], ...] = (
     ("tool_name", "tool_name", pa.string(), "LowCardinality(String)"),
     ("tool_call_id", "tool_call_id", pa.string(), "String"),
     ("error_type", "error_type", pa.string(), "LowCardinality(String)"),
+    ("outcome", "outcome", pa.string(), "LowCardinality(String)"),
     ("resource_attributes", "resource_attributes", _MAP, "Map(String, String)"),
     ("attributes", "attributes", _MAP, "Map(String, String)"),
 )

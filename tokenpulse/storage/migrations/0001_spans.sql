@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS {db}.spans
     tool_name           LowCardinality(String),
     tool_call_id        String,
     error_type          LowCardinality(String),
+    outcome             LowCardinality(String),
     resource_attributes Map(String, String),
     attributes          Map(String, String),
     ingested_at         DateTime64(3, 'UTC') DEFAULT now64(3)
