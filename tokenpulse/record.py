@@ -77,7 +77,6 @@ ENRICHED_FIELDS: tuple[tuple[str, type, Any], ...] = (
 
 FIELDS = RECEIVED_FIELDS + ENRICHED_FIELDS
 FIELD_NAMES: tuple[str, ...] = tuple(f[0] for f in FIELDS)
-RECEIVED_NAMES: tuple[str, ...] = tuple(f[0] for f in RECEIVED_FIELDS)
 _DEFAULTS = {name: default for name, _, default in FIELDS}
 _DICT_FIELDS = frozenset(name for name, typ, _ in FIELDS if typ is dict)
 

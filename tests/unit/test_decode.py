@@ -139,3 +139,14 @@ def test_batch_take_concat_and_records_round_trip():
     both = SpanBatch.concat([b, b.take([0])])
     assert len(both) == 5 and both.name[-1] == "s0"
     assert list(SpanBatch.from_records(list(b.rows())).rows()) == list(b.rows())
+
+
+def test_unknown_enum_values_and_out_of_range_times_are_encoded_safely():
+    from tokenpulse.storage.schema import batch_to_arrow
+
+    b = decode_protobuf(request([span(kind=9, status=7), span(kind=3, status=1)]).SerializeToString()).batch
+    assert b.kind == [9, 3]  # proto3 enums are open: unknown values arrive as numbers
+    b.start_time_ns[0] = 2**64 - 1
+    t = batch_to_arrow(b).to_pydict()
+    assert t["kind"] == ["unspecified", "client"] and t["status_code"] == ["unset", "ok"]
+    assert t["start_time"][0].year == 2262  # clamped to DateTime64(9)'s last instant

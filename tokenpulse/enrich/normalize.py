@@ -172,24 +172,21 @@ def _structured(raw: str) -> dict:
     return {}
 
 
+# Library span-kind attributes, in priority order (INDEX field, value -> operation).
+_KIND_TABLES = (("oi_kind", OPENINFERENCE_KINDS), ("llm_type", LLM_REQUEST_TYPES), ("tl_kind", TRACELOOP_KINDS),
+                ("ls_kind", LANGSMITH_KINDS))
+
+
 def operation_of(f: dict, name: str, kind: int, has_usage: bool) -> str:
     """The operation, from ``f`` = INDEX.pick(attrs), the span name and kind."""
     op = f.get("op")
     if op:
         op = op.strip().lower()
         return OPERATION_ALIASES.get(op, op)
-    v = f.get("oi_kind")
-    if v:
-        return OPENINFERENCE_KINDS.get(v.upper(), v.lower())
-    v = f.get("llm_type")
-    if v:
-        return LLM_REQUEST_TYPES.get(v.lower(), v.lower())
-    v = f.get("tl_kind")
-    if v:
-        return TRACELOOP_KINDS.get(v.lower(), v.lower())
-    v = f.get("ls_kind")
-    if v:
-        return LANGSMITH_KINDS.get(v.lower(), v.lower())
+    for field, table in _KIND_TABLES:
+        v = f.get(field)
+        if v:
+            return table.get(v.upper() if table is OPENINFERENCE_KINDS else v.lower(), v.lower())
     if name.startswith("ai."):
         if name in VERCEL_OUTER:
             return "chain"
@@ -210,14 +207,13 @@ class Usage:
     """Token counts of one span, semconv semantics. Built by ``read_usage``."""
 
     __slots__ = ("input", "output", "cache_read", "cache_write", "reasoning", "total", "present", "problem",
-                 "aggregated", "corrected")
+                 "aggregated")
 
     def __init__(self) -> None:
         self.input = self.output = self.cache_read = self.cache_write = self.reasoning = self.total = 0
         self.present = False
         self.problem = ""
         self.aggregated = False
-        self.corrected = ""
 
     def _set(self, field: str, raw) -> None:
         value, problem = parse_count(raw)
@@ -281,7 +277,6 @@ def read_usage(attrs: dict, provider: str, model: str, found: dict | None = None
             "vercel_provider" in f or u.cache_read + u.cache_write > u.input):
         # Anthropic's cache-exclusive input_tokens passed through (see module doc).
         u.input += u.cache_read + u.cache_write
-        u.corrected = "anthropic_raw_input"
     if u.present and not u.total:
         u.total = u.input + u.output
     return u

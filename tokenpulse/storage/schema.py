@@ -73,28 +73,24 @@ SPAN_COLUMNS: tuple[tuple[str, str, pa.DataType, str], ...] = (
 )
 
 DEFAULT_COLUMNS = {"duration_ms": "Float64", "ingested_at": "DateTime64(3, 'UTC')"}
-INSERT_COLUMN_NAMES = tuple(c[0] for c in SPAN_COLUMNS)
 ARROW_SCHEMA = pa.schema([(c[0], c[2]) for c in SPAN_COLUMNS])
 
 # DateTime64(9) holds 1900-01-01 .. 2262-04-11; Arrow's ns timestamps are int64.
 MAX_TIME_NS = 2**63 - 1
 
 
-def _kind_names(kinds: list[int]) -> list[str]:
-    names = _KIND_NAMES
-    return [names[k] if 0 <= k < 6 else "unspecified" for k in kinds]
+def _names(codes: list[int], names: tuple[str, ...]) -> list[str]:
+    # The common case (every code known) is checked and mapped in C; the comprehension is the rare fallback.
+    if codes and min(codes) >= 0 and max(codes) < len(names):
+        return list(map(names.__getitem__, codes))
+    return [names[c] if 0 <= c < len(names) else names[0] for c in codes]
 
 
-def _status_names(codes: list[int]) -> list[str]:
-    names = _STATUS_NAMES
-    return [names[c] if 0 <= c < 3 else "unset" for c in codes]
-
-
-def _clamp_u64(values: list[int]) -> list[int]:
-    # Enrichment guarantees non-negative counts; this guards the column type.
-    if all(0 <= v < 2**64 for v in values):
+def _clamp(values: list[int], low: int, high: int, default: int) -> list[int]:
+    # Enrichment and the decoders keep values in range; this guards the column type at C speed.
+    if not values or (min(values) >= low and max(values) <= high):
         return values
-    return [v if 0 <= v < 2**64 else 0 for v in values]
+    return [v if low <= v <= high else default for v in values]
 
 
 def _map_array(dicts: list[dict[str, str]]) -> pa.Array:
@@ -116,16 +112,16 @@ def batch_to_arrow(batch: SpanBatch) -> pa.Table:
             arrays.append(_map_array(values))
             continue
         if column == "kind":
-            values = _kind_names(values)
+            values = _names(values, _KIND_NAMES)
         elif column == "status_code":
-            values = _status_names(values)
+            values = _names(values, _STATUS_NAMES)
         if n and typ == pa.string() and values.count(values[0]) == n:
             # Constant columns (unset enrichment fields, one service): no per-row conversion.
             arrays.append(pa.repeat(pa.scalar(values[0], pa.string()), n))
             continue
         elif typ == pa.uint64():
-            values = _clamp_u64(values)
+            values = _clamp(values, 0, 2**64 - 1, 0)
         elif typ == _TS:
-            values = [v if v <= MAX_TIME_NS else MAX_TIME_NS for v in values]
+            values = _clamp(values, 0, MAX_TIME_NS, MAX_TIME_NS)
         arrays.append(pa.array(values, type=typ))
     return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)

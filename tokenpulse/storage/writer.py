@@ -226,10 +226,6 @@ class Writer:
         return not self._queue
 
     @property
-    def healthy(self) -> bool:
-        return time.monotonic() >= self._backoff_until and self.last_error is None
-
-    @property
     def queued_spans(self) -> int:
         return self._queued_spans
 
