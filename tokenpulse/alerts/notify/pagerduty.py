@@ -1,0 +1,68 @@
+"""PagerDuty Events API v2: one event per alert, ``trigger`` then ``resolve`` with the same keys.
+
+From PagerDuty/developer-docs ``docs/events-API-v2`` (../shared/reference/webhooks.md §5.2):
+required ``routing_key`` and ``event_action``; for a trigger, ``payload.summary``
+(≤ 1024 chars), ``payload.source`` and ``payload.severity`` (critical, error,
+warning, info: tokenpulse's severities are the same four). ``dedup_key`` (≤ 255)
+is the alert's fingerprint, so a repeat re-triggers the same incident and the
+resolve closes it. Success is 202; 400 is not retried; 429 and 5xx are.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tokenpulse.alerts.notify import Notifier, Sent, iso
+from tokenpulse.alerts.state import Alert, Notification
+
+SEVERITY = {"critical": "critical", "error": "error", "warning": "warning", "info": "info"}
+
+
+def dedup_key(alert: Alert) -> str:
+    return f"tokenpulse/{alert.rule}/{alert.fingerprint}"
+
+
+def event(alert: Alert, routing_key: str, source: str = "tokenpulse", external_url: str = "") -> dict:
+    if alert.state == "resolved":
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup_key(alert)}
+    labels = {k: v for k, v in alert.labels.items() if k not in ("alertname", "severity")}
+    details = {**labels, "value": alert.value, **{k: v for k, v in alert.annotations.items() if k != "summary"}}
+    body = {
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": dedup_key(alert),
+        "payload": {
+            "summary": alert.annotations.get("summary", alert.rule)[:1024],
+            "source": source,
+            "severity": SEVERITY.get(alert.labels.get("severity", ""), "warning"),
+            "timestamp": iso(alert.fired_at or alert.active_at),
+            "component": labels.get("tenant") or labels.get("feature") or "",
+            "group": labels.get("agent_role") or "",
+            "class": alert.rule,
+            "custom_details": details,
+        },
+        "client": "tokenpulse",
+    }
+    if external_url:
+        body["client_url"] = f"{external_url.rstrip('/')}/api/alerts?rule={alert.rule}"
+    body["payload"] = {k: v for k, v in body["payload"].items() if v != ""}
+    return body
+
+
+class PagerDutyNotifier(Notifier):
+    def send(self, note: Notification) -> Sent:
+        delivered: set[str] = set()
+        last = None
+        for alert in note.alerts:
+            body = json.dumps(event(alert, self.channel.routing_key, self.context.source, self.context.external_url),
+                              ensure_ascii=False).encode()
+            r = self._post(body, lambda status, text: status == 202)
+            last = r
+            if r.ok:
+                delivered.add(alert.fingerprint)
+            elif r.retry_after_s is not None:
+                break  # rate limited: the rest waits for the next attempt
+        ok = len(delivered) == len(note.alerts)
+        failed = last if last is not None and not last.ok else None
+        return Sent(frozenset(delivered), ok, last.status if last else 0, last.attempts if last else 0,
+                    failed.error if failed else "", failed.retry_after_s if failed else None)

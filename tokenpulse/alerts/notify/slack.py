@@ -1,0 +1,61 @@
+"""Slack incoming webhooks: ``{"text", "blocks"}``; success is HTTP 200 with the body ``ok``.
+
+Format and answers from api.slack.com/messaging/webhooks (as summarised in
+../shared/reference/webhooks.md §5.1): ``text`` is the notification fallback
+when ``blocks`` are present; a header is at most 150 characters, a section's
+text at most 3000, a message about 50 blocks; 429 carries Retry-After.
+Alertmanager checks the ``ok`` body the same way (notify/slack/slack.go).
+"""
+
+from __future__ import annotations
+
+import json
+
+from tokenpulse.alerts.notify import Notifier, Sent
+from tokenpulse.alerts.state import Alert, Notification
+
+MAX_ALERT_BLOCKS = 20  # leaves room under Slack's ~50 blocks per message
+HIDDEN_LABELS = ("alertname", "severity")
+
+
+def payload(note: Notification, external_url: str = "") -> dict:
+    firing = [a for a in note.alerts if a.state == "firing"]
+    resolved = [a for a in note.alerts if a.state == "resolved"]
+    status = "FIRING" if firing else "RESOLVED"
+    first = note.alerts[0]
+    title = f"[{status}:{len(firing) or len(resolved)}] {note.rule}"
+    text = f"{title}: {first.annotations.get('summary', '')}"
+    blocks: list[dict] = [{"type": "header", "text": {"type": "plain_text", "text": _cut(title, 150)}}]
+    for a in note.alerts[:MAX_ALERT_BLOCKS]:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(_alert_text(a), 3000)}})
+    if len(note.alerts) > MAX_ALERT_BLOCKS:
+        blocks.append({"type": "context", "elements": [
+            {"type": "mrkdwn", "text": f"…and {len(note.alerts) - MAX_ALERT_BLOCKS} more"}]})
+    context = f"severity *{first.labels.get('severity', '')}* · {note.reason}"
+    if external_url:
+        context += f" · <{external_url.rstrip('/')}/api/alerts?rule={note.rule}|alerts>"
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
+    return {"text": _cut(text, 3000), "blocks": blocks}
+
+
+def _alert_text(a: Alert) -> str:
+    mark = ":red_circle:" if a.state == "firing" else ":white_check_mark:"
+    lines = [f"{mark} *{a.annotations.get('summary', a.rule)}*"]
+    if a.annotations.get("description"):
+        lines.append(a.annotations["description"])
+    labels = [f"*{k}* {v}" for k, v in sorted(a.labels.items()) if k not in HIDDEN_LABELS and v != ""]
+    if labels:
+        lines.append("  ·  ".join(labels))
+    return "\n".join(lines)
+
+
+def _cut(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+class SlackNotifier(Notifier):
+    def send(self, note: Notification) -> Sent:
+        body = json.dumps(payload(note, self.context.external_url), ensure_ascii=False).encode()
+        r = self._post(body, lambda status, text: status == 200 and text.strip() == "ok")
+        fps = frozenset(a.fingerprint for a in note.alerts) if r.ok else frozenset()
+        return Sent(fps, r.ok, r.status, r.attempts, r.error, r.retry_after_s)
