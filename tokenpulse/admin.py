@@ -7,6 +7,11 @@ GET|POST /api/sql   a read-only query (``q`` parameter or POST body); ``format``
 GET /api/panels     the dashboard panels and their parameters
 GET /api/panels/{name}?since=1h&by=feature&tenant=...   one panel:
                {"panel", "title", "params", "columns", "rows"}
+GET /api/alerts     alert instances now (pending, firing, recently resolved) and rules that failed to load
+GET /api/alerts/rules   the loaded rules with their settings
+GET /api/alerts/history?since=1d&rule=NAME&limit=200   state changes, newest first
+POST /api/alerts/rules/{name}/test[?send=1]   evaluate a rule now (state untouched); send=1 also
+               delivers the result as a test notification
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tokenpulse.errors import StorageError
-from tokenpulse.queries import QueryError, load_panels, run as run_panel
+from tokenpulse.alerts.rules import RuleError
+from tokenpulse.queries import QueryError, load_panels, parse_duration, run as run_panel
 
 SQL_FORMATS = {"json": ("JSONCompact", "application/json"),
                "csv": ("CSVWithNames", "text/csv"),
@@ -41,6 +47,10 @@ class AdminServer:
         app.router.add_post("/api/sql", self._sql)
         app.router.add_get("/api/panels", self._panels)
         app.router.add_get("/api/panels/{name}", self._panel)
+        app.router.add_get("/api/alerts", self._alerts)
+        app.router.add_get("/api/alerts/rules", self._alert_rules)
+        app.router.add_get("/api/alerts/history", self._alert_history)
+        app.router.add_post("/api/alerts/rules/{name}/test", self._alert_test)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
@@ -94,6 +104,68 @@ class AdminServer:
             return web.json_response({"error": str(e), "code": e.code}, status=500)
         return web.json_response({"panel": name, "title": query.title, "params": values, "columns": columns,
                                   "rows": rows})
+
+
+    # ------------------------------------------------------------ alerts
+    def _evaluator(self):
+        ev = self.service.evaluator
+        if ev is None:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": f"alerts are not evaluated by this process (role "
+                                          f"{self.service.settings.role})"}), content_type="application/json")
+        return ev
+
+    async def _alerts(self, request: web.Request) -> web.Response:
+        ev = self._evaluator()
+        rule = request.query.get("rule")
+        alerts = [alert_json(a) for a in ev.active() if rule in (None, a.rule)]
+        return web.json_response({"alerts": alerts,
+                                  "rule_errors": [str(e) for e in self.service.rule_errors] + list(ev.errors.values())})
+
+    async def _alert_rules(self, request: web.Request) -> web.Response:
+        ev = self._evaluator()
+        return web.json_response({"rules": [r.describe() for r in ev.rules.values()],
+                                  "rule_errors": [str(e) for e in self.service.rule_errors]})
+
+    async def _alert_history(self, request: web.Request) -> web.Response:
+        try:
+            since = parse_duration(request.query.get("since", "1d"))
+            limit = int(request.query.get("limit", "200"))
+        except (QueryError, ValueError):
+            return web.json_response({"error": "since must be a duration (e.g. 1h, 7d), limit a number"}, status=400)
+        params = {"since": since, "limit": max(1, min(limit, 10_000)), "rule": request.query.get("rule", "")}
+        sql = ("SELECT at, rule, state, previous, severity, value, summary, labels, fingerprint FROM alerts "
+               "WHERE at >= now64(3) - toIntervalSecond({since:UInt32}) AND ({rule:String} = '' OR rule = {rule:String}) "
+               "ORDER BY at DESC, rule LIMIT {limit:UInt32}")
+        loop = asyncio.get_running_loop()
+        try:
+            body = await loop.run_in_executor(None, lambda: self.service.backend.query(sql, "JSONCompact", True, params))
+        except StorageError as e:
+            return web.json_response({"error": str(e), "code": e.code}, status=500)
+        columns, rows = parse_sql_json(body)
+        return web.json_response({"columns": columns, "rows": rows})
+
+    async def _alert_test(self, request: web.Request) -> web.Response:
+        import time
+
+        ev = self._evaluator()
+        name = request.match_info["name"]
+        if name not in ev.rules:
+            return web.json_response({"error": f"no rule {name!r}; see /api/alerts/rules"}, status=404)
+        send = request.query.get("send", "0") in ("1", "true", "yes")
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(None, ev.test, name, time.time(), send)
+        except (RuleError, StorageError) as e:
+            return web.json_response({"error": str(e)}, status=500)
+        return web.json_response(result)
+
+
+def alert_json(a) -> dict:
+    return {"fingerprint": a.fingerprint, "rule": a.rule, "state": a.state, "value": a.value,
+            "labels": dict(a.labels), "annotations": dict(a.annotations),
+            "active_at": a.active_at, "fired_at": a.fired_at, "resolved_at": a.resolved_at,
+            "deliveries": {ch: d.__dict__ for ch, d in a.deliveries.items()}}
 
 
 def parse_sql_json(body: bytes) -> tuple[list[str], list[list]]:

@@ -3,6 +3,9 @@
     tokenpulse serve [--grpc-port N] [--http-port N] [--admin-port N] [--data-dir DIR]
                      [--clickhouse-url URL] [--config FILE] [... every setting as a flag]
     tokenpulse sql "SELECT ..." [--admin-url URL | --clickhouse-url URL] [--format table|json|csv]
+    tokenpulse report [PANEL] [--since 1h] [--by feature] [--tenant X] [--format table|json|csv]
+    tokenpulse alerts list | test RULE [--send] | history [--since 1d] [--rule NAME]
+    tokenpulse prices lookup MODEL | check FILE
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ log = logging.getLogger("tokenpulse")
 def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        default = "{}" if f.name == "attribute_keys" else repr(f.default)
+        default = "{}" if f.type in (dict, "dict") else repr(f.default)
         p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
                        help=f"{f.metadata['doc']} (default: {default}; env TOKENPULSE_{f.name.upper()})")
 
@@ -188,6 +191,14 @@ def _report(args: argparse.Namespace) -> int:
                 columns = ["runs", "p50_tokens", "p95_tokens", "p99_tokens"]
                 rows = [[rows[0][3], rows[0][4], rows[0][5], rows[0][6]]] if rows else []
             out[title] = (columns, rows)
+        if source.backend is None:
+            try:
+                firing = [a for a in _admin(args, "/api/alerts")["alerts"] if a["state"] == "firing"]
+                out["Alerts firing"] = (["rule", "severity", "labels", "value", "since"], [
+                    [a["rule"], a["labels"].get("severity", ""), _labels_text(a["labels"]), a["value"],
+                     _since(a["fired_at"])] for a in firing])
+            except ReportError as e:  # e.g. a receiver-only process: say so, keep the rest
+                out["Alerts firing"] = (["note"], [[str(e)]])
     except (QueryError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -199,6 +210,77 @@ def _report(args: argparse.Namespace) -> int:
         print(f"\n{title}")
         print(_render(columns, rows, "csv" if args.format == "csv" else "table"))
     return 0
+
+
+def _admin(args: argparse.Namespace, path: str, method: str = "GET") -> dict:
+    """JSON from the admin API of a running service; ReportError with its message otherwise."""
+    url = args.admin_url.rstrip("/") + path
+    req = urllib.request.Request(url, data=b"" if method == "POST" else None, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read())["error"]
+        except (ValueError, KeyError):
+            message = f"HTTP {e.code}"
+        raise ReportError(message) from None
+    except urllib.error.URLError as e:
+        raise ReportError(f"cannot reach the tokenpulse admin API at {args.admin_url} ({e.reason}); "
+                          "is `tokenpulse serve` running?") from None
+
+
+def _labels_text(labels: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())
+                     if k not in ("alertname", "severity") and v != "")
+
+
+def _since(ts) -> str:
+    from datetime import datetime, timezone
+
+    return "" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    try:
+        if args.alerts_command == "list":
+            rules = _admin(args, "/api/alerts/rules")
+            now = _admin(args, "/api/alerts")
+            if args.format == "json":
+                print(json.dumps({**rules, **now}, indent=2))
+                return 0
+            print("Rules")
+            print(_render(["rule", "interval_s", "for_s", "severity", "channels", "action"],
+                          [[r["name"], r["interval_s"], r["for_s"], r["severity"], ",".join(r["channels"]) or "-",
+                            r["action"] or "-"] for r in rules["rules"]], "table"))
+            print("\nAlerts")
+            print(_render(["state", "rule", "severity", "labels", "value", "since"],
+                          [[a["state"], a["rule"], a["labels"].get("severity", ""), _labels_text(a["labels"]),
+                            a["value"], _since(a["fired_at"] or a["active_at"])] for a in now["alerts"]], "table"))
+            for err in now["rule_errors"]:
+                print(f"rule error: {err}", file=sys.stderr)
+            return 0
+        if args.alerts_command == "test":
+            path = f"/api/alerts/rules/{urllib.parse.quote(args.rule)}/test" + ("?send=1" if args.send else "")
+            doc = _admin(args, path, "POST")
+            if args.format == "json":
+                print(json.dumps(doc, indent=2))
+                return 0
+            print(f"rule {args.rule}: {len(doc['alerts'])} instance(s) would fire now")
+            for a in doc["alerts"]:
+                print(f"  {a['annotations'].get('summary', '')}   [{_labels_text(a['labels'])}]")
+            for channel, res in doc.get("sent", {}).items():
+                print(f"sent to {channel}: " + ("ok" if res["ok"] else f"FAILED ({res['error']})"))
+            return 0 if all(r["ok"] for r in doc.get("sent", {}).values()) else 1
+        query = urllib.parse.urlencode({"since": args.since, "limit": args.limit,
+                                        **({"rule": args.rule} if args.rule else {})})
+        doc = _admin(args, f"/api/alerts/history?{query}")
+        rows = [[r[0], r[1], f"{r[3] or '-'} -> {r[2]}", r[4], r[5], r[6]] for r in doc["rows"]]
+        print(_render(["at", "rule", "change", "severity", "value", "summary"], rows, args.format))
+        return 0
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def _prices_lookup(args: argparse.Namespace) -> int:
@@ -286,6 +368,23 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--database", default="tokenpulse")
     report.add_argument("--timeout", type=float, default=60.0)
     report.set_defaults(func=_report)
+
+    alerts = sub.add_parser("alerts", help="alert rules, alerts now, and their history")
+    alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
+    a_list = alerts_sub.add_parser("list", help="the loaded rules and the alerts pending, firing or resolved")
+    a_test = alerts_sub.add_parser("test", help="evaluate RULE now and show what would fire")
+    a_test.add_argument("rule")
+    a_test.add_argument("--send", action="store_true", help="also send it to the rule's channels as a test")
+    a_hist = alerts_sub.add_parser("history", help="alert state changes, newest first")
+    a_hist.add_argument("--since", default="1d", help="window (default: %(default)s)")
+    a_hist.add_argument("--rule", default=None)
+    a_hist.add_argument("--limit", default="200")
+    for p in (a_list, a_test, a_hist):
+        p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+        p.add_argument("--admin-url", default="http://127.0.0.1:4319",
+                       help="admin API of a running `tokenpulse serve` (default: %(default)s)")
+        p.add_argument("--timeout", type=float, default=60.0)
+    alerts.set_defaults(func=_alerts)
 
     prices = sub.add_parser("prices", help="look up prices, check a price file")
     prices_sub = prices.add_subparsers(dest="prices_command", required=True)

@@ -78,6 +78,24 @@ class Settings:
     outcome_success_values: str = field(default="success,ok,succeeded,true,pass,passed", metadata={
         "doc": "comma-separated values of outcome_attribute that mean success (case-insensitive); "
                "any other value means failure"})
+    role: str = field(default="all", metadata={
+        "doc": "all (receivers + alert evaluator), receiver (OTLP only; run one evaluator elsewhere) or "
+               "evaluator (alert rules only, no OTLP ports)", "choices": ("all", "receiver", "evaluator")})
+    alert_rules_dir: str = field(default="", metadata={
+        "doc": "directory of your own alert rules (*.sql, README 'Alerts'); a file named like a built-in "
+               "rule replaces it"})
+    alert_rules: dict = field(default_factory=dict, metadata={
+        "doc": "per-rule overrides: {RULE: {enabled, interval, for, keep_firing_for, repeat_interval, "
+               "severity, channels, labels, PARAM: value}}", "parse": "rule_overrides"})
+    alert_channels: dict = field(default_factory=dict, metadata={
+        "doc": "notification channels: {NAME: {type: slack|pagerduty|webhook, url, routing_key, secret, "
+               "send_resolved, timeout_s, max_attempts, max_alerts}}; rules send to 'default' unless they "
+               "name others", "parse": "channels", "secret": True})
+    budgets: dict = field(default_factory=dict, metadata={
+        "doc": "spend budgets: {NAME: {dimension: total|tenant|feature|model|agent_role, value: X or '*', "
+               "period: day|month, limit_usd: N}}; the budget rule pages at 50/80/100 %", "parse": "budgets"})
+    external_url: str = field(default="", metadata={
+        "doc": "this service's admin URL as people reach it, for links in notifications"})
     log_level: str = field(default="info", metadata={
         "doc": "debug, info, warning or error", "choices": ("debug", "info", "warning", "error")})
 
@@ -100,7 +118,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
     meta = f.metadata
     typ = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "dict": dict}[f.type]
     if typ is dict:
-        return _convert_mapping(name, value, source)
+        return _PARSERS[meta.get("parse", "attribute_keys")](name, _as_mapping(name, value, source), source)
     try:
         if typ is int and meta.get("bytes") and isinstance(value, str):
             m = _SIZE_RE.match(value)
@@ -128,14 +146,20 @@ def _convert(name: str, value: Any, source: str) -> Any:
     return value
 
 
-def _convert_mapping(name: str, value: Any, source: str) -> dict:
+def _as_mapping(name: str, value: Any, source: str) -> dict:
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else {}
         except ValueError as e:
             raise ConfigError(f"{name} from {source}: not valid JSON ({e})") from None
+    if value is None:
+        value = {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{name} from {source}: must be a mapping of dimension to a list of attribute keys")
+        raise ConfigError(f"{name} from {source}: must be a mapping (YAML, or JSON in a flag or env var)")
+    return value
+
+
+def _attribute_keys(name: str, value: dict, source: str) -> dict:
     from tokenpulse.enrich.attribute import DIMENSIONS
 
     out = {}
@@ -148,6 +172,54 @@ def _convert_mapping(name: str, value: Any, source: str) -> dict:
             raise ConfigError(f"{name} from {source}: {dim} must be a non-empty list of attribute keys")
         out[dim] = tuple(keys)
     return out
+
+
+def _rule_overrides(name: str, value: dict, source: str) -> dict:
+    for rule, over in value.items():
+        if over is not None and not isinstance(over, dict):
+            raise ConfigError(f"{name}.{rule} from {source}: must be a mapping of setting: value")
+    return {str(k): dict(v or {}) for k, v in value.items()}
+
+
+def _channels(name: str, value: dict, source: str) -> dict:
+    from tokenpulse.alerts.notify import parse_channels
+
+    parse_channels(value, f"{name} from {source}")  # fail at start-up, not at the first page
+    return value
+
+
+BUDGET_DIMENSIONS = ("total", "tenant", "feature", "model", "agent_role")
+
+
+def _budgets(name: str, value: dict, source: str) -> dict:
+    out = {}
+    for budget, spec in value.items():
+        where = f"{name}.{budget} from {source}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: must be a mapping with dimension, value, period, limit_usd")
+        unknown = set(spec) - {"dimension", "value", "period", "limit_usd"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+        dim = spec.get("dimension", "total")
+        if dim not in BUDGET_DIMENSIONS:
+            raise ConfigError(f"{where}: dimension must be one of {', '.join(BUDGET_DIMENSIONS)}")
+        period = spec.get("period", "month")
+        if period not in ("day", "month"):
+            raise ConfigError(f"{where}: period must be day or month")
+        try:
+            limit = float(spec["limit_usd"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{where}: limit_usd must be a number of US dollars") from None
+        if limit <= 0:
+            raise ConfigError(f"{where}: limit_usd must be above 0")
+        default = "" if dim == "total" else "*"
+        out[str(budget)] = {"name": str(budget), "dimension": dim, "value": str(spec.get("value", default)),
+                            "period": period, "limit_usd": limit}
+    return out
+
+
+_PARSERS = {"attribute_keys": _attribute_keys, "rule_overrides": _rule_overrides, "channels": _channels,
+            "budgets": _budgets}
 
 
 def _check(settings: "Settings") -> "Settings":

@@ -65,6 +65,22 @@ class Metrics:
         self.storage_up = Gauge(
             "tokenpulse_storage_up", "1 when the last insert succeeded, 0 while storage is failing", registry=r)
         self.dedup_keys = Gauge("tokenpulse_dedup_keys", "Span keys held for retry dedup", registry=r)
+        self.alert_evaluations = Counter(
+            "tokenpulse_alert_evaluations", "Alert rule evaluations that ran", ["rule"], registry=r)
+        self.alert_evaluation_failures = Counter(
+            "tokenpulse_alert_evaluation_failures", "Alert rule evaluations that failed (bad rule, storage down)",
+            ["rule"], registry=r)
+        self.alert_evaluation_seconds = Histogram(
+            "tokenpulse_alert_evaluation_seconds", "Duration of one rule evaluation (query + state machine)",
+            ["rule"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.alert_ticks_missed = Counter(
+            "tokenpulse_alert_ticks_missed", "Interval-aligned evaluation ticks skipped because an evaluation "
+            "ran late", ["rule"], registry=r)
+        self.alert_notifications = Counter(
+            "tokenpulse_alert_notifications", "Notifications sent, by channel and result (ok, failed)",
+            ["channel", "result"], registry=r)
+        self.alerts_active = Gauge(
+            "tokenpulse_alerts", "Alert instances by state (pending, firing, resolved)", ["state"], registry=r)
 
     def model_label(self, model: str) -> str:
         if model in self._models:

@@ -16,6 +16,10 @@ import threading
 import time
 
 from tokenpulse.admin import AdminServer
+from tokenpulse.alerts.engine import Evaluator, backend_query, check_rule
+from tokenpulse.alerts.notify import Context, build_notifiers, parse_channels
+from tokenpulse.alerts.rules import RuleError, load_rules
+from tokenpulse.alerts.store import AlertStore
 from tokenpulse.config import Settings
 from tokenpulse.enrich import Pipeline
 from tokenpulse.enrich.attribute import Attributor
@@ -45,6 +49,10 @@ class Service:
         self.grpc: OtlpGrpcReceiver | None = None
         self.http: OtlpHttpReceiver | None = None
         self.admin: AdminServer | None = None
+        self.evaluator: Evaluator | None = None
+        self.rule_errors: list[RuleError] = []
+        self._alert_stop = threading.Event()
+        self._alert_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
@@ -109,10 +117,37 @@ class Service:
         if self._start_error is not None:
             self.writer.shutdown(1)
             raise self._start_error
-        log.info("tokenpulse serving: OTLP/gRPC %s:%d, OTLP/HTTP %s:%d, admin http://%s:%d, storage %s",
-                 s.listen_host, self.grpc.port, s.listen_host, self.http.port, s.admin_host, self.admin.port,
-                 self.backend.description)
+        if s.role != "receiver":
+            self._start_alerts()
+        if self.grpc is not None:
+            log.info("tokenpulse serving: OTLP/gRPC %s:%d, OTLP/HTTP %s:%d, admin http://%s:%d, storage %s",
+                     s.listen_host, self.grpc.port, s.listen_host, self.http.port, s.admin_host, self.admin.port,
+                     self.backend.description)
+        log.info("role %s; admin http://%s:%d; alert rules: %s", s.role, s.admin_host, self.admin.port,
+                 ", ".join(self.evaluator.rules) if self.evaluator else "not evaluated here")
         return self
+
+    def _start_alerts(self) -> None:
+        """Load the rules (a bad one is logged with file:line and skipped), then evaluate on ticks."""
+        s = self.settings
+        rules, self.rule_errors = load_rules(s.alert_rules_dir, s.alert_rules)
+        now = time.time()
+        for name, rule in list(rules.items()):
+            try:
+                check_rule(self.backend, rule, now)
+            except RuleError as e:
+                self.rule_errors.append(e)
+                del rules[name]
+        for e in self.rule_errors:
+            log.error("alert rule not loaded: %s", e)
+        external = s.external_url or f"http://{s.admin_host}:{self.admin.port}"
+        notifiers = build_notifiers(parse_channels(s.alert_channels), Context(external_url=external))
+        store = AlertStore(self.backend, s.database)
+        store.replace_budgets(list(s.budgets.values()))
+        self.evaluator = Evaluator(rules, backend_query(self.backend), notifiers, store, metrics=self.metrics)
+        self._alert_thread = threading.Thread(target=self.evaluator.run, args=(self._alert_stop,),
+                                              name="tokenpulse-alerts", daemon=True)
+        self._alert_thread.start()
 
     def _warm_dedup(self) -> None:
         """Remember spans stored in the last dedup window, so a restart does not forget them."""
@@ -138,13 +173,16 @@ class Service:
         s = self.settings
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days)
-        self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes)
-        self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes, s.shutdown_timeout_s)
+        if s.role != "evaluator":
+            ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days)
+            self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes)
+            self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes,
+                                         s.shutdown_timeout_s)
         self.admin = AdminServer(self, s.admin_host, s.admin_port)
         try:
-            await self.grpc.start()
-            await self.http.start()
+            if self.grpc is not None:
+                await self.grpc.start()
+                await self.http.start()
             await self.admin.start()
         except BaseException as e:  # e.g. port in use: report to start()
             self._start_error = e
@@ -156,7 +194,10 @@ class Service:
         await self._drain()
 
     async def _close_servers(self, grace: float) -> None:
-        for closer in (lambda: self.grpc.stop(grace), self.http.stop, self.admin.stop):
+        closers = [self.admin.stop]
+        if self.grpc is not None:
+            closers = [lambda: self.grpc.stop(grace), self.http.stop] + closers
+        for closer in closers:
             try:
                 await closer()
             except Exception:
@@ -165,7 +206,8 @@ class Service:
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
         # 1. Receivers: refuse new requests, finish those in flight (they wait for their writes).
-        await asyncio.gather(self.grpc.stop(max(deadline - time.monotonic(), 0)), self.http.stop())
+        if self.grpc is not None:
+            await asyncio.gather(self.grpc.stop(max(deadline - time.monotonic(), 0)), self.http.stop())
         # 2. Writer: write whatever is still queued.
         loop = asyncio.get_running_loop()
         self.drained = await loop.run_in_executor(
@@ -179,6 +221,10 @@ class Service:
         if self._stopped:
             return self.drained
         self._stopped = True
+        self._alert_stop.set()
+        if self._alert_thread is not None:
+            self._alert_thread.join(self.settings.shutdown_timeout_s)
+            self.evaluator.close()
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:

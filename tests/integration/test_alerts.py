@@ -1,0 +1,354 @@
+"""Alert rules on real chDB data, the engine with real local webhook receivers, and restarts.
+
+Spans go in through the real OTLP/HTTP receiver (timestamps set in the past
+where a rule needs history); time is stepped by passing ``now`` to the
+evaluator, never slept. The service under test runs with role=receiver so its
+own evaluator does not race the one a test drives.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.conftest import sql
+from tests.integration.test_bad_input import post
+from tests.otlp import request, span
+from tests.webhooks import Receiver
+from tokenpulse.alerts.engine import Evaluator, backend_query, check_rule
+from tokenpulse.alerts.notify import build_notifiers, parse_channels
+from tokenpulse.alerts.rules import RuleError, load_rules, parse_rule
+from tokenpulse.alerts.store import AlertStore
+
+S = 10**9
+MIN = 60
+# An evaluation time 30 s into a minute; spans are placed relative to it.
+NOW = (int(time.time()) // 60) * 60 - 30 * MIN + 30
+
+
+def chat(start_s: float, inp: int, out: int, model="gpt-4o", trace=None, parent=b"", **attrs):
+    a = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.response.model": model,
+         "gen_ai.usage.input_tokens": inp, "gen_ai.usage.output_tokens": out, **attrs}
+    return span(name=f"chat {model}", trace_id=trace, parent=parent, start=int(start_s * S), duration_ns=S // 2,
+                attrs=a)
+
+
+def tool(start_s: float, name: str, args: str, session: str):
+    return span(name=f"execute_tool {name}", start=int(start_s * S), duration_ns=S // 10, kind=1,
+                attrs={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
+                       "gen_ai.tool.call.arguments": args, "gen_ai.conversation.id": session})
+
+
+def send(svc, spans, **resource):
+    for i in range(0, len(spans), 500):
+        r = post(svc, request(spans[i:i + 500], service="agent", resource=resource).SerializeToString())
+        assert r.status_code == 200, r.text
+
+
+@pytest.fixture
+def svc(make_service):
+    return make_service(role="receiver")
+
+
+def rows(svc, name, now=NOW, **overrides):
+    rules, errors = load_rules(overrides={name: overrides} if overrides else None)
+    assert not errors
+    return backend_query(svc.backend)(rules[name], now)
+
+
+# ---------------------------------------------------------------- the built-in rules
+
+
+def test_run_size_rate_pages_on_rate_not_one_run(svc):
+    spans = []
+    for i in range(4):  # four runs of 60k tokens in the last 5 minutes
+        t = os.urandom(16)
+        spans += [chat(NOW - 200 + i, 30000, 0, trace=t), chat(NOW - 100 + i, 29000, 1000, trace=t)]
+    spans.append(chat(NOW - 400, 90000, 0))  # big, but outside the window
+    spans.append(chat(NOW - 50, 40000, 0))  # inside, not big
+    send(svc, spans, **{"tenant.id": "acme"})
+    (row,) = rows(svc, "run_size_rate")
+    assert int(row["value"]) == 4 and row["tenants"] == "acme" and len(row["example_traces"].split(", ")) == 3
+    assert rows(svc, "run_size_rate", max_runs=4) == []
+    assert rows(svc, "run_size_rate", now=NOW - 220) == []  # time is a parameter: before the runs, nothing
+
+
+def _history(minutes, per_minute, role=None, tenant="acme"):
+    """One span per minute for ``minutes`` whole minutes before the previous minute of NOW."""
+    cur = NOW - NOW % 60
+    extra = {"gen_ai.agent.name": role} if role else {}
+    return [chat(cur - (m + 2) * 60 + 1, per_minute - per_minute // 10, per_minute // 10, **extra)
+            for m in range(minutes)]
+
+
+def test_token_rate_anomaly_against_the_trailing_median(svc):
+    send(svc, _history(60, 10_000), **{"tenant.id": "acme"})
+    cur = NOW - NOW % 60
+    assert rows(svc, "token_rate_anomaly") == []  # calm: rate 0 in the current minute
+    send(svc, [chat(cur + 5, 20_000, 5_000)], **{"tenant.id": "acme"})  # 25k/min = 2.5x: below 3x
+    assert rows(svc, "token_rate_anomaly") == []
+    send(svc, [chat(cur + 10, 20_000, 5_000)], **{"tenant.id": "acme"})  # 50k/min = 5x
+    (row,) = rows(svc, "token_rate_anomaly")
+    assert (int(row["value"]), int(row["baseline"]), row["ratio"]) == (50000, 10000, 5)
+    # the previous minute counts for the part of it inside the sliding minute
+    (row,) = rows(svc, "token_rate_anomaly", now=cur + 60 + 15)  # 45 s of the previous minute: 50k * 45/60
+    assert int(row["value"]) == 37500
+    # not enough history: no baseline, no alert
+    assert rows(svc, "token_rate_anomaly", min_active_minutes=61) == []
+
+
+def test_token_rate_anomaly_per_agent_role(svc):
+    send(svc, _history(40, 10_000, role="planner") + _history(40, 10_000, role="worker"), **{"tenant.id": "acme"})
+    cur = NOW - NOW % 60
+    send(svc, [chat(cur + 5, 60_000, 0, **{"gen_ai.agent.name": "worker"}),
+               chat(cur + 5, 12_000, 0, **{"gen_ai.agent.name": "planner"})], **{"tenant.id": "acme"})
+    # only 40 of the 60 baseline minutes had traffic: the median counts the other 20 as 0 -> still 10k
+    (row,) = rows(svc, "token_rate_anomaly_by_role", min_rate=1000)
+    assert row["agent_role"] == "worker" and int(row["value"]) == 60000 and int(row["baseline"]) == 10000
+
+
+def test_tenant_outlier_against_the_median_tenant(svc):
+    cur = NOW - NOW % 60
+    for tenant, tokens in (("a", 5000), ("b", 6000), ("c", 4000)):
+        send(svc, [chat(cur + 1, tokens, 0)], **{"tenant.id": tenant})
+    send(svc, [chat(cur + 2, 7000, 0)])  # unattributed: not a tenant
+    assert rows(svc, "tenant_outlier", min_rate=1000) == []
+    send(svc, [chat(cur + 3, 80_000, 0)], **{"tenant.id": "spiky"})
+    (row,) = rows(svc, "tenant_outlier", min_rate=1000)
+    # median of (5000, 6000, 4000, 80000) is the upper middle, 6000
+    assert row["tenant"] == "spiky" and int(row["value"]) == 80000 and int(row["median_rate"]) == 6000
+    assert int(row["tenants"]) == 4
+    assert rows(svc, "tenant_outlier", min_rate=1000, min_tenants=5) == []
+    assert len(rows(svc, "tenant_outlier")) == 1  # above the default floor of 20k tokens/min too
+    assert rows(svc, "tenant_outlier", min_rate=100_000) == []
+
+
+def test_user_surge_against_the_7_day_average(svc):
+    two_days = NOW - 2 * 86400
+    send(svc, [chat(two_days, 100_000, 0, **{"user.id": "steady"}),
+               chat(two_days, 5_000_000, 0, **{"user.id": "heavy"})], **{"tenant.id": "acme"})
+    recent = [chat(NOW - 60 * i, 2000, 0, **{"user.id": u}) for i in range(1, 15) for u in ("steady", "heavy", "new")]
+    send(svc, recent, **{"tenant.id": "acme"})
+    got = rows(svc, "user_surge")
+    # steady: 28k over 15 min = 1,867/min vs 100k / 10080 = 9.9/min (+18,755 %);
+    # heavy: 5M / 10080 = 496/min, so 1,867 is only +276 %; new: first seen minutes ago, no baseline
+    assert len(got) == 1 and got[0]["tenant"] == "acme"
+    assert 1800 < float(got[0]["value"]) < 1900 and got[0]["user_id"] != "steady"  # pseudonymized
+    assert rows(svc, "user_surge", surge_pct=100000) == []
+
+
+def test_budget_thresholds_fire_once_per_period_and_resolve_at_its_end(svc):
+    store = AlertStore(svc.backend, svc.settings.database)
+    store.replace_budgets([
+        {"name": "acme-daily", "dimension": "tenant", "value": "acme", "period": "day", "limit_usd": 1.0},
+        {"name": "each-tenant", "dimension": "tenant", "value": "*", "period": "month", "limit_usd": 100.0},
+        {"name": "all", "dimension": "total", "value": "", "period": "month", "limit_usd": 1.5},
+    ])
+    day = NOW - NOW % 86400
+    now = day + 3600 * 12
+    send(svc, [chat(now - 60, 340_000, 0)], **{"tenant.id": "acme"})  # gpt-4o input $2.50/1M -> $0.85
+    got = sorted((r["budget"], int(r["threshold"]), r["severity"], r["key"]) for r in rows(svc, "budget", now=now))
+    assert got == [("acme-daily", 50, "info", "acme"), ("acme-daily", 80, "warning", "acme"),
+                   ("all", 50, "info", "")]
+    (r,) = [r for r in rows(svc, "budget", now=now) if r["budget"] == "acme-daily" and int(r["threshold"]) == 80]
+    assert (r["value"], r["percent"], r["period"]) == (0.85, 85, "day")
+
+    receiver = Receiver("webhook")
+    try:
+        rules, _ = load_rules()
+        ev = Evaluator({"budget": rules["budget"]}, backend_query(svc.backend), _hooks(receiver), store)
+        ev.evaluate(ev.rules["budget"], now)
+        assert len(receiver.requests) == 1 and len(receiver.requests[0]["body"]["alerts"]) == 3
+        for later in (now + 30, now + 3600, now + 6 * 3600):
+            ev.evaluate(ev.rules["budget"], later)
+        assert len(receiver.requests) == 1  # once per period: no repeats
+        ev.evaluate(ev.rules["budget"], day + 86400 + 60)  # the next day: the daily ones resolve
+        body = receiver.requests[1]["body"]
+        assert body["status"] == "resolved" and len(body["alerts"]) == 2
+        assert {a["labels"]["budget"] for a in body["alerts"]} == {"acme-daily"}
+    finally:
+        receiver.close()
+
+
+def test_agent_loop_same_tool_same_arguments_and_repeated_llm_input(svc):
+    spans = [tool(NOW - 100 + i, "search", '{"q": "weather"}', "loop-session") for i in range(5)]
+    spans += [tool(NOW - 100 + i, "search", f'{{"q": "{i}"}}', "healthy-session") for i in range(6)]
+    spans += [chat(NOW - 50 + i, 800, 10, **{"gen_ai.conversation.id": "retry-session",
+                                                "gen_ai.input.messages": '[{"role":"user","content":"hi"}]'})
+              for i in range(5)]
+    spans += [chat(NOW - 50 + i, 800, 10, **{"gen_ai.conversation.id": "plain"}) for i in range(6)]  # no content
+    send(svc, spans, **{"tenant.id": "acme"})
+    got = sorted((r["kind"], r["session"], r["target"], int(r["value"])) for r in rows(svc, "agent_loop"))
+    assert got == [("llm_input", "retry-session", "gpt-4o", 5), ("tool", "loop-session", "search", 5)]
+    assert rows(svc, "agent_loop", min_repeats=6) == []
+
+
+def test_context_bloat_counts_the_trailing_rising_streak(svc):
+    rising = [chat(NOW - 200 + i, 1000 * (i + 1), 10, **{"gen_ai.conversation.id": "bloat"}) for i in range(13)]
+    dip = [chat(NOW - 200 + i, 1000 * (i + 1) if i != 6 else 10, 10, **{"gen_ai.conversation.id": "dip"})
+           for i in range(13)]
+    send(svc, rising + dip, **{"tenant.id": "acme"})
+    (row,) = rows(svc, "context_bloat")
+    assert (row["session"], int(row["value"]), int(row["first_input"]), int(row["last_input"])) == \
+        ("bloat", 13, 1000, 13000)
+    assert rows(svc, "context_bloat", min_turns=14) == []
+    assert {r["session"]: int(r["value"]) for r in rows(svc, "context_bloat", min_turns=7)} == {"bloat": 13, "dip": 7}
+
+
+def test_io_ratio_drift_for_a_feature(svc):
+    base = [chat(NOW - 3 * 3600 + i, 100_000, 10_000) for i in range(3)]
+    send(svc, base, **{"app.feature": "summarize"})
+    send(svc, [chat(NOW - 120, 30_000, 3_500)], **{"app.feature": "summarize"})  # 0.117: within 2x
+    assert rows(svc, "io_ratio_drift") == []
+    send(svc, [chat(NOW - 60, 30_000, 20_000)], **{"app.feature": "summarize"})  # window: 60k in, 23.5k out
+    (row,) = rows(svc, "io_ratio_drift")
+    assert row["feature"] == "summarize" and abs(row["value"] - 23.5 / 60) < 1e-3 and row["baseline_ratio"] == 0.1
+
+
+def test_unpriced_model_and_unattributed_share(svc):
+    send(svc, [chat(NOW - 30, 5000, 500, model="mystery-model-9")], **{"tenant.id": "acme", "app.feature": "f"})
+    send(svc, [chat(NOW - 30, 10_000, 0)])  # no tenant, no feature
+    (row,) = rows(svc, "unpriced_model")
+    assert (row["model"], int(row["value"]), int(row["unpriced_tokens"])) == ("mystery-model-9", 1, 5500)
+    got = {r["dimension"]: r["value"] for r in rows(svc, "unattributed_share")}
+    assert got == {"tenant": 64.5, "feature": 64.5}  # 10000 of 15500 tokens
+    assert rows(svc, "unattributed_share", max_share_pct=70) == []
+
+
+# ---------------------------------------------------------------- engine, notifiers, restarts
+
+
+def _hooks(*receivers, kinds=("webhook",)):
+    spec = {}
+    for r in receivers:
+        spec["default" if not spec else r.kind] = {"type": r.kind, "url": r.url,
+                                                   **({"routing_key": "k" * 32} if r.kind == "pagerduty" else {})}
+    return build_notifiers(parse_channels(spec), sleep=lambda s: None, backoff_s=0.0)
+
+
+def _outlier_rule():
+    rules, _ = load_rules(overrides={"tenant_outlier": {"min_rate": 1000, "for": "10s", "keep_firing_for": "0s",
+                                                        "channels": ["default", "slack", "pagerduty"]}})
+    return rules["tenant_outlier"]
+
+
+def _spike(svc):
+    cur = NOW - NOW % 60
+    for tenant, tokens in (("a", 5000), ("b", 6000), ("c", 4000)):
+        send(svc, [chat(cur + 1, tokens, 0)], **{"tenant.id": tenant})
+    send(svc, [chat(cur + 3, 80_000, 0)], **{"tenant.id": "spiky"})
+    return cur
+
+
+def test_fire_notify_all_channels_then_resolve_with_same_keys(svc):
+    cur = _spike(svc)
+    hook, slack, pd = Receiver("webhook"), Receiver("slack"), Receiver("pagerduty")
+    try:
+        rule = _outlier_rule()
+        ev = Evaluator({rule.name: rule}, backend_query(svc.backend), _hooks(hook, slack, pd),
+                       AlertStore(svc.backend, svc.settings.database))
+        ev.evaluate(rule, cur + 5)
+        assert [a.state for a in ev.active()] == ["pending"] and not hook.requests
+        ev.evaluate(rule, cur + 15)
+        assert [a.state for a in ev.active()] == ["firing"]
+        assert hook.bodies()[0]["alerts"][0]["labels"]["tenant"] == "spiky"
+        assert slack.bodies()[0]["text"].startswith("[FIRING:1] tenant_outlier: Tenant spiky burns 80,000 tokens/min")
+        assert pd.bodies()[0]["event_action"] == "trigger"
+        ev.evaluate(rule, cur + 20)  # still firing: nothing new
+        assert len(hook.requests) == len(slack.requests) == len(pd.requests) == 1
+        ev.evaluate(rule, cur + 60 * 3)  # the spike is over (its minute left the sliding window)
+        assert [a.state for a in ev.active()] == ["resolved"]
+        assert hook.bodies()[1]["status"] == "resolved"
+        assert pd.bodies()[1] == {"routing_key": "k" * 32, "event_action": "resolve",
+                                  "dedup_key": pd.bodies()[0]["dedup_key"]}
+        history = sql(svc, "SELECT previous, state FROM alerts WHERE rule = 'tenant_outlier' ORDER BY at")
+        assert history == [["", "pending"], ["pending", "firing"], ["firing", "resolved"]]
+        log = sql(svc, "SELECT channel, kind, ok FROM alert_notifications ORDER BY at, channel")
+        assert log == [["default", "firing", 1], ["pagerduty", "firing", 1], ["slack", "firing", 1],
+                       ["default", "resolved", 1], ["pagerduty", "resolved", 1], ["slack", "resolved", 1]]
+    finally:
+        for r in (hook, slack, pd):
+            r.close()
+
+
+def test_restart_neither_pages_twice_nor_forgets_the_resolve(svc):
+    cur = _spike(svc)
+    hook = Receiver("webhook")
+    try:
+        rule = _outlier_rule()
+        rule = type(rule)(**{**rule.__dict__, "channels": ("default",)})
+        store = AlertStore(svc.backend, svc.settings.database)
+        first = Evaluator({rule.name: rule}, backend_query(svc.backend), _hooks(hook), store)
+        first.evaluate(rule, cur + 5)
+        first.evaluate(rule, cur + 15)
+        assert len(hook.requests) == 1
+        first.close()
+        second = Evaluator({rule.name: rule}, backend_query(svc.backend), _hooks(hook), store)  # "restart"
+        assert [a.state for a in second.active()] == ["firing"]
+        second.evaluate(rule, cur + 25)
+        assert len(hook.requests) == 1  # no second page
+        second.evaluate(rule, cur + 180)
+        assert [b["status"] for b in hook.bodies()] == ["firing", "resolved"]
+    finally:
+        hook.close()
+
+
+def test_retry_on_429_and_500_and_a_lost_resolve_is_resent(svc):
+    cur = _spike(svc)
+    hook = Receiver("webhook")
+    try:
+        rule = _outlier_rule()
+        rule = type(rule)(**{**rule.__dict__, "channels": ("default",)})
+        ev = Evaluator({rule.name: rule}, backend_query(svc.backend), _hooks(hook),
+                       AlertStore(svc.backend, svc.settings.database))
+        hook.script = [(429, "slow down", {"Retry-After": "0"}), (500, "oops", {})]
+        ev.evaluate(rule, cur + 5)
+        ev.evaluate(rule, cur + 15)
+        assert [r["status"] for r in hook.requests] == [429, 500, 200]  # retried inside one delivery
+        # the resolve fails every attempt (receiver down for a while) ...
+        hook.script = [(503, "", {})] * 4
+        ev.evaluate(rule, cur + 180)
+        assert [r["status"] for r in hook.requests][-4:] == [503] * 4
+        assert ev.active()[0].deliveries["default"].state == "firing"
+        ev.evaluate(rule, cur + 181)  # backing off: not yet
+        assert len(hook.requests) == 7
+        ev.evaluate(rule, cur + 186)  # ... and is re-sent once it is back
+        assert hook.bodies(200)[-1]["status"] == "resolved"
+        assert ev.active()[0].deliveries["default"].state == "resolved"
+        failed = sql(svc, "SELECT kind, ok, http_status, attempts FROM alert_notifications WHERE ok = 0")
+        assert failed == [["resolved", 0, 503, 4]]
+    finally:
+        hook.close()
+
+
+def test_a_bad_rule_reports_file_and_line_and_the_others_load(svc, tmp_path):
+    (tmp_path / "typo.sql").write_text("-- summary: x\n-- interval: 5s\nSELECT count() AS value\nFROM spans\n"
+                                       "WHERE tenantt = 'a'\n")
+    (tmp_path / "novalue.sql").write_text("-- summary: x\nSELECT 1 AS v\n")
+    rules, errors = load_rules(str(tmp_path))
+    problems = []
+    for name, rule in rules.items():
+        try:
+            check_rule(svc.backend, rule, NOW)
+        except RuleError as e:
+            problems.append((e.where, e.reason.split(":")[0]))
+    assert sorted(problems) == [(f"{tmp_path}/novalue.sql:2", "the query returns no 'value' column (it returns v)"),
+                                (f"{tmp_path}/typo.sql:5", "ClickHouse query failed")]
+
+
+def test_ticks_are_interval_aligned_and_missed_ticks_counted():
+    fast = parse_rule("fast.sql", "-- summary: x\n-- interval: 5s\nSELECT 1 AS value")
+    slow = parse_rule("slow.sql", "-- summary: x\n-- interval: 1m\nSELECT 1 AS value")
+    calls = []
+    ev = Evaluator({"fast": fast, "slow": slow}, lambda rule, now: calls.append((rule.name, now)) or [], {})
+    assert ev.tick(1200.0) == ["fast", "slow"]
+    assert ev.tick(1201.0) == [] and ev.tick(1204.9) == []
+    assert ev.tick(1205.0) == ["fast"]
+    assert ev.next_tick(1205.0) == 1210.0
+    assert ev.tick(1231.0) == ["fast"]  # the ticks at 1210..1225 went by: skipped, not run in a burst
+    assert ev.missed == {"fast": 4}
+    assert ev.tick(1260.0) == ["fast", "slow"]
+    assert ev.missed == {"fast": 9}
+    assert [n for n, _ in calls] == ["fast", "slow", "fast", "fast", "fast", "slow"]

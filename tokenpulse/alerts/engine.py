@@ -1,0 +1,242 @@
+"""The evaluator: runs each rule on interval-aligned ticks, steps the state machine,
+delivers notifications and persists it all.
+
+Ticks are aligned to the rule's interval (a 5 s rule runs at :00, :05, :10...),
+so evaluations of several receivers' data line up and a missed tick is well
+defined: when an evaluation (or the machine) was slow and a tick went by, it is
+skipped, not run late in a burst, and counted in
+``tokenpulse_alert_ticks_missed_total``.
+
+Everything that touches the world is passed in (the clock, the query function,
+the notifiers, the store), so tests step time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Mapping
+
+from tokenpulse.alerts.notify import Notifier
+from tokenpulse.alerts.rules import Rule, RuleError
+from tokenpulse.alerts.state import Alert, Notification, StepResult, instance, record_delivery, step
+from tokenpulse.alerts.store import AlertStore
+from tokenpulse.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+QueryFn = Callable[[Rule, float], list[dict]]
+
+
+def backend_query(backend) -> QueryFn:
+    """Run a rule read-only on ``backend`` with ``now`` and its params bound server-side."""
+
+    def query(rule: Rule, now: float) -> list[dict]:
+        try:
+            raw = backend.query(rule.sql, "JSON", readonly=True, params=rule.query_params(now))
+        except StorageError as e:
+            if e.code in (47, 62, 46, 60, 16, 36, 43, 386):  # the rule's fault, not storage's: say where
+                raise RuleError(rule.where(str(e)), _first_line(str(e))) from None
+            raise
+        return json.loads(raw)["data"]
+
+    return query
+
+
+def check_rule(backend, rule: Rule, now: float) -> None:
+    """Plan the rule's query without running it: syntax, tables, columns, a ``value`` column.
+    Raises RuleError naming the rule file and line."""
+    try:
+        raw = backend.query(f"DESCRIBE TABLE (\n{rule.sql}\n)", "JSON", readonly=True, params=rule.query_params(now))
+    except StorageError as e:
+        raise RuleError(rule.where(str(e), prefix_lines=1), _first_line(str(e))) from None
+    names = [row["name"] for row in json.loads(raw)["data"]]
+    if "value" not in names:
+        raise RuleError(f"{rule.path}:{rule.sql_line}",
+                        f"the query returns no 'value' column (it returns {', '.join(names)})")
+
+
+def _first_line(message: str) -> str:
+    return message.split(". (", 1)[0] if ". (" in message else message
+
+
+class Evaluator:
+    def __init__(self, rules: Mapping[str, Rule], query: QueryFn, notifiers: Mapping[str, Notifier],
+                 store: AlertStore | None = None, clock: Callable[[], float] = time.time, metrics=None,
+                 on_change: Callable[[list, float], None] | None = None):
+        self.query = query
+        self.notifiers = dict(notifiers)
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.on_change = on_change
+        self.errors: dict[str, str] = {}  # rule -> last evaluation error (file:line: reason)
+        self.rules: dict[str, Rule] = {}
+        for name, rule in rules.items():
+            unknown = [c for c in rule.channels if c not in self.notifiers and c != "default"]
+            if unknown:
+                self.errors[name] = f"{rule.path}:1: channels {', '.join(unknown)} are not configured " \
+                                    f"(alert_channels has: {', '.join(self.notifiers) or 'none'})"
+                log.error("alert rule not loaded: %s", self.errors[name])
+                continue
+            # no 'default' channel configured: the rule still keeps state and history
+            self.rules[name] = _with_channels(rule, tuple(c for c in rule.channels if c in self.notifiers))
+        self.states: dict[str, Alert] = store.load() if store else {}
+        self.last_slot: dict[str, int] = {}
+        self.missed: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tokenpulse-notify")
+
+    # ------------------------------------------------------------ one rule
+    def evaluate(self, rule: Rule, now: float, deliver: bool = True) -> StepResult | None:
+        started = time.monotonic()
+        try:
+            rows = self.query(rule, now)
+        except RuleError as e:
+            self._failed(rule, str(e))
+            return None
+        except Exception as e:  # storage down, timeout: keep the states, try next tick
+            self._failed(rule, f"{rule.path}: evaluation failed: {e}")
+            return None
+        self.errors.pop(rule.name, None)
+        with self._lock:
+            before = self.states
+            result = step(before, rows, now, rule)
+            self.states = result.states
+        if self.metrics is not None:
+            counts = {"pending": 0, "firing": 0, "resolved": 0}
+            for a in result.states.values():
+                counts[a.state] = counts.get(a.state, 0) + 1
+            for state, n in counts.items():
+                self.metrics.alerts_active.labels(state).set(n)
+            self.metrics.alert_evaluations.labels(rule.name).inc()
+            self.metrics.alert_evaluation_seconds.labels(rule.name).observe(time.monotonic() - started)
+        if deliver and result.notifications:
+            self._deliver(result.notifications, now)
+        self._persist(before, result, now)
+        return result
+
+    def _failed(self, rule: Rule, message: str) -> None:
+        if self.errors.get(rule.name) != message:
+            log.error("alert rule %s: %s", rule.name, message)
+        self.errors[rule.name] = message
+        if self.metrics is not None:
+            self.metrics.alert_evaluation_failures.labels(rule.name).inc()
+
+    def _deliver(self, notes: list[Notification], now: float) -> None:
+        def one(note: Notification):
+            notifier = self.notifiers[note.channel]
+            if not notifier.wants(note):  # e.g. send_resolved off: count it as told
+                return note, frozenset(a.fingerprint for a in note.alerts), None, None
+            try:
+                sent = notifier.send(note)
+            except Exception as e:  # a notifier bug must not stop evaluation
+                log.exception("notifier %s failed", note.channel)
+                return note, frozenset(), None, {"ok": False, "error": f"internal error: {type(e).__name__}"}
+            return note, sent.delivered, sent.retry_after_s, {"ok": sent.ok, "status": sent.status,
+                                                              "attempts": sent.attempts, "error": sent.error}
+
+        results = list(self._pool.map(one, notes))
+        with self._lock:
+            for note, delivered, retry_after, _ in results:
+                self.states = record_delivery(self.states, note, delivered, now, retry_after)
+        if self.metrics is not None:
+            for note, _, _, res in results:
+                if res is not None:
+                    self.metrics.alert_notifications.labels(note.channel, "ok" if res["ok"] else "failed").inc()
+        if self.store is not None:
+            try:
+                self.store.log([(n, r) for n, _, _, r in results if r is not None], now)
+            except StorageError as e:
+                log.warning("could not write the notification log: %s", e)
+
+    def _persist(self, before: Mapping[str, Alert], result: StepResult, now: float) -> None:
+        if self.on_change is not None and result.changes:
+            self.on_change(result.changes, now)
+        if self.store is None:
+            return
+        after = self.states
+        changed = [a for fp, a in after.items() if before.get(fp) is not a]
+        dropped = [a for fp, a in before.items() if fp not in after]
+        try:
+            self.store.save(changed, dropped)
+            self.store.history(result.changes, now)
+        except StorageError as e:  # state stays in memory; the next evaluation saves it again
+            log.warning("could not persist alert state: %s", e)
+
+    # ------------------------------------------------------------ schedule
+    def tick(self, now: float) -> list[str]:
+        """Evaluate every rule whose interval-aligned tick has come; return their names."""
+        ran = []
+        for name, rule in self.rules.items():
+            slot = math.floor(now / rule.interval_s)
+            last = self.last_slot.get(name)
+            if last is not None and slot <= last:
+                continue
+            if last is not None and slot > last + 1:
+                self.missed[name] = self.missed.get(name, 0) + slot - last - 1
+                if self.metrics is not None:
+                    self.metrics.alert_ticks_missed.labels(name).inc(slot - last - 1)
+            self.last_slot[name] = slot
+            self.evaluate(rule, now)
+            ran.append(name)
+        return ran
+
+    def next_tick(self, now: float) -> float:
+        return min(((math.floor(now / r.interval_s) + 1) * r.interval_s for r in self.rules.values()),
+                   default=now + 60)
+
+    def run(self, stop: threading.Event) -> None:
+        """Evaluate on ticks until ``stop`` is set (the service's evaluator thread)."""
+        while not stop.is_set():
+            try:
+                self.tick(self.clock())
+            except Exception:
+                log.exception("alert evaluation tick failed")
+            stop.wait(max(0.0, self.next_tick(self.clock()) - self.clock()))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------ views
+    def active(self) -> list[Alert]:
+        with self._lock:
+            return sorted(self.states.values(), key=lambda a: (a.rule, a.active_at))
+
+    def test(self, name: str, now: float, send: bool = False) -> dict:
+        """Evaluate a rule now without touching its state; with ``send``, deliver the rows as a
+        test notification (label ``test=true``) to the rule's channels."""
+        rule = self.rules[name]
+        rows = self.query(rule, now)
+        alerts = []
+        for row in rows:
+            labels, annotations, value = instance(rule, row)
+            labels = {**labels, "test": "true"}
+            alerts.append(Alert(rule.fingerprint(labels), rule.name, labels, annotations, value, "firing",
+                                active_at=now, fired_at=now, last_seen=now))
+        out: dict = {"rule": name, "rows": rows,
+                     "alerts": [{"fingerprint": a.fingerprint, "labels": dict(a.labels),
+                                 "annotations": dict(a.annotations), "value": a.value} for a in alerts]}
+        if send:
+            if not alerts:  # nothing fires now: send one sample so the channel can be checked end to end
+                labels = {**rule.labels, "alertname": rule.name, "severity": rule.severity, "test": "true"}
+                alerts.append(Alert(rule.fingerprint(labels), rule.name, labels,
+                                    {"summary": f"Test notification for rule {rule.name} (nothing fires now)"},
+                                    0.0, "firing", active_at=now, fired_at=now, last_seen=now))
+            out["sent"] = {}
+            for channel in rule.channels:
+                sent = self.notifiers[channel].send(Notification(rule.name, channel, "first notification",
+                                                                 tuple(alerts)))
+                out["sent"][channel] = {"ok": sent.ok, "status": sent.status, "attempts": sent.attempts,
+                                        "error": sent.error}
+        return out
+
+
+def _with_channels(rule: Rule, channels: tuple[str, ...]) -> Rule:
+    from dataclasses import replace
+
+    return replace(rule, channels=channels)
