@@ -12,6 +12,7 @@ import os
 import time
 
 import pytest
+import requests
 
 from tests.conftest import sql
 from tests.integration.test_bad_input import post
@@ -352,3 +353,61 @@ def test_ticks_are_interval_aligned_and_missed_ticks_counted():
     assert ev.tick(1260.0) == ["fast", "slow"]
     assert ev.missed == {"fast": 9}
     assert [n for n, _ in calls] == ["fast", "slow", "fast", "fast", "fast", "slow"]
+
+
+# ---------------------------------------------------------------- end to end: SDK -> service -> webhook; CLI
+
+
+def test_sdk_spans_to_webhook_through_the_running_service_and_the_cli(make_service, tmp_path, capsys):
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.trace import SpanKind
+
+    from tokenpulse.cli import main
+
+    (tmp_path / "broken.sql").write_text("-- summary: x\n-- interval: 1s\nSELECT nope AS value FROM spans\n")
+    hook = Receiver("webhook")
+    try:
+        svc = make_service(alert_channels={"default": {"type": "webhook", "url": hook.url}},
+                           alert_rules={"unpriced_model": {"interval": "1s"}}, alert_rules_dir=str(tmp_path))
+        assert svc.evaluator is not None and "unpriced_model" in svc.evaluator.rules
+        assert [e.where for e in svc.rule_errors] == [f"{tmp_path}/broken.sql:3"]
+        tp = TracerProvider(resource=Resource.create({"service.name": "e2e", "tenant.id": "acme"}))
+        tp.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"127.0.0.1:{svc.grpc.port}",
+                                                                   insecure=True)))
+        with tp.get_tracer("tests").start_as_current_span("chat", kind=SpanKind.CLIENT) as s:
+            s.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                              "gen_ai.response.model": "brand-new-model", "gen_ai.usage.input_tokens": 700,
+                              "gen_ai.usage.output_tokens": 70})
+        tp.shutdown()
+        (req,) = hook.wait_for(1, timeout=20)  # a real service on the real clock: seconds, not a step
+        alert = req["body"]["alerts"][0]
+        assert alert["labels"]["model"] == "brand-new-model" and alert["labels"]["alertname"] == "unpriced_model"
+        assert alert["annotations"]["summary"].startswith("1 calls to unpriced model brand-new-model (openai)")
+
+        admin = ["--admin-url", f"http://127.0.0.1:{svc.admin.port}"]
+        assert main(["alerts", "list", *admin]) == 0
+        out = capsys.readouterr()
+        assert "unpriced_model" in out.out and "firing" in out.out and "broken.sql:3" in out.err
+        assert main(["alerts", "test", "unpriced_model", "--send", *admin]) == 0
+        out = capsys.readouterr().out
+        assert "1 instance(s) would fire now" in out and "sent to default: ok" in out
+        assert hook.wait_for(2)[1]["body"]["alerts"][0]["labels"]["test"] == "true"
+        assert main(["alerts", "history", "--rule", "unpriced_model", *admin]) == 0
+        assert "-> firing" in capsys.readouterr().out
+        assert main(["report", *admin]) == 0
+        assert "Alerts firing" in (out := capsys.readouterr().out) and "model=brand-new-model" in out
+        metrics = requests.get(f"http://127.0.0.1:{svc.admin.port}/metrics", timeout=5).text
+        assert 'tokenpulse_alerts{state="firing"} 1.0' in metrics
+        assert 'tokenpulse_alert_notifications_total{channel="default",result="ok"}' in metrics
+    finally:
+        hook.close()
+
+
+def test_receiver_role_does_not_evaluate(make_service):
+    svc = make_service(role="receiver")
+    assert svc.evaluator is None
+    r = requests.get(f"http://127.0.0.1:{svc.admin.port}/api/alerts", timeout=5)
+    assert r.status_code == 503 and "role receiver" in r.json()["error"]

@@ -38,3 +38,13 @@ def test_every_column_is_documented_with_its_type():
     columns = {name: ch_type for name, _, _, ch_type in SPAN_COLUMNS} | DEFAULT_COLUMNS
     for name, ch_type in columns.items():
         assert f"| `{name}` | {ch_type} |" in README, name
+
+
+def test_every_builtin_rule_is_documented():
+    from tokenpulse.alerts.rules import load_rules
+
+    rules, errors = load_rules()
+    assert not errors
+    section = README.split("## Alerts", 1)[1].split("\n## ", 1)[0]
+    for name, rule in rules.items():
+        assert f"| `{name}` | {rule.interval_s // 60}m |" in section or f"| `{name}` | {rule.interval_s}s |" in section, name

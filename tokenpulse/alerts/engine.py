@@ -115,9 +115,13 @@ class Evaluator:
                 self.metrics.alerts_active.labels(state).set(n)
             self.metrics.alert_evaluations.labels(rule.name).inc()
             self.metrics.alert_evaluation_seconds.labels(rule.name).observe(time.monotonic() - started)
+        # History and state are written before anything is sent, and the delivery records after:
+        # a crash in between re-sends (at least once), never loses a page.
+        self._persist(before, result.states, result.changes, now)
         if deliver and result.notifications:
+            sent_from = self.states
             self._deliver(result.notifications, now)
-        self._persist(before, result, now)
+            self._persist(sent_from, self.states, [], now)
         return result
 
     def _failed(self, rule: Rule, message: str) -> None:
@@ -154,17 +158,16 @@ class Evaluator:
             except StorageError as e:
                 log.warning("could not write the notification log: %s", e)
 
-    def _persist(self, before: Mapping[str, Alert], result: StepResult, now: float) -> None:
-        if self.on_change is not None and result.changes:
-            self.on_change(result.changes, now)
+    def _persist(self, before: Mapping[str, Alert], after: Mapping[str, Alert], changes: list, now: float) -> None:
+        if self.on_change is not None and changes:
+            self.on_change(changes, now)
         if self.store is None:
             return
-        after = self.states
         changed = [a for fp, a in after.items() if before.get(fp) is not a]
         dropped = [a for fp, a in before.items() if fp not in after]
         try:
             self.store.save(changed, dropped)
-            self.store.history(result.changes, now)
+            self.store.history(changes, now)
         except StorageError as e:  # state stays in memory; the next evaluation saves it again
             log.warning("could not persist alert state: %s", e)
 

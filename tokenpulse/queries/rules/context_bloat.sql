@@ -1,6 +1,6 @@
 -- summary: Context bloat in session $session: input tokens rose $value turns in a row ($first_input -> $last_input)
 -- description: The LLM calls of one session (gen_ai.conversation.id / session.id, else the trace) in the last $lookback s, in start order; value = the number of turns in the trailing streak where each call's input tokens exceed the previous call's. Fires at $min_turns turns or more, for sessions with a call in the last $window s.
--- interval: 15s
+-- interval: 5s
 -- for: 0s
 -- keep_firing_for: 5m
 -- severity: warning

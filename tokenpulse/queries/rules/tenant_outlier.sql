@@ -1,7 +1,7 @@
 -- summary: Tenant $tenant burns $value tokens/min, $ratio x the median tenant ($median_rate/min)
 -- description: rate = a sliding minute of tokens (input + output), as in token_rate_anomaly. The median is over every tenant with traffic in the last $active_window s (the 'unattributed' bucket is not a tenant); needs at least $min_tenants of them. Never fires below $min_rate tokens/min.
 -- interval: 5s
--- for: 10s
+-- for: 0s
 -- keep_firing_for: 1m
 -- severity: critical
 -- action: throttle

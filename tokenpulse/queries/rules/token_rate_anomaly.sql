@@ -1,7 +1,7 @@
 -- summary: Token rate $value/min is $ratio x its baseline of $baseline/min
 -- description: rate = tokens (input + output) of the current minute plus the previous minute's scaled by the part of it inside the last 60 s (a sliding minute, assuming the previous minute was even). baseline = the median (upper middle) of the per-minute totals of the $baseline_minutes whole minutes before the previous minute; minutes without traffic count as 0. No alert until $min_active_minutes of those minutes had traffic, or below $min_rate tokens/min.
 -- interval: 5s
--- for: 10s
+-- for: 0s
 -- keep_firing_for: 1m
 -- severity: warning
 -- extra: baseline, ratio
