@@ -1,0 +1,98 @@
+"""The throttle book: alert-driven decisions, cool-down, manual overrides (time stepped)."""
+
+from __future__ import annotations
+
+from tokenpulse.alerts.state import Alert, Change
+from tokenpulse.alerts.throttle import ThrottleBook, target
+
+
+def alert(fp, state, tenant="spiky", rule="tenant_outlier", **labels):
+    return Alert(fp, rule, {"tenant": tenant, **labels} if tenant else labels,
+                 {"summary": f"Tenant {tenant} burns 80,000 tokens/min"}, 80000.0, state, 0.0)
+
+
+def fire(fp="f1", **kw):
+    return Change(alert(fp, "firing", **kw), "pending")
+
+
+def resolve(fp="f1", **kw):
+    return Change(alert(fp, "resolved", **kw), "firing")
+
+
+def book():
+    return ThrottleBook(["tenant_outlier", "budget"], cooldown_s=300)
+
+
+def test_firing_throttles_only_that_tenant_and_says_so_to_the_customer():
+    b = book()
+    (e,) = b.on_alerts([fire()], 100)
+    assert (e.action, e.throttle.tenant, e.actor) == ("throttle", "spiky", "tokenpulse")
+    d = b.decision("spiky", 160)
+    assert d["throttled"] and d["source"] == "rule" and d["since"] == 100 and d["retry_after_s"] == 300
+    assert "spiky" in d["message"] and "retry after 300 s" in d["message"]
+    assert b.decision("calm", 160) == {"tenant": "calm", "throttled": False, "reason": "", "since": None,
+                                       "retry_after_s": 0, "message": ""}
+
+
+def test_release_after_cooldown_once_every_cause_resolved():
+    b = book()
+    b.on_alerts([fire("f1")], 0)
+    b.on_alerts([fire("f2", rule="budget", tenant="", dimension="tenant", key="spiky", threshold="100")], 10)
+    assert b.on_alerts([resolve("f1")], 100) == []
+    assert b.decision("spiky", 200)["throttled"]  # f2 still firing
+    assert b.on_alerts([resolve("f2", rule="budget", tenant="", dimension="tenant", key="spiky",
+                                threshold="100")], 200) == []
+    assert b.decision("spiky", 450)["retry_after_s"] == 50
+    assert b.advance(499) == []
+    (e,) = b.advance(500)
+    assert e.action == "release" and "cool-down" in e.reason
+    assert not b.decision("spiky", 500)["throttled"]
+
+
+def test_refire_during_cooldown_keeps_it_throttled():
+    b = book()
+    b.on_alerts([fire("f1")], 0)
+    b.on_alerts([resolve("f1")], 100)
+    assert b.on_alerts([fire("f1")], 200) == []  # no second throttle event: it never stopped
+    assert b.advance(10_000) == []
+    assert b.decision("spiky", 10_000)["throttled"]
+
+
+def test_rules_without_throttle_action_and_low_budget_thresholds_do_not_throttle():
+    b = book()
+    assert b.on_alerts([fire(rule="token_rate_anomaly")], 0) == []
+    assert b.on_alerts([fire(rule="budget", tenant="", dimension="tenant", key="acme", threshold="80")], 0) == []
+    assert b.on_alerts([fire(rule="budget", tenant="", dimension="feature", key="search", threshold="100")], 0) == []
+    assert b.on_alerts([fire(tenant="unattributed")], 0) == []
+    assert b.throttles == {}
+
+
+def test_manual_throttle_wins_until_it_expires():
+    b = book()
+    (e,) = b.set_manual("acme", 1800, "runaway batch job", "alice", 0)
+    assert (e.action, e.actor, e.throttle.source) == ("throttle", "alice", "manual")
+    assert b.decision("acme", 600)["retry_after_s"] == 1200
+    b.on_alerts([fire("f9", tenant="acme")], 700)  # a rule firing does not shorten it
+    assert b.decision("acme", 1000)["source"] == "manual"
+    (e,) = b.advance(1800)
+    assert e.action == "release" and e.reason == "manual throttle expired"
+
+
+def test_clear_releases_and_the_same_alert_does_not_throttle_again_but_a_new_one_does():
+    b = book()
+    b.on_alerts([fire("f1")], 0)
+    (e,) = b.clear("spiky", "bob", 10)
+    assert (e.action, e.actor) == ("release", "bob")
+    assert b.on_alerts([fire("f1")], 20) == []  # e.g. a re-delivered change of the same alert
+    assert not b.decision("spiky", 20)["throttled"]
+    b.on_alerts([resolve("f1")], 30)
+    (e,) = b.on_alerts([fire("f1")], 40)  # after it resolved, a new firing throttles again
+    assert e.action == "throttle"
+    assert b.clear("nobody", "bob", 50) == []
+
+
+def test_target_of_an_alert():
+    assert target(alert("x", "firing")) == "spiky"
+    assert target(alert("x", "firing", tenant="", dimension="tenant", key="acme", threshold="100")) == "acme"
+    assert target(alert("x", "firing", tenant="", dimension="tenant", key="acme", threshold="50")) == ""
+    assert target(alert("x", "firing", tenant="")) == ""
