@@ -12,7 +12,8 @@ webhook channel pointing at a receiver in this process), then:
 4. incidents, each --repeats times, a new session or tenant each time:
    * loop:      one session calls the same tool with the same arguments over and over
    * explosion: one session's prompt doubles every turn (prompt-size explosion)
-   * spike:     one tenant's integration gets stuck and sends 20x its usual tokens
+   * spike:     a stuck integration: one tenant sends 500k tokens at once (a steady tenant
+                 sends ~15k a minute)
    and measures, for each, the time from the moment its first span was
    acknowledged by the receiver to the webhook carrying its alert.
 
@@ -231,7 +232,7 @@ def main() -> None:
                 else:
                     tenant = f"stuck-{i}"
                     spans = [chat_span(ns + j, tenant, "support", "worker", os.urandom(6).hex(), 12_000, 500)
-                             for j in range(25)]
+                             for j in range(40)]
                     match = lambda labels, t=tenant: labels.get("alertname") == "tenant_outlier" and labels.get("tenant") == t  # noqa: E731
                 post(url, body(spans))
                 received = time.time()  # acknowledged: stored and visible to the rules
@@ -242,7 +243,8 @@ def main() -> None:
                 else:
                     results[kind].append(at - received)
                     print(f"{kind} #{i}: webhook after {at - received:.2f} s", flush=True)
-                time.sleep(args.gap_s)
+                # a random phase against the 5 s ticks: a fixed gap would always land just after one
+                time.sleep(args.gap_s + rnd.uniform(0, 5))
         stop.set()
 
         print(f"\ncalm period {args.calm_minutes:g} min: {len(false_alerts)} false alerts"
@@ -256,6 +258,14 @@ def main() -> None:
                 print(f"{kind:<10} {len(xs):>2}  {xs[len(xs) // 2]:5.2f}  {p95:5.2f}  {xs[-1]:5.2f}  {missed[kind]}")
             else:
                 print(f"{kind:<10}  0      -      -      -  {missed[kind]}")
+        sums: dict[str, list[float]] = {}
+        for line in requests.get(admin + "/metrics", timeout=10).text.splitlines():
+            for suffix, i in (("_sum{", 0), ("_count{", 1)):
+                if line.startswith("tokenpulse_alert_evaluation_seconds" + suffix):
+                    rule = line.split('rule="', 1)[1].split('"', 1)[0]
+                    sums.setdefault(rule, [0.0, 0.0])[i] = float(line.rsplit(" ", 1)[1])
+        print("mean evaluation ms per rule: " + ", ".join(
+            f"{r} {1000 * s / c:.0f}" for r, (s, c) in sorted(sums.items()) if c))
     finally:
         stop.set()
         server.terminate()

@@ -12,6 +12,9 @@ GET /api/alerts/rules   the loaded rules with their settings
 GET /api/alerts/history?since=1d&rule=NAME&limit=200   state changes, newest first
 POST /api/alerts/rules/{name}/test[?send=1]   evaluate a rule now (state untouched); send=1 also
                delivers the result as a test notification
+GET /v1/throttle[/{tenant}]   throttle decisions (also on the OTLP/HTTP port, for agent services)
+POST /api/throttle/{tenant}   {"for": "30m", "reason": "...", "actor": "..."}: throttle by hand
+DELETE /api/throttle/{tenant}?actor=NAME   release by hand
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class AdminServer:
         app.router.add_get("/api/alerts/rules", self._alert_rules)
         app.router.add_get("/api/alerts/history", self._alert_history)
         app.router.add_post("/api/alerts/rules/{name}/test", self._alert_test)
+        add_throttle_routes(app.router, self.service)
+        app.router.add_post("/api/throttle/{tenant}", self._throttle_set)
+        app.router.add_delete("/api/throttle/{tenant}", self._throttle_clear)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
@@ -159,6 +165,59 @@ class AdminServer:
         except (RuleError, StorageError) as e:
             return web.json_response({"error": str(e)}, status=500)
         return web.json_response(result)
+
+
+    async def _throttle_set(self, request: web.Request) -> web.Response:
+        import time
+
+        throttler = self.service.throttler
+        if throttler is None or self.service.settings.role == "receiver":
+            return web.json_response({"error": "throttle decisions are made by the evaluator process"}, status=503)
+        try:
+            doc = await request.json() if request.can_read_body else {}
+            for_s = parse_duration(str(doc.get("for", "30m")))
+        except (ValueError, QueryError):
+            return web.json_response({"error": 'body must be JSON {"for": "30m", "reason": "...", "actor": "..."}'},
+                                     status=400)
+        tenant = request.match_info["tenant"]
+        reason = str(doc.get("reason") or "throttled by hand")
+        actor = str(doc.get("actor") or "operator")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, throttler.set, tenant, for_s, reason, actor, time.time())
+        return web.json_response(throttler.book.decision(tenant, time.time()))
+
+    async def _throttle_clear(self, request: web.Request) -> web.Response:
+        import time
+
+        throttler = self.service.throttler
+        if throttler is None or self.service.settings.role == "receiver":
+            return web.json_response({"error": "throttle decisions are made by the evaluator process"}, status=503)
+        tenant = request.match_info["tenant"]
+        actor = request.query.get("actor", "operator")
+        loop = asyncio.get_running_loop()
+        events = await loop.run_in_executor(None, throttler.clear, tenant, actor, time.time())
+        return web.json_response({**throttler.book.decision(tenant, time.time()), "released": bool(events)})
+
+
+def add_throttle_routes(router, service) -> None:
+    """The decision API agent services call: ``GET /v1/throttle`` and ``GET /v1/throttle/{tenant}``.
+    Served from memory, on the OTLP/HTTP port and the admin port alike."""
+    import time
+
+    async def one(request: web.Request) -> web.Response:
+        throttler = service.throttler
+        if throttler is None:
+            return web.json_response({"error": "throttling is not available in this process"}, status=503)
+        return web.json_response(throttler.book.decision(request.match_info["tenant"], time.time()))
+
+    async def every(request: web.Request) -> web.Response:
+        throttler = service.throttler
+        if throttler is None:
+            return web.json_response({"error": "throttling is not available in this process"}, status=503)
+        return web.json_response({"throttled": throttler.book.all(time.time())})
+
+    router.add_get("/v1/throttle", every)
+    router.add_get("/v1/throttle/{tenant}", one)
 
 
 def alert_json(a) -> dict:

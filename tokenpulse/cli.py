@@ -5,6 +5,7 @@
     tokenpulse sql "SELECT ..." [--admin-url URL | --clickhouse-url URL] [--format table|json|csv]
     tokenpulse report [PANEL] [--since 1h] [--by feature] [--tenant X] [--format table|json|csv]
     tokenpulse alerts list | test RULE [--send] | history [--since 1d] [--rule NAME]
+    tokenpulse throttle list | set TENANT --for 30m --reason TEXT | clear TENANT
     tokenpulse prices lookup MODEL | check FILE
 """
 
@@ -215,7 +216,7 @@ def _report(args: argparse.Namespace) -> int:
 def _admin(args: argparse.Namespace, path: str, method: str = "GET") -> dict:
     """JSON from the admin API of a running service; ReportError with its message otherwise."""
     url = args.admin_url.rstrip("/") + path
-    req = urllib.request.Request(url, data=b"" if method == "POST" else None, method=method)
+    req = urllib.request.Request(url, data=b"" if method in ("POST", "DELETE") else None, method=method)
     try:
         with urllib.request.urlopen(req, timeout=args.timeout) as resp:
             return json.loads(resp.read())
@@ -277,6 +278,40 @@ def _alerts(args: argparse.Namespace) -> int:
         doc = _admin(args, f"/api/alerts/history?{query}")
         rows = [[r[0], r[1], f"{r[3] or '-'} -> {r[2]}", r[4], r[5], r[6]] for r in doc["rows"]]
         print(_render(["at", "rule", "change", "severity", "value", "summary"], rows, args.format))
+        return 0
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _throttle(args: argparse.Namespace) -> int:
+    import getpass
+
+    try:
+        if args.throttle_command == "list":
+            doc = _admin(args, "/v1/throttle")
+            rows = [[d["tenant"], d.get("source", ""), _since(d["since"]), d["retry_after_s"], d["reason"]]
+                    for d in doc["throttled"]]
+            print(_render(["tenant", "source", "since", "retry_after_s", "reason"], rows, args.format))
+            return 0
+        tenant = urllib.parse.quote(args.tenant, safe="")
+        actor = args.actor or getpass.getuser()
+        if args.throttle_command == "set":
+            body = json.dumps({"for": args.for_, "reason": args.reason, "actor": actor}).encode()
+            req = urllib.request.Request(args.admin_url.rstrip("/") + f"/api/throttle/{tenant}", data=body,
+                                         method="POST", headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+                    doc = json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                raise ReportError(json.loads(e.read()).get("error", f"HTTP {e.code}")) from None
+            except urllib.error.URLError as e:
+                raise ReportError(f"cannot reach the tokenpulse admin API at {args.admin_url} ({e.reason})") from None
+            print(f"{args.tenant} throttled for {doc['retry_after_s']} s: {doc['reason']}")
+            print(f"customers see: {doc['message']}")
+            return 0
+        doc = _admin(args, f"/api/throttle/{tenant}?actor={urllib.parse.quote(actor)}", "DELETE")
+        print(f"{args.tenant} released" if doc["released"] else f"{args.tenant} was not throttled")
         return 0
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -385,6 +420,24 @@ def main(argv: list[str] | None = None) -> int:
                        help="admin API of a running `tokenpulse serve` (default: %(default)s)")
         p.add_argument("--timeout", type=float, default=60.0)
     alerts.set_defaults(func=_alerts)
+
+    throttle = sub.add_parser("throttle", help="tenants throttled now; throttle or release one by hand")
+    t_sub = throttle.add_subparsers(dest="throttle_command", required=True)
+    t_list = t_sub.add_parser("list", help="the tenants throttled now")
+    t_set = t_sub.add_parser("set", help="throttle TENANT for a while (wins over the rules until it ends)")
+    t_set.add_argument("tenant")
+    t_set.add_argument("--for", dest="for_", default="30m", help="how long (default: %(default)s)")
+    t_set.add_argument("--reason", default="throttled by hand")
+    t_clear = t_sub.add_parser("clear", help="release TENANT now (its current alerts will not throttle it again)")
+    t_clear.add_argument("tenant")
+    for p in (t_list, t_set, t_clear):
+        p.add_argument("--admin-url", default="http://127.0.0.1:4319",
+                       help="admin API of the evaluating `tokenpulse serve` (default: %(default)s)")
+        p.add_argument("--timeout", type=float, default=30.0)
+        p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+        if p is not t_list:
+            p.add_argument("--actor", default=None, help="who is doing this, for the audit log (default: $USER)")
+    throttle.set_defaults(func=_throttle)
 
     prices = sub.add_parser("prices", help="look up prices, check a price file")
     prices_sub = prices.add_subparsers(dest="prices_command", required=True)

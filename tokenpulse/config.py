@@ -94,6 +94,14 @@ class Settings:
     budgets: dict = field(default_factory=dict, metadata={
         "doc": "spend budgets: {NAME: {dimension: total|tenant|feature|model|agent_role, value: X or '*', "
                "period: day|month, limit_usd: N}}; the budget rule pages at 50/80/100 %", "parse": "budgets"})
+    throttle_cooldown_s: float = field(default=300.0, metadata={
+        "doc": "a throttled tenant is released this long after the last alert throttling it resolved",
+        "min": 0.0})
+    throttle_channels: str = field(default="default", metadata={
+        "doc": "comma-separated alert channels told when a tenant is throttled or released"})
+    throttle_message: str = field(default="", metadata={
+        "doc": "message for the end customer of a throttled tenant ($tenant, $minutes, $retry_after_s, "
+               "$reason, $reason_short); empty: the built-in text"})
     external_url: str = field(default="", metadata={
         "doc": "this service's admin URL as people reach it, for links in notifications"})
     log_level: str = field(default="info", metadata={

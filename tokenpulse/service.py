@@ -15,7 +15,8 @@ import logging
 import threading
 import time
 
-from tokenpulse.admin import AdminServer
+from tokenpulse.admin import AdminServer, add_throttle_routes
+from tokenpulse.alerts.throttle import DEFAULT_MESSAGE, ThrottleBook, Throttler
 from tokenpulse.alerts.engine import Evaluator, backend_query, check_rule
 from tokenpulse.alerts.notify import Context, build_notifiers, parse_channels
 from tokenpulse.alerts.rules import RuleError, load_rules
@@ -50,6 +51,7 @@ class Service:
         self.http: OtlpHttpReceiver | None = None
         self.admin: AdminServer | None = None
         self.evaluator: Evaluator | None = None
+        self.throttler: Throttler | None = None
         self.rule_errors: list[RuleError] = []
         self._alert_stop = threading.Event()
         self._alert_thread: threading.Thread | None = None
@@ -119,6 +121,8 @@ class Service:
             raise self._start_error
         if s.role != "receiver":
             self._start_alerts()
+        else:
+            self._start_throttle_refresh()
         if self.grpc is not None:
             log.info("tokenpulse serving: OTLP/gRPC %s:%d, OTLP/HTTP %s:%d, admin http://%s:%d, storage %s",
                      s.listen_host, self.grpc.port, s.listen_host, self.http.port, s.admin_host, self.admin.port,
@@ -144,7 +148,12 @@ class Service:
         notifiers = build_notifiers(parse_channels(s.alert_channels), Context(external_url=external))
         store = AlertStore(self.backend, s.database)
         store.replace_budgets(list(s.budgets.values()))
-        self.evaluator = Evaluator(rules, backend_query(self.backend), notifiers, store, metrics=self.metrics)
+        book = ThrottleBook([n for n, r in rules.items() if r.action == "throttle"], s.throttle_cooldown_s,
+                            s.throttle_message or DEFAULT_MESSAGE)
+        self.throttler = Throttler(book, store, notifiers,
+                                   [c.strip() for c in s.throttle_channels.split(",") if c.strip()])
+        self.evaluator = Evaluator(rules, backend_query(self.backend), notifiers, store, metrics=self.metrics,
+                                   on_change=self.throttler.on_alerts)
         self._alert_thread = threading.Thread(target=self.evaluator.run, args=(self._alert_stop,),
                                               name="tokenpulse-alerts", daemon=True)
         self._alert_thread.start()
@@ -166,6 +175,23 @@ class Service:
         self.writer.warm_dedup(keys)
         self.metrics.dedup_keys.set(len(self.writer.dedup))
 
+    def _start_throttle_refresh(self, every_s: float = 2.0) -> None:
+        """Receiver role: serve the evaluator's decisions, re-read from storage every ``every_s``."""
+        s = self.settings
+        self.throttler = Throttler(ThrottleBook(cooldown_s=s.throttle_cooldown_s,
+                                                message=s.throttle_message or DEFAULT_MESSAGE),
+                                   AlertStore(self.backend, s.database))
+
+        def loop():
+            while not self._alert_stop.wait(every_s):
+                try:
+                    self.throttler.refresh()
+                except Exception as e:  # storage down: keep serving the last decisions
+                    log.warning("could not refresh throttle decisions: %s", e)
+
+        self._alert_thread = threading.Thread(target=loop, name="tokenpulse-throttle-refresh", daemon=True)
+        self._alert_thread.start()
+
     def _run_loop(self) -> None:
         asyncio.run(self._main())
 
@@ -177,7 +203,8 @@ class Service:
             ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days)
             self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes)
             self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes,
-                                         s.shutdown_timeout_s)
+                                         s.shutdown_timeout_s,
+                                         extra_routes=lambda router: add_throttle_routes(router, self))
         self.admin = AdminServer(self, s.admin_host, s.admin_port)
         try:
             if self.grpc is not None:
@@ -224,6 +251,7 @@ class Service:
         self._alert_stop.set()
         if self._alert_thread is not None:
             self._alert_thread.join(self.settings.shutdown_timeout_s)
+        if self.evaluator is not None:
             self.evaluator.close()
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)

@@ -115,6 +115,11 @@ class Evaluator:
                 self.metrics.alerts_active.labels(state).set(n)
             self.metrics.alert_evaluations.labels(rule.name).inc()
             self.metrics.alert_evaluation_seconds.labels(rule.name).observe(time.monotonic() - started)
+        if self.on_change is not None:  # every evaluation, so time-based effects (cool-downs) advance too
+            try:
+                self.on_change(result.changes, now)
+            except Exception:
+                log.exception("alert change listener failed")
         # History and state are written before anything is sent, and the delivery records after:
         # a crash in between re-sends (at least once), never loses a page.
         self._persist(before, result.states, result.changes, now)
@@ -159,8 +164,6 @@ class Evaluator:
                 log.warning("could not write the notification log: %s", e)
 
     def _persist(self, before: Mapping[str, Alert], after: Mapping[str, Alert], changes: list, now: float) -> None:
-        if self.on_change is not None and changes:
-            self.on_change(changes, now)
         if self.store is None:
             return
         changed = [a for fp, a in after.items() if before.get(fp) is not a]

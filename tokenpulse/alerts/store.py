@@ -115,3 +115,60 @@ class AlertStore:
             "limit_usd": pa.array([float(b["limit_usd"]) for b in budgets], pa.float64()),
         })
         self.backend.insert_arrow(f"{self.db}.budgets", data)
+
+    # ------------------------------------------------------------ throttle (migration 0005)
+    def load_throttles(self):
+        from tokenpulse.alerts.throttle import Throttle
+
+        raw = self.backend.query(
+            f"SELECT tenant, throttled, source, rule, reason, actor, toUnixTimestamp64Milli(since), "
+            f"toUnixTimestamp64Milli(until), toUnixTimestamp64Milli(release_at), causes, suppressed "
+            f"FROM {self.db}.throttle_state FINAL", "JSONCompact", readonly=False)
+        throttles, suppressed = [], {}
+        for tenant, on, source, rule, reason, actor, since, until, release, causes, sup in json.loads(raw)["data"]:
+            if int(on):
+                throttles.append(Throttle(tenant, source, rule, reason, actor, int(since) / 1000,
+                                          None if until is None else int(until) / 1000,
+                                          None if release is None else int(release) / 1000,
+                                          json.loads(causes or "{}")))
+            if sup and json.loads(sup):
+                suppressed[tenant] = json.loads(sup)
+        return throttles, suppressed
+
+    def save_throttles(self, rows) -> None:
+        """``rows``: (tenant, Throttle or None when released, suppressed fingerprints)."""
+        rows = list(rows)
+        if not rows:
+            return
+        now_us = int(time.time() * 1e6)
+        t = [r[1] for r in rows]
+        data = pa.table({
+            "tenant": pa.array([r[0] for r in rows], pa.string()),
+            "throttled": pa.array([int(x is not None) for x in t], pa.uint8()),
+            "source": pa.array([x.source if x else "" for x in t], pa.string()),
+            "rule": pa.array([x.rule if x else "" for x in t], pa.string()),
+            "reason": pa.array([x.reason if x else "" for x in t], pa.string()),
+            "actor": pa.array([x.actor if x else "" for x in t], pa.string()),
+            "since": pa.array([_ms(x.since) if x else 0 for x in t], _MS),
+            "until": pa.array([_ms(x.until) if x else None for x in t], _MS),
+            "release_at": pa.array([_ms(x.release_at) if x else None for x in t], _MS),
+            "causes": pa.array([json.dumps(dict(x.causes)) if x else "{}" for x in t], pa.string()),
+            "suppressed": pa.array([json.dumps(sorted(r[2])) for r in rows], pa.string()),
+            "updated_at": pa.array([now_us + i for i in range(len(rows))], pa.timestamp("us", tz="UTC")),
+        })
+        self.backend.insert_arrow(f"{self.db}.throttle_state", data)
+
+    def audit_throttle(self, events) -> None:
+        events = list(events)
+        if not events:
+            return
+        data = pa.table({
+            "at": pa.array([_ms(e.at) for e in events], _MS),
+            "tenant": pa.array([e.throttle.tenant for e in events], pa.string()),
+            "action": pa.array([e.action for e in events], pa.string()),
+            "source": pa.array([e.throttle.source for e in events], pa.string()),
+            "rule": pa.array([e.throttle.rule for e in events], pa.string()),
+            "actor": pa.array([e.actor for e in events], pa.string()),
+            "reason": pa.array([e.reason for e in events], pa.string()),
+        })
+        self.backend.insert_arrow(f"{self.db}.throttle_audit", data)

@@ -80,7 +80,9 @@ def _success(ctype: str, answer: Answer) -> web.Response:
 
 
 class OtlpHttpReceiver:
-    def __init__(self, ingest: Ingest, host: str, port: int, max_request_bytes: int, shutdown_timeout_s: float):
+    def __init__(self, ingest: Ingest, host: str, port: int, max_request_bytes: int, shutdown_timeout_s: float,
+                 extra_routes=None):
+        self.extra_routes = extra_routes  # callable(router): the throttle decision API shares this port
         self.ingest = ingest
         self.host = host
         self.port = port
@@ -91,6 +93,8 @@ class OtlpHttpReceiver:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_request_bytes)
         app.router.add_post("/v1/traces", self._traces)
+        if self.extra_routes is not None:
+            self.extra_routes(app.router)
         return app
 
     async def start(self) -> int:

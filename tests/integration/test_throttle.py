@@ -1,0 +1,150 @@
+"""Auto-throttle end to end: real spans, a real rule on chDB, the decision API over HTTP,
+the client guard, operator webhooks, restarts and manual overrides. Time is stepped."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import requests
+
+from tests.conftest import sql
+from tests.integration.test_alerts import NOW, _spike
+from tests.webhooks import Receiver
+from tokenpulse.alerts.engine import Evaluator, backend_query
+from tokenpulse.alerts.notify import build_notifiers, parse_channels
+from tokenpulse.alerts.rules import load_rules
+from tokenpulse.alerts.store import AlertStore
+from tokenpulse.alerts.throttle import ThrottleBook, Throttler
+from tokenpulse.cli import main
+from tokenpulse.client import TenantThrottled, ThrottleGuard
+
+
+@pytest.fixture
+def hook():
+    r = Receiver("webhook")
+    yield r
+    r.close()
+
+
+def _evaluator(svc, hook, cooldown_s=120):
+    rules, _ = load_rules(overrides={"tenant_outlier": {"min_rate": 1000, "keep_firing_for": "0s"}})
+    rule = rules["tenant_outlier"]
+    store = AlertStore(svc.backend, svc.settings.database)
+    notifiers = build_notifiers(parse_channels({"default": {"type": "webhook", "url": hook.url}}),
+                                sleep=lambda s: None)
+    throttler = Throttler(ThrottleBook([rule.name], cooldown_s), store, notifiers)
+    ev = Evaluator({rule.name: rule}, backend_query(svc.backend), notifiers, store, on_change=throttler.on_alerts)
+    return rule, ev, throttler
+
+
+def test_spike_throttles_the_tenant_the_guard_raises_and_calm_releases_after_cooldown(make_service, hook):
+    # The receiver-role service serves decisions that a separate evaluator makes (read from storage).
+    svc = make_service(role="receiver", throttle_cooldown_s=120)  # the same setting as the evaluator's
+    cur = _spike(svc)
+    rule, ev, throttler = _evaluator(svc, hook)
+    guard = ThrottleGuard(f"http://127.0.0.1:{svc.http.port}", cache_s=0)
+
+    ev.evaluate(rule, cur + 5)
+    svc.throttler.refresh()
+    with pytest.raises(TenantThrottled) as e:
+        guard.check("spiky")
+    assert e.value.tenant == "spiky" and e.value.retry_after_s == 120
+    assert "spiky" in e.value.message and "Tenant spiky burns 80,000 tokens/min" in e.value.reason
+    for calm in ("a", "b", "c", "never-seen"):
+        guard.check(calm)  # other tenants are never throttled
+    listing = requests.get(f"http://127.0.0.1:{svc.http.port}/v1/throttle", timeout=5).json()
+    assert [d["tenant"] for d in listing["throttled"]] == ["spiky"]
+    # the operator heard about it (alert webhook, then the throttle notice)
+    names = [b["alerts"][0]["labels"]["alertname"] for b in hook.bodies()]
+    assert sorted(names) == ["tenant_outlier", "tenant_throttled"]
+    notice = hook.bodies()[names.index("tenant_throttled")]["alerts"][0]
+    assert notice["labels"]["tenant"] == "spiky" and notice["annotations"]["customer_message"] == e.value.message
+
+    ev.evaluate(rule, cur + 180)  # traffic calmed: the alert resolves, the cool-down starts
+    svc.throttler.refresh()
+    assert guard.decision("spiky").throttled and guard.decision("spiky").retry_after_s == 120
+    ev.evaluate(rule, cur + 180 + 115)
+    svc.throttler.refresh()
+    assert guard.decision("spiky").throttled
+    ev.evaluate(rule, cur + 180 + 120)
+    svc.throttler.refresh()
+    guard.check("spiky")  # released
+    assert hook.bodies()[-1]["status"] == "resolved"
+    assert hook.bodies()[-1]["alerts"][0]["labels"]["alertname"] == "tenant_throttled"
+    audit = sql(svc, "SELECT tenant, action, source, actor FROM throttle_audit ORDER BY at")
+    assert audit == [["spiky", "throttle", "rule", "tokenpulse"], ["spiky", "release", "rule", "tokenpulse"]]
+
+
+def test_restart_keeps_the_decision(make_service, hook):
+    svc = make_service(role="receiver")
+    cur = _spike(svc)
+    rule, ev, throttler = _evaluator(svc, hook)
+    ev.evaluate(rule, cur + 5)
+    ev.close()
+    # a new evaluator process: state and decisions come back from ClickHouse
+    rule, ev2, throttler2 = _evaluator(svc, hook)
+    assert throttler2.book.decision("spiky", cur + 10)["throttled"]
+    assert [a.state for a in ev2.active()] == ["firing"]
+    ev2.evaluate(rule, cur + 10)
+    assert len([b for b in hook.bodies() if b["alerts"][0]["labels"]["alertname"] == "tenant_throttled"]) == 1
+    # and a restarted receiver serves it
+    svc.shutdown()
+    svc2 = make_service(role="receiver")
+    svc2.throttler.refresh()
+    d = requests.get(f"http://127.0.0.1:{svc2.http.port}/v1/throttle/spiky", timeout=5).json()
+    assert d["throttled"] and d["source"] == "rule"
+
+
+def test_manual_override_through_the_cli_wins_and_is_audited(make_service, capsys):
+    svc = make_service()
+    admin = ["--admin-url", f"http://127.0.0.1:{svc.admin.port}"]
+    assert main(["throttle", "set", "acme", "--for", "30m", "--reason", "runaway batch job", "--actor", "alice",
+                 *admin]) == 0
+    assert "acme throttled for 1800 s: runaway batch job" in capsys.readouterr().out
+    d = requests.get(f"http://127.0.0.1:{svc.http.port}/v1/throttle/acme", timeout=5).json()
+    assert d["throttled"] and d["source"] == "manual" and 1790 <= d["retry_after_s"] <= 1800
+    assert main(["throttle", "list", *admin]) == 0
+    assert "runaway batch job" in capsys.readouterr().out
+    assert main(["throttle", "clear", "acme", "--actor", "bob", *admin]) == 0
+    assert "acme released" in capsys.readouterr().out
+    assert not requests.get(f"http://127.0.0.1:{svc.http.port}/v1/throttle/acme", timeout=5).json()["throttled"]
+    audit = sql(svc, "SELECT action, source, actor, reason FROM throttle_audit ORDER BY at")
+    assert audit == [["throttle", "manual", "alice", "runaway batch job"], ["release", "manual", "bob", "released by hand"]]
+    r = requests.post(f"http://127.0.0.1:{svc.admin.port}/api/throttle/acme", data="not json", timeout=5)
+    assert r.status_code == 400
+
+
+def test_guard_fails_open_or_closed_when_tokenpulse_is_unreachable():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    ThrottleGuard(dead, timeout_s=0.2).check("acme")  # open: the run goes ahead
+    assert not ThrottleGuard(dead, timeout_s=0.2).decision("acme").reachable
+    with pytest.raises(TenantThrottled):
+        ThrottleGuard(dead, timeout_s=0.2, fail_open=False).check("acme")
+
+
+def test_guard_waits_until_released_and_caches(make_service):
+    svc = make_service()
+    import time
+
+    svc.throttler.set("acme", 60, "test", "t", time.time())
+    calls = []
+
+    def fake_sleep(s):  # the "queue" waits; meanwhile an operator releases the tenant
+        calls.append(s)
+        if len(calls) == 2:
+            svc.throttler.clear("acme", "t", time.time())
+
+    guard = ThrottleGuard(f"http://127.0.0.1:{svc.http.port}", cache_s=0, sleep=fake_sleep)
+    guard.wait("acme", max_wait_s=600, poll_s=1)
+    assert calls == [1, 1]
+    svc.throttler.set("acme", 60, "test", "t", time.time())
+    with pytest.raises(TenantThrottled):
+        ThrottleGuard(f"http://127.0.0.1:{svc.http.port}", cache_s=0, sleep=lambda s: None).wait("acme", max_wait_s=0)
+    cached = ThrottleGuard(f"http://127.0.0.1:{svc.http.port}", cache_s=3600)
+    assert cached.decision("acme").throttled
+    svc.throttler.clear("acme", "t", time.time())
+    assert cached.decision("acme").throttled  # still the cached answer
+    assert not ThrottleGuard(f"http://127.0.0.1:{svc.http.port}", cache_s=0).decision("acme").throttled
