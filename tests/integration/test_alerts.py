@@ -266,7 +266,7 @@ def test_fire_notify_all_channels_then_resolve_with_same_keys(svc):
                                   "dedup_key": pd.bodies()[0]["dedup_key"]}
         history = sql(svc, "SELECT previous, state FROM alerts WHERE rule = 'tenant_outlier' ORDER BY at")
         assert history == [["", "pending"], ["pending", "firing"], ["firing", "resolved"]]
-        log = sql(svc, "SELECT channel, kind, ok FROM alert_notifications ORDER BY at, channel")
+        log = sql(svc, "SELECT channel, kind, ok FROM alert_notifications ORDER BY kind, channel")
         assert log == [["default", "firing", 1], ["pagerduty", "firing", 1], ["slack", "firing", 1],
                        ["default", "resolved", 1], ["pagerduty", "resolved", 1], ["slack", "resolved", 1]]
     finally:
@@ -411,3 +411,31 @@ def test_receiver_role_does_not_evaluate(make_service):
     assert svc.evaluator is None
     r = requests.get(f"http://127.0.0.1:{svc.admin.port}/api/alerts", timeout=5)
     assert r.status_code == 503 and "role receiver" in r.json()["error"]
+
+
+def test_a_hanging_receiver_does_not_hold_up_evaluation_and_is_not_sent_twice(svc):
+    import socket as socketlib
+
+    cur = _spike(svc)
+    hang = socketlib.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(8)  # accepts connections, never answers
+    try:
+        rule = _outlier_rule()
+        rule = type(rule)(**{**rule.__dict__, "channels": ("default",), "for_s": 0})
+        notifiers = build_notifiers(parse_channels({"default": {
+            "type": "webhook", "url": f"http://127.0.0.1:{hang.getsockname()[1]}/hook", "timeout_s": 2,
+            "max_attempts": 1}}))
+        ev = Evaluator({rule.name: rule}, backend_query(svc.backend), notifiers, delivery_wait_s=0.2)
+        t0 = time.monotonic()
+        ev.evaluate(rule, cur + 5)
+        assert time.monotonic() - t0 < 1.5  # did not wait for the 2 s timeout
+        (alert,) = ev.active()
+        assert alert.deliveries["default"].retry_at == cur + 5 + 2  # in flight for its time budget
+        res = ev.evaluate(rule, cur + 6)  # the next tick, while the send still hangs
+        assert res.notifications == []
+        ev.close()  # waits for the send: it timed out, so the alert is due again after a back-off
+        (alert,) = ev.active()
+        assert alert.deliveries["default"].failures == 1 and alert.deliveries["default"].state == ""
+    finally:
+        hang.close()

@@ -18,12 +18,13 @@ import logging
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Mapping
 
-from tokenpulse.alerts.notify import Notifier
+from tokenpulse.alerts.notify import MAX_INLINE_RETRY_AFTER_S, Notifier
 from tokenpulse.alerts.rules import Rule, RuleError
-from tokenpulse.alerts.state import Alert, Notification, StepResult, instance, record_delivery, step
+from tokenpulse.alerts.state import (Alert, Notification, StepResult, instance, mark_sending, record_delivery,
+                                     step)
 from tokenpulse.alerts.store import AlertStore
 from tokenpulse.errors import StorageError
 
@@ -67,7 +68,7 @@ def _first_line(message: str) -> str:
 class Evaluator:
     def __init__(self, rules: Mapping[str, Rule], query: QueryFn, notifiers: Mapping[str, Notifier],
                  store: AlertStore | None = None, clock: Callable[[], float] = time.time, metrics=None,
-                 on_change: Callable[[list, float], None] | None = None):
+                 on_change: Callable[[list, float], None] | None = None, delivery_wait_s: float = 2.0):
         self.query = query
         self.notifiers = dict(notifiers)
         self.store = store
@@ -89,7 +90,9 @@ class Evaluator:
         self.last_slot: dict[str, int] = {}
         self.missed: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tokenpulse-notify")
+        self._save_lock = threading.Lock()
+        self.delivery_wait_s = delivery_wait_s
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tokenpulse-notify")
 
     # ------------------------------------------------------------ one rule
     def evaluate(self, rule: Rule, now: float, deliver: bool = True) -> StepResult | None:
@@ -122,11 +125,11 @@ class Evaluator:
                 log.exception("alert change listener failed")
         # History and state are written before anything is sent, and the delivery records after:
         # a crash in between re-sends (at least once), never loses a page.
-        self._persist(before, result.states, result.changes, now)
+        self._save({fp for fp, a in result.states.items() if before.get(fp) is not a},
+                   [a for fp, a in before.items() if fp not in result.states])
+        self._history(result.changes, now)
         if deliver and result.notifications:
-            sent_from = self.states
             self._deliver(result.notifications, now)
-            self._persist(sent_from, self.states, [], now)
         return result
 
     def _failed(self, rule: Rule, message: str) -> None:
@@ -137,42 +140,66 @@ class Evaluator:
             self.metrics.alert_evaluation_failures.labels(rule.name).inc()
 
     def _deliver(self, notes: list[Notification], now: float) -> None:
-        def one(note: Notification):
-            notifier = self.notifiers[note.channel]
-            if not notifier.wants(note):  # e.g. send_resolved off: count it as told
-                return note, frozenset(a.fingerprint for a in note.alerts), None, None
+        """Send in the background; wait up to ``delivery_wait_s`` so quick receivers are done by the
+        time the evaluation returns, while a slow or hanging one never holds up the next tick. Until a
+        send finishes, its alerts are marked in flight, so the next evaluation does not send them again."""
+        started = time.monotonic()
+        with self._lock:
+            for note in notes:
+                ch = getattr(self.notifiers[note.channel], "channel", None)
+                budget = ch.timeout_s * ch.max_attempts + MAX_INLINE_RETRY_AFTER_S * (ch.max_attempts - 1) \
+                    if ch is not None else 60.0
+                self.states = mark_sending(self.states, note, now + budget)
+        futures = [self._pool.submit(self._send, note, now, started) for note in notes]
+        wait(futures, timeout=self.delivery_wait_s)
+
+    def _send(self, note: Notification, now: float, started: float) -> None:
+        notifier = self.notifiers[note.channel]
+        res = None
+        retry_after = None
+        if not notifier.wants(note):  # e.g. send_resolved off: count it as told
+            delivered = frozenset(a.fingerprint for a in note.alerts)
+        else:
             try:
                 sent = notifier.send(note)
+                delivered, retry_after = sent.delivered, sent.retry_after_s
+                res = {"ok": sent.ok, "status": sent.status, "attempts": sent.attempts, "error": sent.error}
             except Exception as e:  # a notifier bug must not stop evaluation
                 log.exception("notifier %s failed", note.channel)
-                return note, frozenset(), None, {"ok": False, "error": f"internal error: {type(e).__name__}"}
-            return note, sent.delivered, sent.retry_after_s, {"ok": sent.ok, "status": sent.status,
-                                                              "attempts": sent.attempts, "error": sent.error}
-
-        results = list(self._pool.map(one, notes))
+                delivered, res = frozenset(), {"ok": False, "error": f"internal error: {type(e).__name__}"}
+        done_at = now + (time.monotonic() - started)  # on the evaluation's clock
         with self._lock:
-            for note, delivered, retry_after, _ in results:
-                self.states = record_delivery(self.states, note, delivered, now, retry_after)
+            self.states = record_delivery(self.states, note, delivered, done_at, retry_after)
+        self._save({a.fingerprint for a in note.alerts}, [])
+        if res is None:
+            return
         if self.metrics is not None:
-            for note, _, _, res in results:
-                if res is not None:
-                    self.metrics.alert_notifications.labels(note.channel, "ok" if res["ok"] else "failed").inc()
+            self.metrics.alert_notifications.labels(note.channel, "ok" if res["ok"] else "failed").inc()
         if self.store is not None:
             try:
-                self.store.log([(n, r) for n, _, _, r in results if r is not None], now)
+                self.store.log([(note, res)], done_at)
             except StorageError as e:
                 log.warning("could not write the notification log: %s", e)
 
-    def _persist(self, before: Mapping[str, Alert], after: Mapping[str, Alert], changes: list, now: float) -> None:
-        if self.store is None:
+    def _save(self, fingerprints: set[str], dropped: list[Alert]) -> None:
+        """Write the *current* state of these alerts (serialized, so an older snapshot never lands last)."""
+        if self.store is None or not (fingerprints or dropped):
             return
-        changed = [a for fp, a in after.items() if before.get(fp) is not a]
-        dropped = [a for fp, a in before.items() if fp not in after]
+        with self._save_lock:
+            with self._lock:
+                current = [self.states[fp] for fp in fingerprints if fp in self.states]
+            try:
+                self.store.save(current, dropped)
+            except StorageError as e:  # state stays in memory; the next change saves it again
+                log.warning("could not persist alert state: %s", e)
+
+    def _history(self, changes: list, now: float) -> None:
+        if self.store is None or not changes:
+            return
         try:
-            self.store.save(changed, dropped)
             self.store.history(changes, now)
-        except StorageError as e:  # state stays in memory; the next evaluation saves it again
-            log.warning("could not persist alert state: %s", e)
+        except StorageError as e:
+            log.warning("could not write alert history: %s", e)
 
     # ------------------------------------------------------------ schedule
     def tick(self, now: float) -> list[str]:

@@ -196,3 +196,16 @@ def record_delivery(states: Mapping[str, Alert], note: Notification, delivered: 
             d = replace(d, failures=d.failures + 1, retry_at=now + wait)
         out[sent.fingerprint] = replace(cur, deliveries={**cur.deliveries, note.channel: d})
     return out
+
+
+def mark_sending(states: Mapping[str, Alert], note: Notification, until: float) -> dict[str, Alert]:
+    """States with ``note``'s alerts marked in flight on its channel until ``until`` (or until
+    ``record_delivery``), so a step in the meantime does not send them again. Pure."""
+    out = dict(states)
+    for sent in note.alerts:
+        cur = out.get(sent.fingerprint)
+        if cur is None:
+            continue
+        d = cur.deliveries.get(note.channel, Delivery())
+        out[sent.fingerprint] = replace(cur, deliveries={**cur.deliveries, note.channel: replace(d, retry_at=until)})
+    return out
