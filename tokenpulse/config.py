@@ -32,6 +32,9 @@ class Settings:
         "doc": "embedded ClickHouse (chDB) data directory; used when no clickhouse_url is set"})
     clickhouse_url: str = field(default="", metadata={
         "doc": "ClickHouse server URL, e.g. http://user:pass@host:8123; empty: embedded chDB"})
+    clickhouse_cluster: str = field(default="", metadata={
+        "doc": "ClickHouse cluster name (from the server's remote_servers): migrations run ON CLUSTER with "
+               "Replicated tables and Distributed tables over them (README 'Deploying'); server only"})
     database: str = field(default="tokenpulse", metadata={"doc": "ClickHouse database for tokenpulse tables"})
     retention_days: int = field(default=30, metadata={"doc": "TTL of spans, by start_time", "min": 1})
     max_request_bytes: int = field(default=16 * MiB, metadata={
@@ -236,6 +239,9 @@ def _check(settings: "Settings") -> "Settings":
     for tag in settings.required_tags:
         if tag not in REQUIRED_CHOICES:
             raise ConfigError(f"require_tags: unknown dimension {tag!r} (known: {', '.join(REQUIRED_CHOICES)})")
+    if settings.clickhouse_cluster and not settings.clickhouse_url:
+        raise ConfigError("clickhouse_cluster needs a ClickHouse server (clickhouse_url); the embedded engine "
+                          "is one node")
     if settings.user_id_key and len(settings.user_id_key) < 16:
         raise ConfigError("user_id_key must be at least 16 characters")
     return settings

@@ -100,8 +100,8 @@ class Service:
         if self.enrich is None:
             self.enrich = self._pipeline()
         if self.backend is None:
-            self.backend = open_backend(s.data_dir, s.clickhouse_url or None)
-        applied = migrate(self.backend, s.database, s.retention_days)
+            self.backend = open_backend(s.data_dir, s.clickhouse_url or None, s.clickhouse_cluster)
+        applied = migrate(self.backend, s.database, s.retention_days, s.clickhouse_cluster)
         if applied:
             log.info("applied schema migrations %s", applied)
         self.backend.use_database(s.database)

@@ -91,11 +91,11 @@ class Backend(Protocol):
 INSERT_SETTINGS = {"max_partitions_per_insert_block": 0, "optimize_on_insert": 0}
 
 
-def open_backend(data_dir: str, clickhouse_url: str | None) -> Backend:
+def open_backend(data_dir: str, clickhouse_url: str | None, cluster: str = "") -> Backend:
     if clickhouse_url:
         from tokenpulse.storage.server import ServerBackend
 
-        return ServerBackend(clickhouse_url)
+        return ServerBackend(clickhouse_url, cluster)
     from tokenpulse.storage.embedded import EmbeddedBackend
 
     return EmbeddedBackend(data_dir)

@@ -21,6 +21,7 @@ from importlib import resources
 
 from tokenpulse.errors import ConfigError
 from tokenpulse.storage.backend import Backend
+from tokenpulse.storage.cluster import rewrite
 
 _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -62,25 +63,31 @@ def applied_versions(backend: Backend, db: str) -> set[int]:
     return {int(row[0]) for row in json.loads(raw)["data"]}
 
 
-def migrate(backend: Backend, db: str, ttl_days: int) -> list[int]:
-    """Apply pending migrations; return the versions applied now."""
+def migrate(backend: Backend, db: str, ttl_days: int, cluster: str = "") -> list[int]:
+    """Apply pending migrations; return the versions applied now. With ``cluster``, every
+    statement is rewritten for that ClickHouse cluster (``storage/cluster.py``)."""
     check_identifier(db, "database name")
-    backend.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-    backend.command(
-        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
+    if cluster:
+        check_identifier(cluster, "cluster name")
+
+    def run(stmt: str) -> None:
+        for s in (rewrite(stmt, db, cluster) if cluster else [stmt]):
+            backend.command(s)
+
+    run(f"CREATE DATABASE IF NOT EXISTS {db}")
+    run(f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations\n"
         "(version UInt32, name String, applied_at DateTime DEFAULT now()) "
-        "ENGINE = MergeTree ORDER BY version"
-    )
+        "ENGINE = MergeTree ORDER BY version")
     done = applied_versions(backend, db)
     applied = []
     for m in load_migrations():
         if m.version in done:
             continue
         for stmt in m.statements(db, ttl_days):
-            backend.command(stmt)
+            run(stmt)
         backend.command(f"INSERT INTO {db}.schema_migrations (version, name) VALUES ({m.version}, '{m.name}')")
         applied.append(m.version)
-    apply_retention(backend, db, ttl_days)
+    apply_retention(backend, db, ttl_days, cluster)
     return applied
 
 
@@ -100,11 +107,12 @@ def current_ttl_days(backend: Backend, db: str, table: str = "spans") -> int | N
 RETAINED_TABLES = ("spans", "trace_tags", "agent_spans", "runs", "sessions")
 
 
-def apply_retention(backend: Backend, db: str, ttl_days: int) -> None:
+def apply_retention(backend: Backend, db: str, ttl_days: int, cluster: str = "") -> None:
     for table in RETAINED_TABLES:
-        if current_ttl_days(backend, db, table) in (ttl_days, None):
+        physical = f"{table}_local" if cluster else table  # where the TTL lives in cluster mode
+        if current_ttl_days(backend, db, physical) in (ttl_days, None):
             continue
-        backend.command(
-            f"ALTER TABLE {db}.{table} MODIFY TTL toDateTime(start_time) + INTERVAL {int(ttl_days)} DAY "
-            "SETTINGS materialize_ttl_after_modify = 0"
-        )
+        stmt = (f"ALTER TABLE {db}.{table} MODIFY TTL toDateTime(start_time) + INTERVAL {int(ttl_days)} DAY "
+                "SETTINGS materialize_ttl_after_modify = 0")
+        for s in (rewrite(stmt, db, cluster) if cluster else [stmt]):
+            backend.command(s)

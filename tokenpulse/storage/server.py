@@ -13,10 +13,12 @@ import pyarrow as pa
 
 from tokenpulse.errors import ConfigError, RetryableStorageError
 from tokenpulse.storage.backend import INSERT_SETTINGS, classify, redact_url
+from tokenpulse.storage.cluster import INSERT_SETTINGS as CLUSTER_INSERT_SETTINGS
+from tokenpulse.storage.cluster import QUERY_SETTINGS as CLUSTER_QUERY_SETTINGS
 
 
 class ServerBackend:
-    def __init__(self, url: str):
+    def __init__(self, url: str, cluster: str = ""):
         import clickhouse_connect
         from clickhouse_connect.driver.exceptions import OperationalError
 
@@ -30,6 +32,8 @@ class ServerBackend:
             raise ConfigError(f"cannot use ClickHouse URL {redact_url(url)}: {e}") from None
         # clickhouse-connect clients are not safe for concurrent queries.
         self._lock = threading.Lock()
+        self._query_settings = dict(CLUSTER_QUERY_SETTINGS) if cluster else {}
+        self._insert_settings = {**INSERT_SETTINGS, **(CLUSTER_INSERT_SETTINGS if cluster else {})}
 
     def command(self, sql: str) -> None:
         with self._lock:
@@ -39,7 +43,7 @@ class ServerBackend:
                 raise classify(e, "ClickHouse command failed") from None
 
     def query(self, sql: str, fmt: str = "JSONCompact", readonly: bool = True, params: dict | None = None) -> bytes:
-        settings = {"readonly": 1} if readonly else {}
+        settings = {**self._query_settings, **({"readonly": 1} if readonly else {})}
         with self._lock:
             try:
                 return self._client.raw_query(sql, parameters=params or None, fmt=fmt, settings=settings)
@@ -49,7 +53,7 @@ class ServerBackend:
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         with self._lock:
             try:
-                self._client.insert_arrow(table, data, settings=INSERT_SETTINGS)
+                self._client.insert_arrow(table, data, settings=self._insert_settings)
             except Exception as e:
                 raise classify(e, f"insert into {table} failed") from None
 
