@@ -42,7 +42,9 @@ def main() -> None:
             except requests.RequestException:
                 time.sleep(0.1)
         for i in range(0, 1000, 10):
-            requests.post(f"{admin}/api/throttle/tenant-{i}", json={"for": "1h", "reason": "bench"}, timeout=10)
+            r = requests.post(f"{admin}/api/throttle/tenant-{i}", json={"for": "1h", "reason": "bench"}, timeout=10)
+            if r.status_code != 200 or not r.json()["throttled"]:
+                raise SystemExit(f"could not throttle tenant-{i}: {r.status_code} {r.text}")
         session = requests.Session()
         base = f"http://127.0.0.1:{ports['http']}/v1/throttle/"
         for i in range(200):  # warm-up

@@ -62,6 +62,7 @@ class Service:
         self._start_error: BaseException | None = None
         self._stopped = False
         self.drained = False
+        self.ready = False  # /healthz says "starting" (503) until every part has started
 
     # ------------------------------------------------------------ start
     def _pipeline(self) -> Pipeline:
@@ -129,6 +130,7 @@ class Service:
                      self.backend.description)
         log.info("role %s; admin http://%s:%d; alert rules: %s", s.role, s.admin_host, self.admin.port,
                  ", ".join(self.evaluator.rules) if self.evaluator else "not evaluated here")
+        self.ready = True
         return self
 
     def _start_alerts(self) -> None:
@@ -267,7 +269,7 @@ class Service:
         w = self.writer
         ok = w is not None and w.last_error is None
         return {
-            "status": "ok" if ok else "degraded",
+            "status": ("ok" if ok else "degraded") if self.ready else "starting",
             "storage": {"backend": self.backend.description if self.backend else None,
                         "writable": ok, "last_error": w.last_error if w else None},
             "queue": {"spans": w.queued_spans if w else 0, "capacity": self.settings.queue_max_spans},
