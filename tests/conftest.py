@@ -72,7 +72,7 @@ def database(backend):
 
 
 @pytest.fixture
-def make_service(backend, database):
+def make_service(backend, database, tmp_path_factory):
     """Start in-process services on free 127.0.0.1 ports; stopped at teardown."""
     started: list[Service] = []
 
@@ -80,6 +80,7 @@ def make_service(backend, database):
         settings = load_settings({
             "listen_host": "127.0.0.1", "admin_host": "127.0.0.1",
             "grpc_port": 0, "http_port": 0, "admin_port": 0,
+            "spool_dir": str(tmp_path_factory.mktemp("spool")),
             "database": database, "shutdown_timeout_s": 10, "user_id_key": "test-key-0123456789abcdef",
             **overrides,
         }, env={})

@@ -58,6 +58,12 @@ class Settings:
         "doc": "how long stored span ids are remembered to drop exporter retries", "min": 0.0})
     dedup_max_keys: int = field(default=2_000_000, metadata={
         "doc": "cap on remembered span ids (~70 bytes each); 0 disables the cache", "min": 0})
+    spool_dir: str = field(default="", metadata={
+        "doc": "on-disk spool for accepted spans while ClickHouse is down (README 'Durability'); "
+               "empty: DATA_DIR/spool"})
+    spool_max_bytes: int = field(default=1024 * MiB, metadata={
+        "doc": "spool size cap; when full, Exports are answered retry (nothing spooled is dropped); "
+               "0 disables the spool", "min": 0, "bytes": True})
     shutdown_timeout_s: float = field(default=30.0, metadata={
         "doc": "time allowed on SIGTERM to finish requests in flight and flush", "min": 0.0})
     price_file: str = field(default="", metadata={

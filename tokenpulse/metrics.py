@@ -65,6 +65,15 @@ class Metrics:
         self.storage_up = Gauge(
             "tokenpulse_storage_up", "1 when the last insert succeeded, 0 while storage is failing", registry=r)
         self.dedup_keys = Gauge("tokenpulse_dedup_keys", "Span keys held for retry dedup", registry=r)
+        self.spans_spooled = Counter(
+            "tokenpulse_spans_spooled", "Spans acknowledged from the on-disk spool while storage failed", registry=r)
+        self.spans_replayed = Counter(
+            "tokenpulse_spans_replayed", "Spooled spans inserted into storage afterwards", registry=r)
+        self.spool_refused = Counter(
+            "tokenpulse_spool_refused_spans", "Spans answered retry because storage failed and the spool was full",
+            registry=r)
+        self.spool_records = Gauge("tokenpulse_spool_records", "Batches waiting in the spool", registry=r)
+        self.spool_bytes = Gauge("tokenpulse_spool_bytes", "Bytes waiting in the spool", registry=r)
         self.alert_evaluations = Counter(
             "tokenpulse_alert_evaluations", "Alert rule evaluations that ran", ["rule"], registry=r)
         self.alert_evaluation_failures = Counter(

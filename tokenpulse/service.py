@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 
@@ -83,7 +84,6 @@ class Service:
         if s.clickhouse_url:
             raise ConfigError("user_id_mode is pseudonymize but no user_id_key is set: set TOKENPULSE_USER_ID_KEY "
                               "(the same on every receiver), or choose user_id_mode raw or drop")
-        import os
         import secrets
 
         os.makedirs(s.data_dir, exist_ok=True)
@@ -107,11 +107,18 @@ class Service:
             log.info("applied schema migrations %s", applied)
         self.backend.use_database(s.database)
         sink = self._sink or SpanTable(self.backend, s.database)
+        self.spool = None
+        if s.spool_max_bytes > 0:
+            from tokenpulse.storage.spool import Spool
+
+            self.spool = Spool(s.spool_dir or os.path.join(s.data_dir, "spool"), s.spool_max_bytes)
+            if not self.spool.empty():
+                log.warning("spool holds %d batches from before; replaying them", self.spool.records)
         self.writer = Writer(sink, WriterSettings(
             max_rows=s.batch_max_spans, eager_rows=s.batch_eager_spans, max_bytes=s.batch_max_bytes, max_age_s=s.batch_max_age_s,
             max_queue_spans=s.queue_max_spans, retry_after_s=s.retry_after_s,
             dedup_window_s=s.dedup_window_s, dedup_max_keys=s.dedup_max_keys,
-        ), self.metrics)
+        ), self.metrics, spool=self.spool)
         self._warm_dedup()
         self.writer.start()
         self._thread = threading.Thread(target=self._run_loop, name="tokenpulse-loop", daemon=True)
@@ -273,4 +280,6 @@ class Service:
             "storage": {"backend": self.backend.description if self.backend else None,
                         "writable": ok, "last_error": w.last_error if w else None},
             "queue": {"spans": w.queued_spans if w else 0, "capacity": self.settings.queue_max_spans},
+            "spool": ({"batches": self.spool.records, "bytes": self.spool.bytes,
+                       "capacity_bytes": self.settings.spool_max_bytes} if getattr(self, "spool", None) else None),
         }

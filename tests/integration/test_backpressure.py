@@ -54,6 +54,8 @@ def faulty(make_service):
         return holder["sink"]
 
     def make(**kw):
+        # Without a spool unless asked (as when the spool is full): storage failures reach the clients.
+        kw.setdefault("spool_max_bytes", 0)
         svc = make_service(sink_wrapper=wrap, **kw)
         return svc, holder["sink"]
 

@@ -69,6 +69,7 @@ def request_module_service(embedded_backend, tmp_path_factory):
 
     db = f"panels_{os.getpid()}_{next(_counter)}"
     settings = load_settings({"listen_host": "127.0.0.1", "admin_host": "127.0.0.1", "grpc_port": 0, "http_port": 0,
+                              "spool_dir": str(tmp_path_factory.mktemp("spool")),
                               "admin_port": 0, "database": db, "user_id_key": "test-key-0123456789abcdef"}, env={})
     svc = Service(settings, backend=embedded_backend).start()
     yield svc

@@ -52,3 +52,13 @@ def test_read_only_queries_cannot_write(backend, database):
         backend.query(f"DROP TABLE {database}.spans", "JSONCompact", readonly=True)
     with pytest.raises(StorageError, match="readonly"):
         backend.query(f"INSERT INTO {database}.spans (trace_id) VALUES ('x')", "JSONCompact", readonly=True)
+
+
+def test_read_only_queries_have_resource_limits_they_cannot_lift(backend, database):
+    with pytest.raises(StorageError, match="(?i)limit for result rows|TOO_MANY_ROWS"):
+        backend.query("SELECT number FROM numbers(2000000)", "JSONCompact", readonly=True)
+    with pytest.raises(StorageError, match="readonly"):
+        backend.query("SELECT number FROM numbers(2000000) SETTINGS max_result_rows = 0", "JSONCompact",
+                      readonly=True)
+    assert len(json.loads(backend.query("SELECT number FROM numbers(2000000)", "JSONCompact",
+                                        readonly=False))["data"]) == 2000000  # the service's own queries

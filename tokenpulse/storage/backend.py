@@ -91,6 +91,12 @@ class Backend(Protocol):
 INSERT_SETTINGS = {"max_partitions_per_insert_block": 0, "optimize_on_insert": 0}
 
 
+# Limits on every read-only query (/api/sql, panels, alert rules): a user query cannot take the
+# service down. Set before readonly=1 on the embedded reader, per query on a server.
+READ_LIMITS = {"max_execution_time": 60, "max_result_rows": 1_000_000, "result_overflow_mode": "'throw'",
+               "max_memory_usage": 4 * 1024**3}
+
+
 def open_backend(data_dir: str, clickhouse_url: str | None, cluster: str = "") -> Backend:
     if clickhouse_url:
         from tokenpulse.storage.server import ServerBackend

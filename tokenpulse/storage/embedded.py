@@ -20,7 +20,7 @@ import threading
 import pyarrow as pa
 
 from tokenpulse.errors import ConfigError
-from tokenpulse.storage.backend import INSERT_SETTINGS, classify
+from tokenpulse.storage.backend import INSERT_SETTINGS, READ_LIMITS, classify
 
 # Directories this process's engine has open (its own lock must not count as another's).
 _OPENED_HERE: set[str] = set()
@@ -43,6 +43,8 @@ class EmbeddedBackend:
         try:
             self._rw = chdb.connect(self.data_dir)
             self._ro = chdb.connect(self.data_dir)
+            for name, value in READ_LIMITS.items():
+                self._ro.query(f"SET {name} = {value}")
             self._ro.query("SET readonly = 1")
         except Exception as e:  # chDB raises RuntimeError subclasses
             raise ConfigError(f"cannot open embedded ClickHouse at {self.data_dir}: {e}") from None

@@ -12,7 +12,7 @@ import threading
 import pyarrow as pa
 
 from tokenpulse.errors import ConfigError, RetryableStorageError
-from tokenpulse.storage.backend import INSERT_SETTINGS, classify, redact_url
+from tokenpulse.storage.backend import INSERT_SETTINGS, READ_LIMITS, classify, redact_url
 from tokenpulse.storage.cluster import INSERT_SETTINGS as CLUSTER_INSERT_SETTINGS
 from tokenpulse.storage.cluster import QUERY_SETTINGS as CLUSTER_QUERY_SETTINGS
 
@@ -43,7 +43,8 @@ class ServerBackend:
                 raise classify(e, "ClickHouse command failed") from None
 
     def query(self, sql: str, fmt: str = "JSONCompact", readonly: bool = True, params: dict | None = None) -> bytes:
-        settings = {**self._query_settings, **({"readonly": 1} if readonly else {})}
+        limits = {k: v.strip("'") if isinstance(v, str) else v for k, v in READ_LIMITS.items()}
+        settings = {**self._query_settings, **({**limits, "readonly": 1} if readonly else {})}
         with self._lock:
             try:
                 return self._client.raw_query(sql, parameters=params or None, fmt=fmt, settings=settings)

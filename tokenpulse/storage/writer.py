@@ -14,9 +14,13 @@ Bounded: ``submit`` answers ``Busy`` instead of queueing when the queue holds
 ``max_queue_spans`` or storage is backing off after a failure; the receiver
 turns ``Busy`` into UNAVAILABLE + RetryInfo / 429 or 503 + Retry-After.
 
-Failures: a retryable storage error fails every request in the insert (their
-clients retry) and starts a backoff; a DataError re-inserts request by request
-so only the offending request is refused.
+Failures: with a spool (``storage/spool.py``), a retryable storage error sends
+the batch to disk instead: once it is fsync'd there the requests are
+acknowledged, later batches follow it into the spool (order kept), and a replay
+thread inserts the spool's records in order until it is empty. Without a spool,
+or when the spool is full, a retryable error fails every request in the insert
+(their clients retry) and starts a backoff. A DataError re-inserts request by
+request so only the offending request is refused.
 
 Exactly once in sums: exporters retry, so the same span can arrive twice.
 ``DedupCache`` remembers the (trace_id, span_id) of spans stored in the last
@@ -56,13 +60,23 @@ class SpanTable:
     """The ``spans`` table as a sink."""
 
     def __init__(self, backend: Backend, database: str):
+        import os
+
         self.backend = backend
         self.table = f"{database}.spans"
+        # Failpoint for the fault tests (tests/integration/test_durability.py): while this file
+        # exists, inserts fail as if ClickHouse were unreachable. Unset in normal use.
+        self._down_flag = os.environ.get("TOKENPULSE_FAILPOINT_STORAGE_DOWN_FILE", "")
 
     def encode(self, batch: SpanBatch) -> pa.Table:
         return batch_to_arrow(batch)
 
     def write(self, table: pa.Table) -> None:
+        if self._down_flag:
+            import os
+
+            if os.path.exists(self._down_flag):
+                raise RetryableStorageError("failpoint: storage down (TOKENPULSE_FAILPOINT_STORAGE_DOWN_FILE)", 210)
         self.backend.insert_arrow(self.table, table)
 
 
@@ -191,8 +205,14 @@ def p_rows(p: _Pending) -> int:
 
 
 class Writer:
-    def __init__(self, sink: Sink, settings: WriterSettings, metrics: Metrics | None = None):
+    def __init__(self, sink: Sink, settings: WriterSettings, metrics: Metrics | None = None, spool=None):
         self.sink = sink
+        self.spool = spool
+        self._spool_lock = threading.Lock()
+        self._spooling = spool is not None and not spool.empty()  # records left from before a restart
+        self._replay_wake = threading.Event()
+        self._replay_thread: threading.Thread | None = None
+        self._replay_stop = False
         self.s = settings
         self.metrics = metrics or Metrics()
         self.dedup = DedupCache(settings.dedup_window_s, settings.dedup_max_keys)
@@ -213,16 +233,25 @@ class Writer:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tokenpulse-writer", daemon=True)
         self._thread.start()
+        if self.spool is not None:
+            self._replay_thread = threading.Thread(target=self._replay, name="tokenpulse-spool-replay", daemon=True)
+            self._replay_thread.start()
+            self._spool_metrics()
 
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Refuse new batches, write what is queued, stop. True if fully drained."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+        deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 return False
+        if self._replay_thread is not None:  # what is still spooled stays on disk for the next start
+            self._replay_stop = True
+            self._replay_wake.set()
+            self._replay_thread.join(max(0.1, deadline - time.monotonic()))
         return not self._queue
 
     @property
@@ -339,12 +368,23 @@ class Writer:
         keep, keys = self.dedup.filter(all_keys)
         to_store = table if keep is None else table.take(pa.array(keep, pa.int64()))
         duplicates = table.num_rows - to_store.num_rows
+        if self.spool is not None:
+            with self._spool_lock:
+                if self._spooling:  # spooled batches are still waiting: keep the order
+                    self._to_spool(items, to_store, keys, keep, duplicates)
+                    return
         start = time.monotonic()
         try:
             if to_store.num_rows:
                 self.sink.write(to_store)
         except RetryableStorageError as e:
             self.metrics.write_errors.labels("retryable").inc()
+            if self.spool is not None:
+                with self._spool_lock:
+                    self._spooling = True
+                    self._degraded(e)
+                    self._to_spool(items, to_store, keys, keep, duplicates)
+                return
             self._failed(e)
             for p in items:
                 p.future.set_exception(e)
@@ -365,6 +405,10 @@ class Writer:
         self.metrics.dedup_keys.set(len(self.dedup))
         self._succeeded()
         self.metrics.spans_stored.inc(to_store.num_rows)
+        self._resolve(items, keep, duplicates)
+
+    def _resolve(self, items: list[_Pending], keep: list[int] | None, duplicates: int) -> None:
+        """Acknowledge the requests: each gets the indexes of its own spans that were kept."""
         if duplicates:
             self.metrics.spans_duplicate.inc(duplicates)
         if keep is None:
@@ -381,6 +425,85 @@ class Writer:
                 it += 1
             p.future.set_result(Stored(p_rows(p), p_rows(p) - len(kept), kept))
             start = end
+
+    # ------------------------------------------------------------ the spool
+    def _to_spool(self, items: list[_Pending], table: pa.Table, keys: list[int], keep, duplicates: int) -> None:
+        """Called with the spool lock held: append durably and acknowledge, or refuse (retryable)."""
+        from tokenpulse.storage.spool import SpoolFull
+
+        try:
+            if table.num_rows:
+                self.spool.append(table)
+        except (SpoolFull, OSError) as e:
+            err = RetryableStorageError(f"storage unavailable ({self.last_error}) and the spool cannot take more: {e}")
+            self.metrics.spool_refused.inc(table.num_rows)
+            self._failed(err)
+            for p in items:
+                p.future.set_exception(err)
+            return
+        self.dedup.add(keys)
+        self.metrics.spans_spooled.inc(table.num_rows)
+        self._spool_metrics()
+        self._replay_wake.set()
+        self._resolve(items, keep, duplicates)
+
+    def _spool_metrics(self) -> None:
+        self.metrics.spool_records.set(self.spool.records)
+        self.metrics.spool_bytes.set(self.spool.bytes)
+
+    def _replay(self) -> None:
+        """Insert the spool's records in order whenever there are any; back off while storage fails."""
+        backoff = self.s.backoff_initial_s
+        while not self._replay_stop:
+            try:
+                got = self.spool.peek()
+            except Exception:
+                log.exception("cannot read the spool")
+                got = None
+            if got is None:
+                with self._spool_lock:
+                    if self._spooling and self.spool.empty():
+                        self._spooling = False
+                        self._succeeded()
+                        log.info("spool replayed; writing to storage directly again")
+                self._spool_metrics()
+                self._replay_wake.wait(1.0)
+                self._replay_wake.clear()
+                continue
+            position, table = got
+            try:
+                self.sink.write(table)
+            except RetryableStorageError as e:
+                self._degraded(e)
+                self._replay_wake.wait(backoff)
+                backoff = min(backoff * 2, self.s.backoff_max_s)
+                continue
+            except DataError as e:  # acknowledged spans ClickHouse refuses: keep them, loudly
+                path = self._dead_letter(table)
+                log.error("storage refused %d spooled spans (%s); kept in %s", table.num_rows, e, path)
+                self.metrics.write_errors.labels("data").inc()
+            else:
+                self.metrics.spans_stored.inc(table.num_rows)
+                self.metrics.spans_replayed.inc(table.num_rows)
+                self.dedup.add([int(t + s, 16) for t, s in zip(table.column("trace_id").to_pylist(),
+                                                                table.column("span_id").to_pylist())])
+            self.spool.commit(position)
+            self._spool_metrics()
+            backoff = self.s.backoff_initial_s
+
+    def _dead_letter(self, table: pa.Table) -> str:
+        import os
+
+        path = os.path.join(self.spool.dir, f"refused-{time.time_ns()}.arrow")
+        with pa.OSFile(path, "wb") as fh, pa.ipc.new_file(fh, table.schema) as w:
+            w.write_table(table)
+        return path
+
+    def _degraded(self, e: Exception) -> None:
+        if self.last_error is None:
+            log.warning("storage write failed; spooling accepted spans to disk: %s", e)
+        self.last_error = str(e)
+        self.metrics.storage_up.set(0)
 
     def _failed(self, e: Exception) -> None:
         self._backoff_s = min(max(self._backoff_s * 2, self.s.backoff_initial_s), self.s.backoff_max_s)
