@@ -40,6 +40,12 @@ class Settings:
     max_request_bytes: int = field(default=16 * MiB, metadata={
         "doc": "largest OTLP request, compressed or inflated (over it: 413 / RESOURCE_EXHAUSTED)",
         "min": 1024, "bytes": True})
+    max_spans_per_request: int = field(default=100_000, metadata={
+        "doc": "spans beyond this many in one request are refused (partial success, too_many_spans)", "min": 1})
+    max_attributes_per_span: int = field(default=256, metadata={
+        "doc": "attributes beyond this many on a span or resource are dropped (counted)", "min": 1})
+    max_attribute_value_chars: int = field(default=65_536, metadata={
+        "doc": "attribute values longer than this many characters are cut (counted)", "min": 1})
     batch_max_spans: int = field(default=50_000, metadata={"doc": "flush an insert at this many spans", "min": 1})
     batch_eager_spans: int = field(default=5_000, metadata={
         "doc": "with this many spans queued, insert without waiting for requests still being decoded",

@@ -30,7 +30,10 @@ class Metrics:
         self.spans_rejected = Counter(
             "tokenpulse_spans_rejected", "Spans refused and reported to the client as partial success, by "
             "reason: invalid_span (bad ids or fields), expired (older than retention), missing_tags "
-            "(tag-or-reject)", ["transport", "reason"], registry=r)
+            "(tag-or-reject), too_many_spans (request limit)", ["transport", "reason"], registry=r)
+        self.attributes_limited = Counter(
+            "tokenpulse_attributes_limited", "Attributes cut by the request limits: dropped (too many on a span "
+            "or resource) or truncated (value too long)", ["kind"], registry=r)
         self.spans_stored = Counter(
             "tokenpulse_spans_stored", "Spans written to ClickHouse", registry=r)
         self.spans_duplicate = Counter(

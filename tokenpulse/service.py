@@ -29,6 +29,7 @@ from tokenpulse.enrich.price import PriceTable, load_overrides
 from tokenpulse.errors import ConfigError
 from tokenpulse.metrics import Metrics
 from tokenpulse.receiver.ingest import Ingest
+from tokenpulse.receiver.limits import Limits
 from tokenpulse.receiver.otlp_grpc import OtlpGrpcReceiver
 from tokenpulse.receiver.otlp_http import OtlpHttpReceiver
 from tokenpulse.storage.backend import Backend, open_backend
@@ -209,7 +210,8 @@ class Service:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         if s.role != "evaluator":
-            ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days)
+            ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days,
+                            Limits(s.max_spans_per_request, s.max_attributes_per_span, s.max_attribute_value_chars))
             self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes)
             self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes,
                                          s.shutdown_timeout_s,

@@ -12,7 +12,7 @@ import requests
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from tests.conftest import scalar
+from tests.conftest import scalar, sql
 from tests.otlp import n_spans, request, span
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -138,3 +138,21 @@ def test_invalid_spans_rejected_valid_neighbours_kept(svc):
     assert partial["rejectedSpans"] == "5", partial
     assert "spanId is not hex" in partial["errorMessage"]
     assert int(scalar(svc, "SELECT count() FROM spans WHERE service = 'mixed-json'")) == 2
+
+
+def test_request_limits_refuse_excess_spans_and_cut_attributes(make_service):
+    svc = make_service(max_spans_per_request=4, max_attributes_per_span=8, max_attribute_value_chars=50)
+    attrs = {"big": "x" * 500} | {f"noise.{i}": "v" for i in range(20)} | {"gen_ai.usage.input_tokens": 7}
+    req = request([span(attrs=attrs) for _ in range(6)], service="limited")
+    resp = ExportTraceServiceResponse.FromString(grpc_export(svc, req.SerializeToString()))
+    assert resp.partial_success.rejected_spans == 2
+    assert "more than 4 spans" in resp.partial_success.error_message
+    rows = sql(svc, "SELECT count(), min(length(attributes)), max(length(attributes)), "
+                    "any(attributes['gen_ai.usage.input_tokens']), any(input_tokens), "
+                    "max(arrayMax(arrayMap(v -> length(v), mapValues(attributes)))) "
+                    "FROM spans WHERE service = 'limited'")
+    # 8 attributes kept, the GenAI one among them (so usage is still read); the long value cut to 50
+    assert rows == [[4, 8, 8, "7", 7, 50]]
+    metrics = requests.get(f"http://127.0.0.1:{svc.admin.port}/metrics", timeout=5).text
+    assert 'tokenpulse_spans_rejected_total{reason="too_many_spans",transport="grpc"} 2.0' in metrics
+    assert 'tokenpulse_attributes_limited_total{kind="dropped"}' in metrics

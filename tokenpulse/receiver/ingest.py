@@ -15,6 +15,7 @@ from typing import Callable
 from tokenpulse.errors import DataError, InternalWriteError, RetryableStorageError
 from tokenpulse.metrics import Metrics
 from tokenpulse.receiver.decode import Decoded
+from tokenpulse.receiver.limits import Limits, apply_limits
 from tokenpulse.storage.writer import Arrival, Busy, Writer
 
 
@@ -32,7 +33,8 @@ class Answer:
 
 class Ingest:
     def __init__(self, writer: Writer, enrich: Callable[[Decoded], Decoded], metrics: Metrics,
-                 ack_timeout_s: float, retention_days: int):
+                 ack_timeout_s: float, retention_days: int, limits: Limits = Limits()):
+        self.limits = limits
         self.writer = writer
         self.enrich = enrich
         self.metrics = metrics
@@ -64,6 +66,11 @@ class Ingest:
 
     async def _export(self, decoded: Decoded, nbytes: int, transport: str, arrival: Arrival | None) -> Answer:
         self.metrics.spans_received.labels(transport).inc(len(decoded.batch) + decoded.rejected)
+        if len(decoded.batch):
+            cut = apply_limits(decoded, self.limits)
+            for kind, count in cut.items():
+                if count:
+                    self.metrics.attributes_limited.labels(kind).inc(count)
         if len(decoded.batch):
             self._drop_expired(decoded)
         if len(decoded.batch):
