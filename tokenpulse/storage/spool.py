@@ -8,7 +8,7 @@ inserted everything in order and the spool is empty again.
 Layout: ``DIR/seg-NNNNNNNN.tps`` segment files, append-only, each a sequence
 of records::
 
-    b"TPS1" | length u32 | crc32(payload) u32 | payload (an Arrow IPC stream: one table)
+    b"TPS1" | length u32 | crc32(payload) u32 | payload (an Arrow IPC stream, zstd buffers: one table)
 
 and ``DIR/cursor``: ``SEGMENT OFFSET`` of the first record not yet in
 ClickHouse, replaced atomically (write, fsync, rename, fsync the directory).
@@ -40,6 +40,8 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 MAGIC = b"TPS1"
+# zstd-compressed Arrow buffers: spans are repetitive text, and the spool is disk-bound.
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 HEADER = struct.Struct("<4sII")
 _SEG_RE = re.compile(r"^seg-(\d{8})\.tps$")
 
@@ -157,7 +159,7 @@ class Spool:
     def append(self, table: pa.Table) -> None:
         """Write one table durably (fsync) or raise SpoolFull / OSError."""
         sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as w:
+        with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as w:
             w.write_table(table)
         payload = sink.getvalue().to_pybytes()
         record = HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload

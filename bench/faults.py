@@ -1,0 +1,214 @@
+"""Fault benchmark: spans sent / acknowledged / stored through faults, with peak RSS.
+
+Each scenario runs a real `tokenpulse serve` (embedded chDB, fresh directory) and
+load generators that send unique spans over OTLP/HTTP, remember which were
+acknowledged (200), and retry nothing (so "acked" is exactly what tokenpulse
+promised to keep). At the end it counts what is in ClickHouse.
+
+* outage:   steady load; storage fails for --outage-s seconds in the middle
+            (the server's failpoint TOKENPULSE_FAILPOINT_STORAGE_DOWN_FILE)
+* kill-9:   steady load; the server is killed with SIGKILL, then restarted
+* overload: 16 senders of 5,000-span requests, about 10x what one process stores
+
+    python bench/faults.py [--outage-s 60] [--scenario outage,kill-9,overload]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import requests
+
+sys.path.insert(0, os.path.dirname(__file__))
+from detection import free_port  # noqa: E402
+from spans import make_request  # noqa: E402
+
+
+class Server:
+    def __init__(self, data_dir: str, env: dict | None = None):
+        self.data_dir = data_dir
+        self.env = env or {}
+        self.ports = {k: free_port() for k in ("grpc", "http", "admin")}
+        self.peak_rss_mb = 0.0
+        self.proc = None
+
+    def start(self) -> "Server":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tokenpulse.cli", "serve", "--listen-host", "127.0.0.1",
+             "--grpc-port", str(self.ports["grpc"]), "--http-port", str(self.ports["http"]),
+             "--admin-port", str(self.ports["admin"]), "--data-dir", self.data_dir, "--log-level", "error"],
+            env={**os.environ, **self.env})
+        for _ in range(600):
+            try:
+                if requests.get(self.admin + "/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        threading.Thread(target=self._watch_rss, daemon=True).start()
+        return self
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.ports['admin']}"
+
+    def _watch_rss(self) -> None:
+        proc = self.proc
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as fh:
+                    for line in fh:
+                        if line.startswith("VmRSS:"):
+                            self.peak_rss_mb = max(self.peak_rss_mb, int(line.split()[1]) / 1024)
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    def count(self, service: str) -> int:
+        r = requests.post(self.admin + "/api/sql", data=f"SELECT count() FROM spans FINAL WHERE service = '{service}'",
+                          timeout=60)
+        return int(r.json()["data"][0][0])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(120)
+
+
+class Load:
+    def __init__(self, server: Server, service: str, senders: int, spans_per_request: int, pause_s: float):
+        self.server, self.service = server, service
+        self.senders, self.n, self.pause_s = senders, spans_per_request, pause_s
+        self.sent = self.acked = self.retry = self.errors = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def _run(self, seed: int) -> None:
+        session = requests.Session()
+        url = f"http://127.0.0.1:{self.server.ports['http']}/v1/traces"
+        i = 0
+        while not self.stop.is_set():
+            body = make_request(self.n, service=self.service, seed=seed * 1_000_000 + i).SerializeToString()
+            i += 1
+            try:
+                r = session.post(url, data=body, headers={"Content-Type": "application/x-protobuf"}, timeout=30)
+                status = r.status_code
+            except requests.RequestException:
+                status = 0
+            with self.lock:
+                self.sent += self.n
+                if status == 200:
+                    self.acked += self.n
+                elif status in (429, 503):
+                    self.retry += self.n
+                else:
+                    self.errors += self.n
+            if status != 200:
+                time.sleep(0.5)  # an exporter's back-off
+                if status == 0:
+                    return
+            elif self.pause_s:
+                time.sleep(self.pause_s)
+
+    def start(self) -> "Load":
+        self.threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(self.senders)]
+        for t in self.threads:
+            t.start()
+        return self
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def wait_count(server: Server, service: str, want: int, timeout: float = 300) -> int:
+    deadline = time.time() + timeout
+    got = server.count(service)
+    while got < want and time.time() < deadline:
+        time.sleep(1)
+        got = server.count(service)
+    return got
+
+
+def outage(tmp: str, outage_s: float) -> dict:
+    flag = os.path.join(tmp, "storage-down")
+    server = Server(os.path.join(tmp, "outage"), {"TOKENPULSE_FAILPOINT_STORAGE_DOWN_FILE": flag}).start()
+    load = Load(server, "outage", senders=4, spans_per_request=200, pause_s=0.05).start()
+    time.sleep(15)
+    open(flag, "w").close()
+    time.sleep(outage_s)
+    health = requests.get(server.admin + "/healthz", timeout=5).json()
+    os.remove(flag)
+    spooled = health["spool"]["bytes"] / 1e6 if health.get("spool") else 0.0
+    time.sleep(15)
+    load.finish()
+    stored = wait_count(server, "outage", load.acked)
+    server.stop()
+    return {"scenario": f"storage outage {outage_s:g} s", "sent": load.sent, "acked": load.acked,
+            "retry": load.retry, "stored": stored, "rss": server.peak_rss_mb,
+            "note": f"/healthz during the outage: {health['status']}; spool at its end: {spooled:.0f} MB"}
+
+
+def kill9(tmp: str) -> dict:
+    data = os.path.join(tmp, "kill")
+    server = Server(data).start()
+    load = Load(server, "kill", senders=4, spans_per_request=200, pause_s=0.0).start()
+    time.sleep(10)
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(30)
+    load.finish()
+    rss = server.peak_rss_mb
+    again = Server(data).start()
+    stored = wait_count(again, "kill", load.acked, timeout=60)
+    again.stop()
+    return {"scenario": "kill -9 mid-load, restart", "sent": load.sent, "acked": load.acked, "retry": load.retry,
+            "stored": stored, "rss": max(rss, again.peak_rss_mb), "note": "stored counts the acked requests"}
+
+
+def overload(tmp: str) -> dict:
+    server = Server(os.path.join(tmp, "overload")).start()
+    load = Load(server, "overload", senders=16, spans_per_request=5000, pause_s=0.0).start()
+    time.sleep(30)
+    load.finish()
+    stored = wait_count(server, "overload", load.acked, timeout=120)
+    server.stop()
+    return {"scenario": "overload: 16 x 5,000-span senders", "sent": load.sent, "acked": load.acked,
+            "retry": load.retry, "stored": stored, "rss": server.peak_rss_mb, "note": ""}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--outage-s", type=float, default=60.0)
+    p.add_argument("--scenario", default="outage,kill-9,overload")
+    args = p.parse_args()
+    tmp = tempfile.mkdtemp(prefix="tp-faults-")
+    rows = []
+    try:
+        for name in args.scenario.split(","):
+            row = {"outage": lambda: outage(tmp, args.outage_s), "kill-9": lambda: kill9(tmp),
+                   "overload": lambda: overload(tmp)}[name]()
+            rows.append(row)
+            print(row, flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\n| scenario | sent | acked | answered retry | stored | lost (acked - stored) | peak RSS |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['scenario']} | {r['sent']:,} | {r['acked']:,} | {r['retry']:,} | {r['stored']:,} | "
+              f"{max(0, r['acked'] - r['stored']):,} | {r['rss']:,.0f} MB |")
+        if r["note"]:
+            print(f"  ({r['note']})")
+
+
+if __name__ == "__main__":
+    main()
