@@ -43,7 +43,7 @@ class AdminServer:
         self.panels = load_panels()
 
     async def start(self) -> int:
-        app = web.Application(client_max_size=1024 * 1024)
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[self._auth])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/sql", self._sql)
@@ -63,6 +63,21 @@ class AdminServer:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
         return self.port
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        """With admin_token_sha256 set, every route but /healthz needs ``Authorization: Bearer TOKEN``."""
+        digest = self.service.settings.admin_token_sha256
+        if digest and request.path != "/healthz":
+            import hashlib
+            import hmac
+
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            given = hashlib.sha256(token.strip().encode()).hexdigest()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given, digest):
+                return web.json_response({"error": "admin API: missing or wrong token (Authorization: Bearer)"},
+                                         status=401, headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -199,22 +214,43 @@ class AdminServer:
         return web.json_response({**throttler.book.decision(tenant, time.time()), "released": bool(events)})
 
 
-def add_throttle_routes(router, service) -> None:
+def add_throttle_routes(router, service, auth=None) -> None:
     """The decision API agent services call: ``GET /v1/throttle`` and ``GET /v1/throttle/{tenant}``.
-    Served from memory, on the OTLP/HTTP port and the admin port alike."""
+    Served from memory, on the OTLP/HTTP port and the admin port alike. On the OTLP port with API
+    keys configured, a key is needed, and a key bound to a tenant sees only that tenant."""
     import time
+
+    def allowed(request: web.Request, tenant: str | None) -> web.Response | None:
+        if auth is None or not auth.enabled:
+            return None
+        key = auth.check(request.headers.get("Authorization"))
+        if key is None:
+            return web.json_response({"error": "missing or unknown API key"}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        if key.tenant and tenant != key.tenant:
+            return web.json_response({"error": f"this key may only read tenant {key.tenant}"}, status=403)
+        return None
 
     async def one(request: web.Request) -> web.Response:
         throttler = service.throttler
         if throttler is None:
             return web.json_response({"error": "throttling is not available in this process"}, status=503)
-        return web.json_response(throttler.book.decision(request.match_info["tenant"], time.time()))
+        tenant = request.match_info["tenant"]
+        refused = allowed(request, tenant)
+        return refused or web.json_response(throttler.book.decision(tenant, time.time()))
 
     async def every(request: web.Request) -> web.Response:
         throttler = service.throttler
         if throttler is None:
             return web.json_response({"error": "throttling is not available in this process"}, status=503)
-        return web.json_response({"throttled": throttler.book.all(time.time())})
+        key = auth.check(request.headers.get("Authorization")) if auth is not None and auth.enabled else None
+        refused = allowed(request, key.tenant if key and key.tenant else None)
+        if refused:
+            return refused
+        decisions = throttler.book.all(time.time())
+        if key is not None and key.tenant:
+            decisions = [d for d in decisions if d["tenant"] == key.tenant]
+        return web.json_response({"throttled": decisions})
 
     router.add_get("/v1/throttle", every)
     router.add_get("/v1/throttle/{tenant}", one)

@@ -7,6 +7,8 @@
     tokenpulse alerts list | test RULE [--send] | history [--since 1d] [--rule NAME]
     tokenpulse throttle list | set TENANT --for 30m --reason TEXT | clear TENANT
     tokenpulse prices lookup MODEL | check FILE
+    tokenpulse keys new [--tenant T] | hash KEY
+    tokenpulse [--admin-token TOKEN] ...   (admin API calls; or TOKENPULSE_ADMIN_TOKEN)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import gc
 import io
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -318,6 +321,20 @@ def _throttle(args: argparse.Namespace) -> int:
         return 1
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from tokenpulse.receiver.auth import hash_key, new_key
+
+    if args.keys_command == "hash":
+        print(hash_key(args.key))
+        return 0
+    key = new_key()
+    spec = {"name": args.name or key[3:11]} | ({"tenant": args.tenant} if args.tenant else {})
+    print(f"key (give it to the sender; it is not stored anywhere): {key}")
+    print("config (api_keys, in the YAML config or api_keys_file):")
+    print(f"  {hash_key(key)}: {json.dumps(spec)}")
+    return 0
+
+
 def _prices_lookup(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
@@ -370,6 +387,8 @@ def _prices_check(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokenpulse", description="Token and cost observability for LLM agents.")
     parser.add_argument("--version", action="version", version=f"tokenpulse {__version__}")
+    parser.add_argument("--admin-token", default=None,
+                        help="admin API token, when the service sets admin_token_sha256 (env TOKENPULSE_ADMIN_TOKEN)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the OTLP receivers, the writer and the admin API")
@@ -439,6 +458,15 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--actor", default=None, help="who is doing this, for the audit log (default: $USER)")
     throttle.set_defaults(func=_throttle)
 
+    keys = sub.add_parser("keys", help="make an API key, or hash a key or admin token for the config")
+    k_sub = keys.add_subparsers(dest="keys_command", required=True)
+    k_new = k_sub.add_parser("new", help="a new random API key and its config line")
+    k_new.add_argument("--tenant", default=None, help="bind the key to this tenant (its spans are stamped with it)")
+    k_new.add_argument("--name", default=None)
+    k_hash = k_sub.add_parser("hash", help="SHA-256 of KEY, as api_keys and admin_token_sha256 expect")
+    k_hash.add_argument("key")
+    keys.set_defaults(func=_keys)
+
     prices = sub.add_parser("prices", help="look up prices, check a price file")
     prices_sub = prices.add_subparsers(dest="prices_command", required=True)
     lookup = prices_sub.add_parser("lookup", help="the price entry that would price MODEL")
@@ -452,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=_prices_check)
 
     args = parser.parse_args(argv)
+    token = args.admin_token or os.environ.get("TOKENPULSE_ADMIN_TOKEN", "")
+    if token:  # every admin API call of this command carries it
+        opener = urllib.request.build_opener()
+        opener.addheaders = [("Authorization", f"Bearer {token}")]
+        urllib.request.install_opener(opener)
     try:
         return args.func(args)
     except ConfigError as e:

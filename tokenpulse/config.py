@@ -119,6 +119,18 @@ class Settings:
                "$reason, $reason_short); empty: the built-in text"})
     external_url: str = field(default="", metadata={
         "doc": "this service's admin URL as people reach it, for links in notifications"})
+    api_keys: dict = field(default_factory=dict, metadata={
+        "doc": "API keys by SHA-256: {HASH: {name, tenant}}; when any key is set (here or in api_keys_file), "
+               "OTLP requests need Authorization: Bearer KEY, and a key's tenant wins over the spans' own "
+               "(README 'Security')", "parse": "api_keys", "secret": True})
+    api_keys_file: str = field(default="", metadata={
+        "doc": "YAML/JSON file of API keys in the api_keys shape (merged with api_keys)"})
+    admin_token_sha256: str = field(default="", metadata={
+        "doc": "SHA-256 of the admin API token; when set, every admin route but /healthz needs "
+               "Authorization: Bearer TOKEN (CLI: --admin-token or TOKENPULSE_ADMIN_TOKEN)", "secret": True})
+    tls_cert_file: str = field(default="", metadata={
+        "doc": "PEM certificate chain for TLS on both OTLP receivers (with tls_key_file); empty: plain text"})
+    tls_key_file: str = field(default="", metadata={"doc": "PEM private key for tls_cert_file", "secret": True})
     log_level: str = field(default="info", metadata={
         "doc": "debug, info, warning or error", "choices": ("debug", "info", "warning", "error")})
 
@@ -241,7 +253,14 @@ def _budgets(name: str, value: dict, source: str) -> dict:
     return out
 
 
-_PARSERS = {"attribute_keys": _attribute_keys, "rule_overrides": _rule_overrides, "channels": _channels,
+def _api_keys(name: str, value: dict, source: str) -> dict:
+    from tokenpulse.receiver.auth import parse_keys
+
+    parse_keys(value, f"{name} from {source}")
+    return value
+
+
+_PARSERS = {"api_keys": _api_keys, "attribute_keys": _attribute_keys, "rule_overrides": _rule_overrides, "channels": _channels,
             "budgets": _budgets}
 
 
@@ -254,6 +273,11 @@ def _check(settings: "Settings") -> "Settings":
     if settings.clickhouse_cluster and not settings.clickhouse_url:
         raise ConfigError("clickhouse_cluster needs a ClickHouse server (clickhouse_url); the embedded engine "
                           "is one node")
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise ConfigError("tls_cert_file and tls_key_file go together")
+    if settings.admin_token_sha256 and not re.fullmatch(r"[0-9a-f]{64}", settings.admin_token_sha256):
+        raise ConfigError("admin_token_sha256 must be the SHA-256 hex digest of the token "
+                          "(`tokenpulse keys hash TOKEN`), not the token itself")
     if settings.user_id_key and len(settings.user_id_key) < 16:
         raise ConfigError("user_id_key must be at least 16 characters")
     return settings

@@ -34,6 +34,9 @@ class Metrics:
         self.attributes_limited = Counter(
             "tokenpulse_attributes_limited", "Attributes cut by the request limits: dropped (too many on a span "
             "or resource) or truncated (value too long)", ["kind"], registry=r)
+        self.tenant_overridden = Counter(
+            "tokenpulse_tenant_overridden_spans", "Spans whose own tenant attribute was replaced by the tenant of "
+            "the API key that sent them", registry=r)
         self.spans_stored = Counter(
             "tokenpulse_spans_stored", "Spans written to ClickHouse", registry=r)
         self.spans_duplicate = Counter(

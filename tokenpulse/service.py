@@ -28,6 +28,7 @@ from tokenpulse.enrich.attribute import Attributor
 from tokenpulse.enrich.price import PriceTable, load_overrides
 from tokenpulse.errors import ConfigError
 from tokenpulse.metrics import Metrics
+from tokenpulse.receiver.auth import Authenticator, load_keys_file, parse_keys
 from tokenpulse.receiver.ingest import Ingest
 from tokenpulse.receiver.limits import Limits
 from tokenpulse.receiver.otlp_grpc import OtlpGrpcReceiver
@@ -185,6 +186,33 @@ class Service:
         self.writer.warm_dedup(keys)
         self.metrics.dedup_keys.set(len(self.writer.dedup))
 
+    def _authenticator(self) -> Authenticator:
+        s = self.settings
+        keys = parse_keys(s.api_keys, "api_keys")
+        if s.api_keys_file:
+            keys.update(load_keys_file(s.api_keys_file))
+        if keys:
+            log.info("OTLP receivers require API keys (%d configured)", len(keys))
+        return Authenticator(keys)
+
+    def _tls(self):
+        """((cert PEM, key PEM) for gRPC, ssl.SSLContext for HTTP), or None."""
+        s = self.settings
+        if not s.tls_cert_file:
+            return None
+        import ssl
+
+        try:
+            with open(s.tls_cert_file, "rb") as fh:
+                cert = fh.read()
+            with open(s.tls_key_file, "rb") as fh:
+                key = fh.read()
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"cannot load TLS certificate/key ({s.tls_cert_file}, key file): {e}") from None
+        return (cert, key), ctx
+
     def _start_throttle_refresh(self, every_s: float = 2.0) -> None:
         """Receiver role: serve the evaluator's decisions, re-read from storage every ``every_s``."""
         s = self.settings
@@ -209,13 +237,17 @@ class Service:
         s = self.settings
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        auth = self._authenticator()
+        tls = self._tls()
         if s.role != "evaluator":
             ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days,
                             Limits(s.max_spans_per_request, s.max_attributes_per_span, s.max_attribute_value_chars))
-            self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes)
+            self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes, auth,
+                                         tls[0] if tls else None)
             self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes,
                                          s.shutdown_timeout_s,
-                                         extra_routes=lambda router: add_throttle_routes(router, self))
+                                         extra_routes=lambda router: add_throttle_routes(router, self, auth),
+                                         auth=auth, ssl_context=tls[1] if tls else None)
         self.admin = AdminServer(self, s.admin_host, s.admin_port)
         try:
             if self.grpc is not None:

@@ -35,7 +35,8 @@ class Pipeline:
         batch = normalize(decoded.batch)
         batch = self.calls(batch)
         batch = self._price(batch)
-        batch, rejects = self.attributor(batch)
+        batch, rejects = self.attributor(batch, decoded.tenant)
+        decoded.tenant_overridden = self.attributor.overridden
         for reason in rejects:
             decoded.reject(reason, "missing_tags")
         decoded.batch = batch

@@ -138,6 +138,7 @@ class Attributor:
         self._pseudonyms: dict[str, str] = {}
         self.outcome_attribute = outcome_attribute
         self.outcome_success = frozenset(v.strip().lower() for v in outcome_success_values)
+        self.overridden = 0  # spans of the last call whose own tenant lost to the authenticated one
 
     def _user(self, raw: str) -> str:
         if not raw or self.user_id_mode == "drop":
@@ -166,7 +167,9 @@ class Attributor:
                 out[k] = self._user(attrs[k])
         return out
 
-    def __call__(self, batch: SpanBatch) -> tuple[SpanBatch, list[str]]:
+    def __call__(self, batch: SpanBatch, tenant: str = "") -> tuple[SpanBatch, list[str]]:
+        """``tenant``: the sender's authenticated tenant, stamped on every span (see receiver/auth.py)."""
+        self.overridden = 0
         n = len(batch)
         pick = self._index.pick
         resources: dict[int, tuple[dict, dict]] = {}  # id(resource attrs) -> (its tags, scrubbed copy)
@@ -179,6 +182,10 @@ class Attributor:
             tags = pick(batch.attributes[i])
             if r[0]:
                 tags.update(r[0])  # resource attributes first
+            if tenant:
+                if tags.get("tenant", tenant) != tenant:
+                    self.overridden += 1
+                tags["tenant"] = tenant
             own.append(tags)
         mem = self.memory
         trace_ids, span_ids, parents = batch.trace_id, batch.span_id, batch.parent_span_id

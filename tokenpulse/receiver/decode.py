@@ -41,6 +41,8 @@ class Decoded:
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)  # kind -> count, for /metrics
+    tenant: str = ""  # set by the receiver from an API key bound to a tenant: it wins over the spans' own
+    tenant_overridden: int = 0  # spans that claimed another tenant (counted by enrichment)
 
     def reject(self, message: str, kind: str = "invalid_span") -> None:
         """Refuse one span: ``message`` goes to the client, ``kind`` to the metrics label."""

@@ -78,6 +78,8 @@ class Ingest:
                 self.enrich(decoded)  # may refuse spans (tag-or-reject): they join decoded.rejected
             except Exception as e:  # a bug of ours: this request fails clearly, the service goes on
                 return self._internal("enrichment", e, len(decoded.batch), transport)
+        if decoded.tenant_overridden:
+            self.metrics.tenant_overridden.inc(decoded.tenant_overridden)
         for kind, count in decoded.reasons.items():
             self.metrics.spans_rejected.labels(transport, kind).inc(count)
         n = len(decoded.batch)

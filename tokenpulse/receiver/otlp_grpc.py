@@ -44,7 +44,9 @@ def _retry_trailers(message: str, retry_after_s: float) -> tuple[tuple[str, byte
 
 
 class OtlpGrpcReceiver:
-    def __init__(self, ingest: Ingest, host: str, port: int, max_request_bytes: int):
+    def __init__(self, ingest: Ingest, host: str, port: int, max_request_bytes: int, auth=None, tls=None):
+        self.auth = auth  # receiver/auth.py Authenticator, or None
+        self.tls = tls  # (cert PEM bytes, key PEM bytes) or None
         self.ingest = ingest
         self.host = host
         self.port = port
@@ -60,7 +62,11 @@ class OtlpGrpcReceiver:
             "Export": grpc.unary_unary_rpc_method_handler(self._export),
         })
         self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        if self.tls is not None:
+            creds = grpc.ssl_server_credentials([(self.tls[1], self.tls[0])])
+            self.port = self.server.add_secure_port(f"{self.host}:{self.port}", creds)
+        else:
+            self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
         await self.server.start()
         return self.port
 
@@ -80,11 +86,20 @@ class OtlpGrpcReceiver:
 
     async def _handle(self, body: bytes, context: grpc.aio.ServicerContext, arrival) -> bytes:
         metrics = self.ingest.metrics
+        tenant = ""
+        if self.auth is not None and self.auth.enabled:
+            key = self.auth.check(dict(context.invocation_metadata()).get("authorization"))
+            if key is None:
+                metrics.requests.labels("grpc", "unauthenticated").inc()
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                    "missing or unknown API key (send metadata authorization: Bearer <key>)")
+            tenant = key.tenant
         try:
             decoded = decode_protobuf(body)
         except InvalidRequest as e:
             metrics.requests.labels("grpc", "invalid").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        decoded.tenant = tenant
         answer = await self.ingest.export(decoded, len(body), "grpc", arrival)
         if answer.kind == "retry":
             await context.abort(grpc.StatusCode.UNAVAILABLE, answer.message,

@@ -81,7 +81,9 @@ def _success(ctype: str, answer: Answer) -> web.Response:
 
 class OtlpHttpReceiver:
     def __init__(self, ingest: Ingest, host: str, port: int, max_request_bytes: int, shutdown_timeout_s: float,
-                 extra_routes=None):
+                 extra_routes=None, auth=None, ssl_context=None):
+        self.auth = auth  # receiver/auth.py Authenticator, or None
+        self.ssl_context = ssl_context
         self.extra_routes = extra_routes  # callable(router): the throttle decision API shares this port
         self.ingest = ingest
         self.host = host
@@ -102,7 +104,7 @@ class OtlpHttpReceiver:
         self.runner = web.AppRunner(self.app(), auto_decompress=False, access_log=None,
                                     shutdown_timeout=self.shutdown_timeout_s)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # the bound port when 0 was asked
         return self.port
@@ -121,6 +123,16 @@ class OtlpHttpReceiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         requests = self.ingest.metrics.requests
+        tenant = ""
+        if self.auth is not None and self.auth.enabled:
+            key = self.auth.check(request.headers.get("Authorization"))
+            if key is None:
+                requests.labels("http", "unauthenticated").inc()
+                return _error(request.content_type.lower() if request.content_type.lower() in (PROTOBUF, JSON)
+                              else JSON, 401, code_pb2.UNAUTHENTICATED,
+                              "missing or unknown API key (send Authorization: Bearer <key>)",
+                              headers={"WWW-Authenticate": "Bearer"})
+            tenant = key.tenant
         ctype = request.content_type.lower()
         if ctype not in (PROTOBUF, JSON):
             requests.labels("http", "unsupported").inc()
@@ -133,9 +145,9 @@ class OtlpHttpReceiver:
             return _error(ctype, 413, code_pb2.RESOURCE_EXHAUSTED,
                           f"request body exceeds the {self.max_request_bytes}-byte limit")
         with self.ingest.writer.arriving() as arrival:
-            return await self._export(ctype, raw, request.headers.get("Content-Encoding", ""), arrival)
+            return await self._export(ctype, raw, request.headers.get("Content-Encoding", ""), arrival, tenant)
 
-    async def _export(self, ctype: str, raw: bytes, encoding: str, arrival) -> web.Response:
+    async def _export(self, ctype: str, raw: bytes, encoding: str, arrival, tenant: str = "") -> web.Response:
         requests = self.ingest.metrics.requests
         try:
             body = inflate(raw, encoding, self.max_request_bytes)
@@ -146,6 +158,7 @@ class OtlpHttpReceiver:
         except InvalidRequest as e:
             requests.labels("http", "invalid").inc()
             return _error(ctype, 400, code_pb2.INVALID_ARGUMENT, str(e))
+        decoded.tenant = tenant
         answer = await self.ingest.export(decoded, len(body), "http", arrival)
         if answer.kind == "retry":
             status = 429 if answer.reason == "queue_full" else 503

@@ -1,0 +1,137 @@
+"""API keys (tenant-bound, no cross-tenant writes), the admin token, TLS on both receivers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+import pytest
+import requests
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from tests.conftest import sql
+from tests.integration.test_bad_input import EXPORT, PB, post
+from tests.otlp import n_spans, request, span
+from tokenpulse.cli import main
+from tokenpulse.config import load_settings
+from tokenpulse.errors import ConfigError
+from tokenpulse.receiver.auth import hash_key
+
+ACME_KEY = "tp_acme-key-0123456789"
+COLLECTOR_KEY = "tp_collector-key-0123456789"
+KEYS = {hash_key(ACME_KEY): {"name": "acme-prod", "tenant": "acme"},
+        hash_key(COLLECTOR_KEY): {"name": "collector"}}
+
+
+def bearer(key):
+    return {**PB, "Authorization": f"Bearer {key}"}
+
+
+def test_api_keys_required_and_a_tenant_key_cannot_write_another_tenant(make_service, capsys):
+    svc = make_service(api_keys=KEYS)
+    body = request([span(name="claims-globex")], service="auth", resource={"tenant.id": "globex"}).SerializeToString()
+    assert post(svc, body).status_code == 401
+    assert post(svc, body, bearer("tp_wrong")).status_code == 401
+    channel = grpc.insecure_channel(f"127.0.0.1:{svc.grpc.port}")
+    with pytest.raises(grpc.RpcError) as e:
+        channel.unary_unary(EXPORT)(body, timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    assert post(svc, body, bearer(ACME_KEY)).status_code == 200  # the acme key: stamped acme
+    other = request([span(name="own-tenant")], service="auth", resource={"tenant.id": "globex"}).SerializeToString()
+    assert post(svc, other, bearer(COLLECTOR_KEY)).status_code == 200  # a key without tenant: spans keep theirs
+    assert sql(svc, "SELECT name, tenant FROM spans WHERE service = 'auth' ORDER BY name") == \
+        [["claims-globex", "acme"], ["own-tenant", "globex"]]
+    metrics = requests.get(f"http://127.0.0.1:{svc.admin.port}/metrics", timeout=5).text
+    assert "tokenpulse_tenant_overridden_spans_total 1.0" in metrics
+    assert 'tokenpulse_export_requests_total{outcome="unauthenticated",transport="http"} 2.0' in metrics
+
+    # the OTel SDK exporter with the key in its headers
+    tp = TracerProvider(resource=Resource.create({"service.name": "auth-sdk"}))
+    tp.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(
+        endpoint=f"127.0.0.1:{svc.grpc.port}", insecure=True, headers={"authorization": f"Bearer {ACME_KEY}"})))
+    with tp.get_tracer("t").start_as_current_span("sdk-span"):
+        pass
+    tp.shutdown()
+    assert sql(svc, "SELECT tenant FROM spans WHERE service = 'auth-sdk'") == [["acme"]]
+
+    # the decision API on the OTLP port: a tenant's key reads only its own tenant
+    base = f"http://127.0.0.1:{svc.http.port}/v1/throttle"
+    assert requests.get(f"{base}/acme", timeout=5).status_code == 401
+    assert requests.get(f"{base}/globex", headers=bearer(ACME_KEY), timeout=5).status_code == 403
+    assert requests.get(f"{base}/acme", headers=bearer(ACME_KEY), timeout=5).json()["throttled"] is False
+    assert requests.get(base, headers=bearer(COLLECTOR_KEY), timeout=5).status_code == 200
+
+
+def test_keys_file_and_hashed_only(tmp_path):
+    f = tmp_path / "keys.yaml"
+    f.write_text(f"api_keys:\n  {hash_key(ACME_KEY)}: {{name: a, tenant: acme}}\n")
+    from tokenpulse.receiver.auth import Authenticator, load_keys_file
+
+    auth = Authenticator(load_keys_file(str(f)))
+    assert auth.check(f"Bearer {ACME_KEY}").tenant == "acme"
+    assert auth.check(f"Basic {ACME_KEY}") is None and auth.check(None) is None
+    with pytest.raises(ConfigError, match="not a SHA-256 hex digest"):
+        load_settings({"api_keys": {ACME_KEY: {"tenant": "acme"}}}, env={})
+    with pytest.raises(ConfigError, match="admin_token_sha256 must be the SHA-256"):
+        load_settings({"admin_token_sha256": "hunter2"}, env={})
+
+
+def test_admin_token(make_service, capsys):
+    token = "admin-secret-token"
+    svc = make_service(admin_token_sha256=hash_key(token))
+    admin = f"http://127.0.0.1:{svc.admin.port}"
+    assert requests.get(f"{admin}/healthz", timeout=5).status_code == 200  # health checks stay open
+    for path in ("/metrics", "/api/sql?q=SELECT%201", "/api/panels", "/api/alerts"):
+        assert requests.get(admin + path, timeout=5).status_code == 401, path
+        assert requests.get(admin + path, headers={"Authorization": "Bearer nope"}, timeout=5).status_code == 401
+    assert requests.get(f"{admin}/api/sql?q=SELECT%201", headers={"Authorization": f"Bearer {token}"},
+                        timeout=5).status_code == 200
+    assert main(["sql", "SELECT 41 + 1", "--admin-url", admin]) == 1
+    assert "missing or wrong token" in capsys.readouterr().err
+    assert main(["--admin-token", token, "sql", "SELECT 41 + 1", "--admin-url", admin]) == 0
+    assert "42" in capsys.readouterr().out
+
+
+def _self_signed(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_tls_on_both_receivers(make_service, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    svc = make_service(tls_cert_file=cert, tls_key_file=key)
+    body = n_spans(3, "tls").SerializeToString()
+    r = requests.post(f"https://127.0.0.1:{svc.http.port}/v1/traces", data=body, headers=PB, verify=cert, timeout=10)
+    assert r.status_code == 200
+    with open(cert, "rb") as fh:
+        creds = grpc.ssl_channel_credentials(root_certificates=fh.read())
+    channel = grpc.secure_channel(f"localhost:{svc.grpc.port}", creds)
+    channel.unary_unary(EXPORT)(n_spans(2, "tls").SerializeToString(), timeout=10)
+    assert sql(svc, "SELECT count() FROM spans WHERE service = 'tls'") == [[5]]
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(f"http://127.0.0.1:{svc.http.port}/v1/traces", data=body, headers=PB, timeout=5)
+    with pytest.raises(ConfigError, match="go together"):
+        load_settings({"tls_cert_file": cert}, env={})
