@@ -29,7 +29,7 @@ class Metrics:
             "tokenpulse_spans_received", "Spans decoded from Export requests", ["transport"], registry=r)
         self.spans_rejected = Counter(
             "tokenpulse_spans_rejected", "Spans refused and reported to the client as partial success, by "
-            "reason: invalid_span (bad ids or fields), expired (older than retention), missing_tags "
+            "reason: invalid_span (bad ids or fields), expired (older than retention), future (starts over a day ahead), missing_tags "
             "(tag-or-reject), too_many_spans (request limit)", ["transport", "reason"], registry=r)
         self.attributes_limited = Counter(
             "tokenpulse_attributes_limited", "Attributes cut by the request limits: dropped (too many on a span "

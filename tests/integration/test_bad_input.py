@@ -156,3 +156,71 @@ def test_request_limits_refuse_excess_spans_and_cut_attributes(make_service):
     metrics = requests.get(f"http://127.0.0.1:{svc.admin.port}/metrics", timeout=5).text
     assert 'tokenpulse_spans_rejected_total{reason="too_many_spans",transport="grpc"} 2.0' in metrics
     assert 'tokenpulse_attributes_limited_total{kind="dropped"}' in metrics
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    out, n = bytearray([number << 3 | 2]), len(payload)
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out) + payload
+
+
+def _nested_kvlist(depth: int):
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    v = AnyValue(string_value="bottom")
+    for _ in range(depth):
+        outer = AnyValue()
+        kv = outer.kvlist_value.values.add()
+        kv.key = "k"
+        kv.value.CopyFrom(v)
+        v = outer
+    return v
+
+
+def test_hostile_requests_get_clear_answers_and_keep_valid_neighbours(make_service):
+    """The issue's hostile list, through the real receiver: nothing crashes, valid spans are kept."""
+    svc = make_service(max_attribute_value_chars=65_536)
+    # 100k attributes and a 1 MB value on one span, beside a valid neighbour: both stored, attributes cut
+    huge = span(name="huge", attrs={**{f"a{i}": "x" for i in range(100_000)}, "big": "y" * 1_000_000,
+                                    "gen_ai.usage.input_tokens": 3})
+    r = post(svc, request([huge, span(name="neighbour")], service="hostile-1").SerializeToString())
+    assert r.status_code == 200
+    assert sql(svc, "SELECT name, length(attributes) <= 256, input_tokens FROM spans WHERE service = 'hostile-1' "
+                    "ORDER BY name") == [["huge", 1, 3], ["neighbour", 1, 0]]
+    # zero and far-future timestamps, wrong-length ids, negative and huge token counts, one valid span
+    odd = [span(name="zero-time", start=0, duration_ns=0), span(name="far-future", start=2**64 - 10**7, duration_ns=1),
+           span(name="bad-id", trace_id=b"\x01" * 3),
+           span(name="negative", attrs={"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": -5}),
+           span(name="enormous", attrs={"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 10**15}),
+           span(name="valid")]
+    resp = ExportTraceServiceResponse.FromString(grpc_export(svc, request(odd, service="hostile-2").SerializeToString()))
+    # bad id, zero time (older than retention), far future (past the DateTime the TTL needs)
+    assert resp.partial_success.rejected_spans == 3
+    assert "more than a day in the future" in resp.partial_success.error_message
+    rows = sql(svc, "SELECT name, input_tokens, usage_status FROM spans WHERE service = 'hostile-2' ORDER BY name")
+    assert [r[0] for r in rows] == ["enormous", "negative", "valid"]
+    assert {r[0]: (r[1], r[2]) for r in rows}["negative"][0] == 0  # a bad count never reaches a sum
+    assert {r[0]: (r[1], r[2]) for r in rows}["enormous"][0] == 0
+    # deeply nested values: decoded (rendered) or refused as a whole request with 400, never a crash
+    s = span(name="deep")
+    kv = s.attributes.add()
+    kv.key = "nested"
+    kv.value.CopyFrom(_nested_kvlist(90))
+    # built by hand: the client library itself refuses to nest a message this deep
+    body = _field(1, _field(2, _field(2, s.SerializeToString())))
+    r = post(svc, body)
+    assert r.status_code == 400 and "cannot decode" in r.text
+    deep = '{"kvlistValue":{"values":[{"key":"k","value":' * 5000 + "{}" + "}]}}" * 5000
+    doc = ('{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0af7651916cd43dd8448eb211c80319c",'
+           '"spanId":"b7ad6b7169203331","name":"deep","attributes":[{"key":"n","value":' + deep + "}]}]}]}]}")
+    r = post(svc, doc.encode(), {"Content-Type": "application/json"})
+    assert r.status_code == 400 and "cannot decode" in r.text
+    # invalid UTF-8 in a protobuf string field: the request cannot be decoded -> 400, with the reason
+    valid = request([span(name="utf8", attrs={"k": "vvvv"})]).SerializeToString()
+    r = post(svc, valid.replace(b"vvvv", b"\xff\xfe\xfd\xfc"))
+    assert r.status_code == 400
+    assert_still_serving(svc, "hostile-after")

@@ -53,3 +53,33 @@ _json_values = st.recursive(
 def test_json_decoder_arbitrary_documents(doc):
     _check(decode_json, json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [doc]}]}]}).encode())
     _check(decode_json, json.dumps(doc).encode())
+
+
+# Keys enrichment reads, so random values hit the dialect tables, pricing and attribution.
+_ENRICH_KEYS = ["gen_ai.operation.name", "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens",
+                "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt",
+                "llm.token_count.completion", "ai.usage.promptTokens", "gen_ai.response.model",
+                "gen_ai.request.model", "gen_ai.provider.name", "gen_ai.system", "gen_ai.usage.cost",
+                "gen_ai.response.id", "tenant.id", "app.feature", "user.id", "gen_ai.agent.name",
+                "gen_ai.conversation.id", "gen_ai.tool.name", "llm.usage.total_tokens"]
+_VALUES = st.one_of(st.integers(-2**63, 2**63 - 1), st.text(max_size=40), st.booleans(),
+                    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["chat", "gpt-4o", "openai",
+                                                                                     "anthropic", "", "-1", "1e9"]))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.dictionaries(st.one_of(st.sampled_from(_ENRICH_KEYS), st.text(max_size=12)), _VALUES,
+                                max_size=10), min_size=1, max_size=6))
+def test_enrichment_any_attribute_values(attr_maps):
+    from tokenpulse.enrich import Pipeline
+    from tokenpulse.enrich.attribute import Attributor
+    from tokenpulse.enrich.normalize import MAX_TOKENS
+
+    d = decode_protobuf(request([span(attrs=a) for a in attr_maps]).SerializeToString())
+    Pipeline(attributor=Attributor(user_id_mode="pseudonymize", user_id_key=b"k" * 16))(d)
+    b = d.batch
+    assert all(len(getattr(b, f)) == len(b) for f in FIELD_NAMES)
+    for i in range(len(b)):
+        for f in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
+            assert 0 <= getattr(b, f)[i] <= MAX_TOKENS * 2, (f, getattr(b, f)[i])
+        assert b.cost_usd[i] is None or b.cost_usd[i] >= 0

@@ -21,6 +21,8 @@ from tokenpulse.storage.writer import Arrival, Busy, Writer
 
 log = logging.getLogger(__name__)
 
+MAX_FUTURE_NS = 86_400 * 10**9  # spans starting later than this from now are refused (clock skew)
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -42,19 +44,26 @@ class Ingest:
         self.retention_ns = retention_days * 86_400 * 10**9
 
     def _drop_expired(self, decoded: Decoded) -> None:
-        """Refuse spans that started before the retention window.
+        """Refuse spans that started before the retention window, or more than a day from now.
 
         ClickHouse drops rows already past the table TTL when it writes them
         (seen with the ReplacingMergeTree spans table), so storing them would
-        acknowledge spans that are never stored. Better to say so."""
-        cutoff = time.time_ns() - self.retention_ns
+        acknowledge spans that are never stored. Better to say so. Far-future
+        start times (a broken clock) overflow the TTL's DateTime the same way."""
+        now = time.time_ns()
+        cutoff, ceiling = now - self.retention_ns, now + MAX_FUTURE_NS
         starts = decoded.batch.start_time_ns
-        if min(starts) >= cutoff:
+        if min(starts) >= cutoff and max(starts) <= ceiling:
             return
-        keep = [i for i, t in enumerate(starts) if t >= cutoff]
-        for _ in range(len(starts) - len(keep)):
-            decoded.reject(f"start time older than the {self.retention_ns // 86_400_000_000_000}-day "
-                           "retention (would expire at once)", "expired")
+        keep = []
+        for i, t in enumerate(starts):
+            if t < cutoff:
+                decoded.reject(f"start time older than the {self.retention_ns // 86_400_000_000_000}-day "
+                               "retention (would expire at once)", "expired")
+            elif t > ceiling:
+                decoded.reject("start time more than a day in the future (is the sender's clock right?)", "future")
+            else:
+                keep.append(i)
         decoded.batch = decoded.batch.take(keep)
 
     async def export(self, decoded: Decoded, nbytes: int, transport: str, arrival: Arrival | None = None) -> Answer:
