@@ -8,7 +8,8 @@ promised to keep). At the end it counts what is in ClickHouse.
 * outage:   steady load; storage fails for --outage-s seconds in the middle
             (the server's failpoint TOKENPULSE_FAILPOINT_STORAGE_DOWN_FILE)
 * kill-9:   steady load; the server is killed with SIGKILL, then restarted
-* overload: 16 senders of 5,000-span requests, about 10x what one process stores
+* overload: --overload-senders (120) senders of 5,000-span requests, more in flight than the
+            writer queue holds (500k spans by default)
 
     python bench/faults.py [--outage-s 60] [--scenario outage,kill-9,overload]
 """
@@ -175,14 +176,14 @@ def kill9(tmp: str) -> dict:
             "stored": stored, "rss": max(rss, again.peak_rss_mb), "note": "stored counts the acked requests"}
 
 
-def overload(tmp: str) -> dict:
+def overload(tmp: str, senders: int) -> dict:
     server = Server(os.path.join(tmp, "overload")).start()
-    load = Load(server, "overload", senders=16, spans_per_request=5000, pause_s=0.0).start()
+    load = Load(server, "overload", senders=senders, spans_per_request=5000, pause_s=0.0).start()
     time.sleep(30)
     load.finish()
     stored = wait_count(server, "overload", load.acked, timeout=120)
     server.stop()
-    return {"scenario": "overload: 16 x 5,000-span senders", "sent": load.sent, "acked": load.acked,
+    return {"scenario": f"overload: {senders} x 5,000-span senders", "sent": load.sent, "acked": load.acked,
             "retry": load.retry, "stored": stored, "rss": server.peak_rss_mb, "note": ""}
 
 
@@ -190,13 +191,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--outage-s", type=float, default=60.0)
     p.add_argument("--scenario", default="outage,kill-9,overload")
+    p.add_argument("--overload-senders", type=int, default=120,
+                   help="concurrent senders of 5,000-span requests (120 keep 600k spans in flight, over the "
+                        "500k queue bound)")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="tp-faults-")
     rows = []
     try:
         for name in args.scenario.split(","):
             row = {"outage": lambda: outage(tmp, args.outage_s), "kill-9": lambda: kill9(tmp),
-                   "overload": lambda: overload(tmp)}[name]()
+                   "overload": lambda: overload(tmp, args.overload_senders)}[name]()
             rows.append(row)
             print(row, flush=True)
     finally:

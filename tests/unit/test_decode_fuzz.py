@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -83,3 +84,32 @@ def test_enrichment_any_attribute_values(attr_maps):
         for f in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
             assert 0 <= getattr(b, f)[i] <= MAX_TOKENS * 2, (f, getattr(b, f)[i])
         assert b.cost_usd[i] is None or b.cost_usd[i] >= 0
+
+
+@pytest.mark.parametrize("which", ["protobuf", "json"])
+def test_atheris_coverage_guided_bounded(which, tmp_path):
+    """libFuzzer-driven runs from valid seeds (tests/fuzz/atheris_targets.py), bounded for CI."""
+    pytest.importorskip("atheris", reason="atheris is not installed (it ships Linux wheels only)")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    if which == "protobuf":
+        (corpus / "seed1").write_bytes(VALID)
+        (corpus / "seed2").write_bytes(request([span(attrs={"gen_ai.operation.name": "chat", "tenant.id": "a",
+                                                            "gen_ai.response.model": "gpt-4o"})]).SerializeToString())
+    else:
+        (corpus / "seed1").write_text(json.dumps({"resourceSpans": [{"resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "s"}}]}, "scopeSpans": [{"spans": [{
+                "traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331", "name": "chat",
+                "startTimeUnixNano": "1700000000000000000", "attributes": [
+                    {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "12"}},
+                    {"key": "tenant.id", "value": {"stringValue": "acme"}}]}]}]}]}))
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, str(root / "tests/fuzz/atheris_targets.py"), which, "-runs=4000",
+                        "-max_len=8192", f"-artifact_prefix={tmp_path}/", str(corpus)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Done 4000 runs" in r.stderr
