@@ -8,6 +8,8 @@ promised to keep). At the end it counts what is in ClickHouse.
 * outage:   steady load; storage fails for --outage-s seconds in the middle
             (the server's failpoint TOKENPULSE_FAILPOINT_STORAGE_DOWN_FILE)
 * kill-9:   steady load; the server is killed with SIGKILL, then restarted
+* webhook-down: steady load; an alert fires while its webhook endpoint refuses connections
+            for --outage-s seconds; reports when the notification arrived after it came back
 * overload: --overload-senders (120) senders of 5,000-span requests, more in flight than the
             writer queue holds (500k spans by default)
 
@@ -34,7 +36,8 @@ from spans import make_request  # noqa: E402
 
 
 class Server:
-    def __init__(self, data_dir: str, env: dict | None = None):
+    def __init__(self, data_dir: str, env: dict | None = None, extra: tuple = ()):
+        self.extra = extra
         self.data_dir = data_dir
         self.env = env or {}
         self.ports = {k: free_port() for k in ("grpc", "http", "admin")}
@@ -45,7 +48,8 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tokenpulse.cli", "serve", "--listen-host", "127.0.0.1",
              "--grpc-port", str(self.ports["grpc"]), "--http-port", str(self.ports["http"]),
-             "--admin-port", str(self.ports["admin"]), "--data-dir", self.data_dir, "--log-level", "error"],
+             "--admin-port", str(self.ports["admin"]), "--data-dir", self.data_dir, "--log-level", "error",
+             *self.extra],
             env={**os.environ, **self.env})
         for _ in range(600):
             try:
@@ -74,9 +78,13 @@ class Server:
             time.sleep(0.2)
 
     def count(self, service: str) -> int:
-        r = requests.post(self.admin + "/api/sql", data=f"SELECT count() FROM spans FINAL WHERE service = '{service}'",
-                          timeout=60)
-        return int(r.json()["data"][0][0])
+        """-1 while the server is too busy to answer (overload)."""
+        try:
+            r = requests.post(self.admin + "/api/sql",
+                              data=f"SELECT count() FROM spans FINAL WHERE service = '{service}'", timeout=120)
+            return int(r.json()["data"][0][0])
+        except requests.RequestException:
+            return -1
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -178,19 +186,81 @@ def kill9(tmp: str) -> dict:
 
 def overload(tmp: str, senders: int) -> dict:
     server = Server(os.path.join(tmp, "overload")).start()
-    load = Load(server, "overload", senders=senders, spans_per_request=5000, pause_s=0.0).start()
-    time.sleep(30)
-    load.finish()
-    stored = wait_count(server, "overload", load.acked, timeout=120)
-    server.stop()
+    try:
+        load = Load(server, "overload", senders=senders, spans_per_request=5000, pause_s=0.0).start()
+        time.sleep(30)
+        load.finish()
+        stored = wait_count(server, "overload", load.acked, timeout=300)
+    finally:
+        server.stop()
     return {"scenario": f"overload: {senders} x 5,000-span senders", "sent": load.sent, "acked": load.acked,
             "retry": load.retry, "stored": stored, "rss": server.peak_rss_mb, "note": ""}
+
+
+def webhook_down(tmp: str, down_s: float) -> dict:
+    """An alert fires while its webhook endpoint refuses connections; ingestion must not notice,
+    and the notification must arrive once the endpoint is back."""
+    import json as jsonlib
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+    from spans import _kv
+
+    hook_port = free_port()
+    config = os.path.join(tmp, "hook.yaml")
+    with open(config, "w") as fh:
+        jsonlib.dump({"alert_channels": {"default": {"type": "webhook",
+                                                     "url": f"http://127.0.0.1:{hook_port}/hook"}}}, fh)
+    server = Server(os.path.join(tmp, "hook"), extra=("--config", config)).start()
+    load = Load(server, "hookdown", senders=4, spans_per_request=200, pause_s=0.05).start()
+    time.sleep(5)
+    req = ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    now = time.time_ns()
+    for i in range(6):  # the same tool with the same arguments: agent_loop fires
+        sp = Span(trace_id=os.urandom(16), span_id=os.urandom(8), name="execute_tool search",
+                  start_time_unix_nano=now + i, end_time_unix_nano=now + i + 1000)
+        sp.attributes.extend([_kv("gen_ai.operation.name", "execute_tool"), _kv("gen_ai.tool.name", "search"),
+                              _kv("gen_ai.tool.call.arguments", '{"q": 1}'), _kv("gen_ai.conversation.id", "loop")])
+        ss.spans.append(sp)
+    requests.post(f"http://127.0.0.1:{server.ports['http']}/v1/traces", data=req.SerializeToString(),
+                  headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+    time.sleep(down_s)
+    got: list[float] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            got.append(time.time())
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    back = time.time()
+    hook = ThreadingHTTPServer(("127.0.0.1", hook_port), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    deadline = time.time() + 360
+    while not got and time.time() < deadline:
+        time.sleep(0.5)
+    load.finish()
+    stored = wait_count(server, "hookdown", load.acked)
+    failures = requests.get(server.admin + "/metrics", timeout=5).text.count('result="failed"')
+    hook.shutdown()
+    server.stop()
+    return {"scenario": f"webhook endpoint down {down_s:g} s during an alert", "sent": load.sent, "acked": load.acked,
+            "retry": load.retry, "stored": stored, "rss": server.peak_rss_mb,
+            "note": (f"notification delivered {got[0] - back:.0f} s after the endpoint came back"
+                     if got else "notification NOT delivered within 6 min") + f"; failed-delivery series: {failures}"}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--outage-s", type=float, default=60.0)
-    p.add_argument("--scenario", default="outage,kill-9,overload")
+    p.add_argument("--scenario", default="outage,kill-9,webhook-down,overload")
     p.add_argument("--overload-senders", type=int, default=120,
                    help="concurrent senders of 5,000-span requests (120 keep 600k spans in flight, over the "
                         "500k queue bound)")
@@ -200,6 +270,7 @@ def main() -> None:
     try:
         for name in args.scenario.split(","):
             row = {"outage": lambda: outage(tmp, args.outage_s), "kill-9": lambda: kill9(tmp),
+                   "webhook-down": lambda: webhook_down(tmp, args.outage_s),
                    "overload": lambda: overload(tmp, args.overload_senders)}[name]()
             rows.append(row)
             print(row, flush=True)

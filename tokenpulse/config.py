@@ -46,6 +46,9 @@ class Settings:
         "doc": "attributes beyond this many on a span or resource are dropped (counted)", "min": 1})
     max_attribute_value_chars: int = field(default=65_536, metadata={
         "doc": "attribute values longer than this many characters are cut (counted)", "min": 1})
+    max_inflight_bytes: int = field(default=64 * MiB, metadata={
+        "doc": "request bodies in progress (read, decoding, waiting for their write) beyond which new Exports "
+               "are answered 429 / UNAVAILABLE at once (overload shedding)", "min": 1024, "bytes": True})
     batch_max_spans: int = field(default=50_000, metadata={"doc": "flush an insert at this many spans", "min": 1})
     batch_eager_spans: int = field(default=5_000, metadata={
         "doc": "with this many spans queued, insert without waiting for requests still being decoded",

@@ -25,6 +25,9 @@ class Metrics:
         self.requests = Counter(
             "tokenpulse_export_requests", "OTLP Export requests by transport and outcome "
             "(ok, partial, invalid, too_large, unsupported, retry)", ["transport", "outcome"], registry=r)
+        self.requests_shed = Counter(
+            "tokenpulse_requests_shed", "Export requests answered retry before decoding because max_inflight_bytes "
+            "of requests were already in progress", ["transport"], registry=r)
         self.spans_received = Counter(
             "tokenpulse_spans_received", "Spans decoded from Export requests", ["transport"], registry=r)
         self.spans_rejected = Counter(

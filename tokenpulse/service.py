@@ -241,7 +241,8 @@ class Service:
         tls = self._tls()
         if s.role != "evaluator":
             ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days,
-                            Limits(s.max_spans_per_request, s.max_attributes_per_span, s.max_attribute_value_chars))
+                            Limits(s.max_spans_per_request, s.max_attributes_per_span, s.max_attribute_value_chars),
+                            s.max_inflight_bytes)
             self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes, auth,
                                          tls[0] if tls else None)
             self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes,

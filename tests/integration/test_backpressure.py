@@ -221,3 +221,27 @@ def test_a_bug_in_enrichment_fails_that_request_only(make_service):
     assert e.value.code() == grpc.StatusCode.INTERNAL and "enrichment" in e.value.details()
     assert post(svc, n_spans(3, "healthy").SerializeToString()).status_code == 200
     assert int(scalar(svc, "SELECT count() FROM spans WHERE service = 'healthy'")) == 3
+
+
+def test_overload_is_shed_before_decoding(faulty):
+    """Requests beyond max_inflight_bytes are answered retry at once instead of waiting in line."""
+    svc, sink = faulty(max_inflight_bytes=4096, batch_max_age_s=0.0, ack_timeout_s=10)
+    sink.delay_s = 1.5  # the first request holds its bytes while its write is slow
+    big = n_spans(40, "shed").SerializeToString()
+    assert len(big) > 2048
+    first = threading.Thread(target=lambda: post(svc, big))
+    first.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    r = post(svc, big)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and "overloaded" in r.text
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_export(svc, big)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "google.rpc.retryinfo-bin" in dict(e.value.trailing_metadata())
+    assert time.monotonic() - t0 < 1.0  # answered at once, not after the slow write
+    first.join()
+    sink.delay_s = 0
+    assert post(svc, big).status_code == 200  # capacity is back once the first finished
+    metrics = requests.get(f"http://127.0.0.1:{svc.admin.port}/metrics", timeout=5).text
+    assert 'tokenpulse_requests_shed_total{transport="http"} 1.0' in metrics

@@ -35,8 +35,11 @@ class Answer:
 
 class Ingest:
     def __init__(self, writer: Writer, enrich: Callable[[Decoded], Decoded], metrics: Metrics,
-                 ack_timeout_s: float, retention_days: int, limits: Limits = Limits()):
+                 ack_timeout_s: float, retention_days: int, limits: Limits = Limits(),
+                 max_inflight_bytes: int = 64 * 1024 * 1024):
         self.limits = limits
+        self.max_inflight_bytes = max_inflight_bytes
+        self.inflight_bytes = 0  # request bodies admitted and not yet answered (one event loop: no lock)
         self.writer = writer
         self.enrich = enrich
         self.metrics = metrics
@@ -132,6 +135,22 @@ class Ingest:
     def _ok(self, decoded: Decoded, transport: str) -> Answer:
         self.metrics.requests.labels(transport, "partial" if decoded.rejected else "ok").inc()
         return Answer("ok", rejected=decoded.rejected, message=decoded.error_message)
+
+    def admit(self, nbytes: int, transport: str) -> Answer | None:
+        """Admission control before a body is read or decoded: decoding and enrichment run on one
+        thread, so requests beyond ``max_inflight_bytes`` would only wait there until their
+        exporters time out. They are answered retry at once instead. One request is always
+        admitted when nothing is in flight. Call ``release`` with the same size when done."""
+        if self.inflight_bytes and self.inflight_bytes + nbytes > self.max_inflight_bytes:
+            self.metrics.requests.labels(transport, "retry").inc()
+            self.metrics.requests_shed.labels(transport).inc()
+            return Answer("retry", message=f"overloaded: {self.inflight_bytes >> 20} MiB of requests in progress; "
+                                           "retry", retry_after_s=self.writer.s.retry_after_s, reason="overloaded")
+        self.inflight_bytes += nbytes
+        return None
+
+    def release(self, nbytes: int) -> None:
+        self.inflight_bytes -= nbytes
 
     def _retry(self, n: int, reason: str, message: str, after: float, transport: str) -> Answer:
         self.metrics.requests.labels(transport, "retry").inc()

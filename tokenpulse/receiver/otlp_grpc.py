@@ -78,10 +78,15 @@ class OtlpGrpcReceiver:
     async def _export(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         t0 = time.monotonic()
         metrics = self.ingest.metrics
+        shed = self.ingest.admit(len(body), "grpc")
+        if shed is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, shed.message,
+                                trailing_metadata=_retry_trailers(shed.message, shed.retry_after_s))
         try:
             with self.ingest.writer.arriving() as arrival:
                 return await self._handle(body, context, arrival)
         finally:
+            self.ingest.release(len(body))
             metrics.export_latency.labels("grpc").observe(time.monotonic() - t0)
 
     async def _handle(self, body: bytes, context: grpc.aio.ServicerContext, arrival) -> bytes:

@@ -138,14 +138,22 @@ class OtlpHttpReceiver:
             requests.labels("http", "unsupported").inc()
             return _error(JSON, 415, code_pb2.INVALID_ARGUMENT,
                           f"unsupported Content-Type {ctype!r}; use {PROTOBUF} or {JSON}")
+        size = request.content_length or 0  # known before the body is read (0 if chunked)
+        shed = self.ingest.admit(size, "http")
+        if shed is not None:
+            return _error(ctype, 429, code_pb2.UNAVAILABLE, shed.message,
+                          headers={"Retry-After": str(max(1, math.ceil(shed.retry_after_s)))})
         try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            requests.labels("http", "too_large").inc()
-            return _error(ctype, 413, code_pb2.RESOURCE_EXHAUSTED,
-                          f"request body exceeds the {self.max_request_bytes}-byte limit")
-        with self.ingest.writer.arriving() as arrival:
-            return await self._export(ctype, raw, request.headers.get("Content-Encoding", ""), arrival, tenant)
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                requests.labels("http", "too_large").inc()
+                return _error(ctype, 413, code_pb2.RESOURCE_EXHAUSTED,
+                              f"request body exceeds the {self.max_request_bytes}-byte limit")
+            with self.ingest.writer.arriving() as arrival:
+                return await self._export(ctype, raw, request.headers.get("Content-Encoding", ""), arrival, tenant)
+        finally:
+            self.ingest.release(size)
 
     async def _export(self, ctype: str, raw: bytes, encoding: str, arrival, tenant: str = "") -> web.Response:
         requests = self.ingest.metrics.requests
