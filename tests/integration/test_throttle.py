@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.conftest import sql
-from tests.integration.test_alerts import NOW, _spike
+from tests.integration.test_alerts import _spike
 from tests.webhooks import Receiver
 from tokenpulse.alerts.engine import Evaluator, backend_query
 from tokenpulse.alerts.notify import build_notifiers, parse_channels

@@ -35,9 +35,9 @@ class Answer:
 
 class Ingest:
     def __init__(self, writer: Writer, enrich: Callable[[Decoded], Decoded], metrics: Metrics,
-                 ack_timeout_s: float, retention_days: int, limits: Limits = Limits(),
+                 ack_timeout_s: float, retention_days: int, limits: Limits | None = None,
                  max_inflight_bytes: int = 64 * 1024 * 1024):
-        self.limits = limits
+        self.limits = limits or Limits()
         self.max_inflight_bytes = max_inflight_bytes
         self.inflight_bytes = 0  # request bodies admitted and not yet answered (one event loop: no lock)
         self.writer = writer
