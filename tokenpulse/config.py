@@ -73,6 +73,13 @@ class Settings:
     spool_max_bytes: int = field(default=1024 * MiB, metadata={
         "doc": "spool size cap; when full, Exports are answered retry (nothing spooled is dropped); "
                "0 disables the spool", "min": 0, "bytes": True})
+    dedup_storage_check: str = field(default="off", metadata={
+        "doc": "on: before each insert, also drop spans ClickHouse already has (one indexed query per insert); "
+               "for several receivers without routing by trace id (README 'Deploying')", "choices": ("off", "on")})
+    trace_tags_lookup: str = field(default="off", metadata={
+        "doc": "on: for child spans of traces this process has not seen, fetch the trace's tags from "
+               "ClickHouse before attributing them; for several receivers without routing by trace id",
+        "choices": ("off", "on")})
     shutdown_timeout_s: float = field(default=30.0, metadata={
         "doc": "time allowed on SIGTERM to finish requests in flight and flush", "min": 0.0})
     price_file: str = field(default="", metadata={

@@ -108,7 +108,8 @@ class Service:
         if applied:
             log.info("applied schema migrations %s", applied)
         self.backend.use_database(s.database)
-        sink = self._sink or SpanTable(self.backend, s.database)
+        self._span_table = SpanTable(self.backend, s.database)
+        sink = self._sink or self._span_table
         self.spool = None
         if s.spool_max_bytes > 0:
             from tokenpulse.storage.spool import Spool
@@ -120,6 +121,7 @@ class Service:
             max_rows=s.batch_max_spans, eager_rows=s.batch_eager_spans, max_bytes=s.batch_max_bytes, max_age_s=s.batch_max_age_s,
             max_queue_spans=s.queue_max_spans, retry_after_s=s.retry_after_s,
             dedup_window_s=s.dedup_window_s, dedup_max_keys=s.dedup_max_keys,
+            dedup_storage_check=s.dedup_storage_check == "on",
         ), self.metrics, spool=self.spool)
         self._warm_dedup()
         self.writer.start()
@@ -242,7 +244,8 @@ class Service:
         if s.role != "evaluator":
             ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days,
                             Limits(s.max_spans_per_request, s.max_attributes_per_span, s.max_attribute_value_chars),
-                            s.max_inflight_bytes)
+                            s.max_inflight_bytes,
+                            trace_tags_lookup=self._span_table.trace_tags if s.trace_tags_lookup == "on" else None)
             self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes, auth,
                                          tls[0] if tls else None)
             self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes,

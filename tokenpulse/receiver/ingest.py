@@ -36,7 +36,9 @@ class Answer:
 class Ingest:
     def __init__(self, writer: Writer, enrich: Callable[[Decoded], Decoded], metrics: Metrics,
                  ack_timeout_s: float, retention_days: int, limits: Limits | None = None,
-                 max_inflight_bytes: int = 64 * 1024 * 1024):
+                 max_inflight_bytes: int = 64 * 1024 * 1024,
+                 trace_tags_lookup: Callable[[list[str]], dict] | None = None):
+        self.trace_tags_lookup = trace_tags_lookup  # storage lookup for traces this process has not seen
         self.limits = limits or Limits()
         self.max_inflight_bytes = max_inflight_bytes
         self.inflight_bytes = 0  # request bodies admitted and not yet answered (one event loop: no lock)
@@ -85,6 +87,8 @@ class Ingest:
                     self.metrics.attributes_limited.labels(kind).inc(count)
         if len(decoded.batch):
             self._drop_expired(decoded)
+        if len(decoded.batch) and self.trace_tags_lookup is not None:
+            await self._warm_trace_tags(decoded)
         if len(decoded.batch):
             try:
                 self.enrich(decoded)  # may refuse spans (tag-or-reject): they join decoded.rejected
@@ -135,6 +139,22 @@ class Ingest:
     def _ok(self, decoded: Decoded, transport: str) -> Answer:
         self.metrics.requests.labels(transport, "partial" if decoded.rejected else "ok").inc()
         return Answer("ok", rejected=decoded.rejected, message=decoded.error_message)
+
+    async def _warm_trace_tags(self, decoded: Decoded) -> None:
+        """Several receivers without routing by trace id: before enrichment, fetch from storage the
+        tags of traces whose child spans arrive here but whose tagged span this process never saw."""
+        memory = self.enrich.attributor.memory
+        b = decoded.batch
+        unknown = {t for t, p in zip(b.trace_id, b.parent_span_id) if p and memory.trace(t) is None}
+        if not unknown:
+            return
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, self.trace_tags_lookup, sorted(unknown))
+        except Exception as e:  # storage trouble: attribute from what this request says, as without the lookup
+            log.warning("trace tag lookup failed: %s", e)
+            return
+        for trace_id, tags in found.items():
+            memory.add_trace(trace_id, tags, is_root=True)
 
     def admit(self, nbytes: int, transport: str) -> Answer | None:
         """Admission control before a body is read or decoded: decoding and enrichment run on one

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import pyarrow as pa
-from tokenpulse.errors import DataError, InternalWriteError, RetryableStorageError
+from tokenpulse.errors import DataError, InternalWriteError, RetryableStorageError, StorageError
 from tokenpulse.metrics import Metrics
 from tokenpulse.record import SpanBatch
 from tokenpulse.storage.backend import Backend
@@ -70,6 +70,44 @@ class SpanTable:
 
     def encode(self, batch: SpanBatch) -> pa.Table:
         return batch_to_arrow(batch)
+
+    def existing(self, table: pa.Table) -> set[int]:
+        """Dedup keys of the table's spans already in storage (for several receivers without trace
+        routing, where a retry can land on a receiver whose memory has not seen the first try)."""
+        import pyarrow.compute as pc
+
+        tids = pc.unique(table.column("trace_id")).to_pylist()
+        if not tids:
+            return set()
+        lo, hi = pc.min_max(table.column("start_time").cast(pa.int64())).values()
+        # trace ids are 32 lowercase hex characters (the decoder checked them): safe in the SQL text
+        raw = self.backend.query(
+            f"SELECT concat(trace_id, span_id) FROM {self.table} WHERE trace_id IN ("
+            + ",".join(f"'{t}'" for t in tids if len(t) == 32 and t.isalnum()) + ") "
+            f"AND start_time BETWEEN fromUnixTimestamp64Nano({lo.as_py()}) AND fromUnixTimestamp64Nano({hi.as_py()})",
+            "TSV", readonly=True)
+        return {int(line, 16) for line in raw.decode().split()}
+
+    def trace_tags(self, trace_ids: list[str]) -> dict[str, dict[str, str]]:
+        """Trace-level tags stored for these traces (``trace_tags``, the root's values first), for a
+        receiver that did not see the tagged span. User ids are left out: stored ones are pseudonyms."""
+        ids = [t for t in trace_ids if len(t) == 32 and t.isalnum()]  # hex from the decoder
+        if not ids:
+            return {}
+        dims = ("tenant", "feature", "session_id", "route", "environment")
+        db = self.table.rsplit(".", 1)[0]
+        raw = self.backend.query(
+            "SELECT trace_id, " + ", ".join(f"argMax({d}, ({d} != '', is_root))" for d in dims)
+            + f" FROM {db}.trace_tags WHERE trace_id IN (" + ",".join(f"'{t}'" for t in ids) + ") GROUP BY trace_id",
+            "JSONCompact", readonly=True)
+        import json
+
+        out = {}
+        for row in json.loads(raw)["data"]:
+            tags = {d: v for d, v in zip(dims, row[1:]) if v}
+            if tags:
+                out[row[0]] = tags
+        return out
 
     def write(self, table: pa.Table) -> None:
         if self._down_flag:
@@ -198,6 +236,7 @@ class WriterSettings:
     backoff_max_s: float = 10.0
     dedup_window_s: float = 600.0
     dedup_max_keys: int = 2_000_000
+    dedup_storage_check: bool = False
 
 
 def p_rows(p: _Pending) -> int:
@@ -367,6 +406,8 @@ class Writer:
         all_keys = items[0].keys if len(items) == 1 else [k for p in items for k in p.keys]
         keep, keys = self.dedup.filter(all_keys)
         to_store = table if keep is None else table.take(pa.array(keep, pa.int64()))
+        if self.s.dedup_storage_check and to_store.num_rows and hasattr(self.sink, "existing"):
+            keep, keys, to_store = self._drop_stored(table, keep, keys, to_store)
         duplicates = table.num_rows - to_store.num_rows
         if self.spool is not None:
             with self._spool_lock:
@@ -406,6 +447,20 @@ class Writer:
         self._succeeded()
         self.metrics.spans_stored.inc(to_store.num_rows)
         self._resolve(items, keep, duplicates)
+
+    def _drop_stored(self, table: pa.Table, keep, keys: list[int], to_store: pa.Table):
+        """Also drop spans that storage already has (``dedup_storage_check``)."""
+        try:
+            found = self.sink.existing(to_store)
+        except StorageError as e:  # cannot check now: the ReplacingMergeTree key stays the backstop
+            log.warning("dedup storage check failed: %s", e)
+            return keep, keys, to_store
+        if not found:
+            return keep, keys, to_store
+        base = keep if keep is not None else list(range(table.num_rows))
+        pairs = [(i, k) for i, k in zip(base, keys) if k not in found]
+        keep = [i for i, _ in pairs]
+        return keep, [k for _, k in pairs], table.take(pa.array(keep, pa.int64()))
 
     def _resolve(self, items: list[_Pending], keep: list[int] | None, duplicates: int) -> None:
         """Acknowledge the requests: each gets the indexes of its own spans that were kept."""
