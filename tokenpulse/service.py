@@ -111,10 +111,13 @@ class Service:
         self._span_table = SpanTable(self.backend, s.database)
         sink = self._sink or self._span_table
         self.spool = None
-        if s.spool_max_bytes > 0:
-            from tokenpulse.storage.spool import Spool
+        if s.spool_max_bytes > 0 and s.role != "evaluator":  # an evaluator stores no spans
+            from tokenpulse.storage.spool import Spool, SpoolInUse
 
-            self.spool = Spool(s.spool_dir or os.path.join(s.data_dir, "spool"), s.spool_max_bytes)
+            try:
+                self.spool = Spool(s.spool_dir or os.path.join(s.data_dir, "spool"), s.spool_max_bytes)
+            except SpoolInUse as e:
+                raise ConfigError(str(e)) from None
             if not self.spool.empty():
                 log.warning("spool holds %d batches from before; replaying them", self.spool.records)
         self.writer = Writer(sink, WriterSettings(
@@ -304,6 +307,8 @@ class Service:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(self.settings.shutdown_timeout_s + 5)
+        if getattr(self, "spool", None) is not None:
+            self.spool.close()  # what is left stays on disk for the next start; the lock is released
         if self._own_backend and self.backend is not None:
             self.backend.close()
         log.info("tokenpulse stopped (%s)", "drained" if self.drained else "NOT fully drained")

@@ -79,3 +79,17 @@ def test_full_spool_refuses_new_batches_and_keeps_the_old(tmp_path):
     assert n >= 1 and drain(s) == list(range(n))
     s.append(table(100))  # room again once replayed
     assert drain(s) == [100]
+
+
+def test_one_process_per_spool_directory(tmp_path):
+    import subprocess
+    import sys
+
+    s = Spool(str(tmp_path), max_bytes=10**6)
+    code = ("import sys\nfrom tokenpulse.storage.spool import Spool, SpoolInUse\n"
+            f"try:\n    Spool({str(tmp_path)!r}, 10**6)\nexcept SpoolInUse as e:\n    print(e); sys.exit(3)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "in use by another tokenpulse process" in r.stdout
+    s.close()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0  # free once closed

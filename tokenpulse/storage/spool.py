@@ -50,6 +50,10 @@ class SpoolFull(Exception):
     pass
 
 
+class SpoolInUse(Exception):
+    pass
+
+
 class Spool:
     def __init__(self, directory: str, max_bytes: int, segment_bytes: int = 64 * 1024 * 1024):
         self.dir = directory
@@ -58,6 +62,16 @@ class Spool:
         self.corrupt_records = 0
         self._lock = threading.Lock()
         os.makedirs(directory, exist_ok=True)
+        # One process per spool: a second appender would interleave records.
+        import fcntl
+
+        self._dir_lock = open(os.path.join(directory, "lock"), "w")
+        try:
+            fcntl.flock(self._dir_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._dir_lock.close()
+            raise SpoolInUse(f"spool directory {directory} is in use by another tokenpulse process; "
+                             "give each process its own spool_dir") from None
         self._segments = sorted(int(m.group(1)) for f in os.listdir(directory) if (m := _SEG_RE.match(f)))
         self._cursor = self._read_cursor()
         if self._segments:
@@ -235,3 +249,5 @@ class Spool:
             if self._write_fh is not None:
                 self._write_fh.close()
                 self._write_fh = None
+            if not self._dir_lock.closed:
+                self._dir_lock.close()  # releases the flock
