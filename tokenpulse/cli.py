@@ -144,20 +144,7 @@ class _PanelSource:
             if name not in panels:
                 raise QueryError(f"no panel {name!r} (panels: {', '.join(panels)})")
             return run(self.backend, panels[name], values)
-        url = (self.args.admin_url.rstrip("/") + f"/api/panels/{urllib.parse.quote(name)}?"
-               + urllib.parse.urlencode(values))
-        try:
-            with urllib.request.urlopen(url, timeout=self.args.timeout) as resp:
-                doc = json.loads(resp.read())
-        except urllib.error.HTTPError as e:
-            try:
-                message = json.loads(e.read())["error"]
-            except (ValueError, KeyError):
-                message = f"HTTP {e.code}"
-            raise ReportError(message) from None
-        except urllib.error.URLError as e:
-            raise ReportError(f"cannot reach the tokenpulse admin API at {self.args.admin_url} ({e.reason}); "
-                              "is `tokenpulse serve` running? (or pass --clickhouse-url)") from None
+        doc = _admin(self.args, f"/api/panels/{urllib.parse.quote(name)}?" + urllib.parse.urlencode(values))
         return doc["columns"], doc["rows"]
 
 
@@ -231,7 +218,7 @@ def _admin(args: argparse.Namespace, path: str, method: str = "GET") -> dict:
         raise ReportError(message) from None
     except urllib.error.URLError as e:
         raise ReportError(f"cannot reach the tokenpulse admin API at {args.admin_url} ({e.reason}); "
-                          "is `tokenpulse serve` running?") from None
+                          "is `tokenpulse serve` running? (report and sql also take --clickhouse-url)") from None
 
 
 def _labels_text(labels: dict) -> str:
