@@ -148,3 +148,23 @@ def test_guard_waits_until_released_and_caches(make_service):
     svc.throttler.clear("acme", "t", time.time())
     assert cached.decision("acme").throttled  # still the cached answer
     assert not ThrottleGuard(f"http://127.0.0.1:{svc.http.port}", cache_s=0).decision("acme").throttled
+
+
+def test_disabling_the_rule_that_throttles_releases_after_the_cooldown(make_service, hook):
+    svc = make_service(role="receiver")
+    cur = _spike(svc)
+    rule, ev, throttler = _evaluator(svc, hook, cooldown_s=60)
+    ev.evaluate(rule, cur + 5)
+    assert throttler.book.decision("spiky", cur + 6)["throttled"]
+    ev.close()
+    # restart with the rule switched off: its firing alert can never resolve by evaluation
+    store = AlertStore(svc.backend, svc.settings.database)
+    book = ThrottleBook(["tenant_outlier"], 60)
+    t2 = Throttler(book, store)
+    clock = [cur + 100.0]
+    ev2 = Evaluator({}, backend_query(svc.backend), {}, store, clock=lambda: clock[0], on_change=t2.on_alerts)
+    assert ev2.active() == [] and len(ev2.orphans) == 1
+    assert book.decision("spiky", cur + 150)["throttled"]  # the cool-down still applies
+    assert book.advance(cur + 160)  # released 60 s after the orphan was resolved
+    assert not book.decision("spiky", cur + 160)["throttled"]
+    assert sql(svc, "SELECT state FROM alerts ORDER BY at DESC LIMIT 1") == [["resolved"]]

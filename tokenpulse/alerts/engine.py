@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -23,8 +24,8 @@ from typing import Callable, Mapping
 
 from tokenpulse.alerts.notify import MAX_INLINE_RETRY_AFTER_S, Notifier
 from tokenpulse.alerts.rules import Rule, RuleError
-from tokenpulse.alerts.state import (Alert, Notification, StepResult, instance, mark_sending, record_delivery,
-                                     step)
+from tokenpulse.alerts.state import (Alert, Change, Notification, StepResult, instance, mark_sending,
+                                     record_delivery, step)
 from tokenpulse.alerts.store import AlertStore
 from tokenpulse.errors import StorageError
 
@@ -86,7 +87,18 @@ class Evaluator:
                 continue
             # no 'default' channel configured: the rule still keeps state and history
             self.rules[name] = _with_channels(rule, tuple(c for c in rule.channels if c in self.notifiers))
-        self.states: dict[str, Alert] = store.load() if store else {}
+        loaded = store.load() if store else {}
+        self.states: dict[str, Alert] = {fp: a for fp, a in loaded.items() if a.rule in self.rules}
+        # Alerts of rules no longer loaded (removed, disabled, broken) can never resolve by evaluation:
+        # they are dropped here, and reported as resolved changes so that what they caused (a
+        # throttle) is released. Their history ends with that change.
+        self.orphans = [Change(replace(a, state="resolved", resolved_at=clock()), a.state)
+                        for a in loaded.values() if a.rule not in self.rules]
+        if self.orphans and store is not None:
+            store.save([], [c.alert for c in self.orphans])
+            store.history(self.orphans, clock())
+        if self.orphans and on_change is not None:
+            on_change(self.orphans, clock())
         self.last_slot: dict[str, int] = {}
         self.missed: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -270,6 +282,4 @@ class Evaluator:
 
 
 def _with_channels(rule: Rule, channels: tuple[str, ...]) -> Rule:
-    from dataclasses import replace
-
     return replace(rule, channels=channels)
