@@ -527,7 +527,9 @@ class Writer:
                 continue
             position, table = got
             try:
-                self.sink.write(table)
+                table = self._not_yet_stored(table)
+                if table.num_rows:
+                    self.sink.write(table)
             except RetryableStorageError as e:
                 self._degraded(e)
                 self._replay_wake.wait(backoff)
@@ -545,6 +547,24 @@ class Writer:
             self.spool.commit(position)
             self._spool_metrics()
             backoff = self.s.backoff_initial_s
+
+    def _not_yet_stored(self, table: pa.Table) -> pa.Table:
+        """A spooled batch without the spans storage already has. Replay is then idempotent: a
+        record inserted before a crash that came before its cursor update, or an insert that
+        failed after writing some rows, is not counted twice."""
+        if not hasattr(self.sink, "existing"):
+            return table
+        try:
+            found = self.sink.existing(table)
+        except StorageError as e:  # cannot tell yet: retry the record later, never dead-letter it for this
+            raise RetryableStorageError(f"checking spooled spans against storage: {e}") from None
+        if not found:
+            return table
+        keys = [int(t + s, 16) for t, s in zip(table.column("trace_id").to_pylist(),
+                                               table.column("span_id").to_pylist())]
+        keep = [i for i, k in enumerate(keys) if k not in found]
+        self.metrics.spans_duplicate.inc(table.num_rows - len(keep))
+        return table.take(pa.array(keep, pa.int64()))
 
     def _dead_letter(self, table: pa.Table) -> str:
         import os
