@@ -182,12 +182,18 @@ class AdminServer:
         return web.json_response(result)
 
 
+    def _deciding_throttler(self):
+        throttler = self.service.throttler
+        if throttler is None or self.service.settings.role == "receiver":
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": "throttle decisions are made by the evaluator process"}),
+                content_type="application/json")
+        return throttler
+
     async def _throttle_set(self, request: web.Request) -> web.Response:
         import time
 
-        throttler = self.service.throttler
-        if throttler is None or self.service.settings.role == "receiver":
-            return web.json_response({"error": "throttle decisions are made by the evaluator process"}, status=503)
+        throttler = self._deciding_throttler()
         try:
             doc = await request.json() if request.can_read_body else {}
             for_s = parse_duration(str(doc.get("for", "30m")))
@@ -204,9 +210,7 @@ class AdminServer:
     async def _throttle_clear(self, request: web.Request) -> web.Response:
         import time
 
-        throttler = self.service.throttler
-        if throttler is None or self.service.settings.role == "receiver":
-            return web.json_response({"error": "throttle decisions are made by the evaluator process"}, status=503)
+        throttler = self._deciding_throttler()
         tenant = request.match_info["tenant"]
         actor = request.query.get("actor", "operator")
         loop = asyncio.get_running_loop()

@@ -43,6 +43,13 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
                        help=f"{f.metadata['doc']} (default: {default}; env TOKENPULSE_{f.name.upper()})")
 
 
+def _add_admin_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--admin-url", default="http://127.0.0.1:4319",
+                   help="admin API of a running `tokenpulse serve` (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=60.0)
+
+
 def _serve(args: argparse.Namespace) -> int:
     flags = {f.name: getattr(args, f.name) for f in fields(Settings)}
     settings = load_settings(flags, config_file=args.config)
@@ -203,10 +210,11 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin(args: argparse.Namespace, path: str, method: str = "GET") -> dict:
+def _admin(args: argparse.Namespace, path: str, method: str = "GET", body: dict | None = None) -> dict:
     """JSON from the admin API of a running service; ReportError with its message otherwise."""
     url = args.admin_url.rstrip("/") + path
-    req = urllib.request.Request(url, data=b"" if method in ("POST", "DELETE") else None, method=method)
+    data = json.dumps(body).encode() if body is not None else (b"" if method in ("POST", "DELETE") else None)
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=args.timeout) as resp:
             return json.loads(resp.read())
@@ -287,16 +295,8 @@ def _throttle(args: argparse.Namespace) -> int:
         tenant = urllib.parse.quote(args.tenant, safe="")
         actor = args.actor or getpass.getuser()
         if args.throttle_command == "set":
-            body = json.dumps({"for": args.for_, "reason": args.reason, "actor": actor}).encode()
-            req = urllib.request.Request(args.admin_url.rstrip("/") + f"/api/throttle/{tenant}", data=body,
-                                         method="POST", headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=args.timeout) as resp:
-                    doc = json.loads(resp.read())
-            except urllib.error.HTTPError as e:
-                raise ReportError(json.loads(e.read()).get("error", f"HTTP {e.code}")) from None
-            except urllib.error.URLError as e:
-                raise ReportError(f"cannot reach the tokenpulse admin API at {args.admin_url} ({e.reason})") from None
+            doc = _admin(args, f"/api/throttle/{tenant}", "POST",
+                         {"for": args.for_, "reason": args.reason, "actor": actor})
             print(f"{args.tenant} throttled for {doc['retry_after_s']} s: {doc['reason']}")
             print(f"customers see: {doc['message']}")
             return 0
@@ -421,10 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     a_hist.add_argument("--rule", default=None)
     a_hist.add_argument("--limit", default="200")
     for p in (a_list, a_test, a_hist):
-        p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-        p.add_argument("--admin-url", default="http://127.0.0.1:4319",
-                       help="admin API of a running `tokenpulse serve` (default: %(default)s)")
-        p.add_argument("--timeout", type=float, default=60.0)
+        _add_admin_flags(p)
     alerts.set_defaults(func=_alerts)
 
     throttle = sub.add_parser("throttle", help="tenants throttled now; throttle or release one by hand")
@@ -437,10 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     t_clear = t_sub.add_parser("clear", help="release TENANT now (its current alerts will not throttle it again)")
     t_clear.add_argument("tenant")
     for p in (t_list, t_set, t_clear):
-        p.add_argument("--admin-url", default="http://127.0.0.1:4319",
-                       help="admin API of the evaluating `tokenpulse serve` (default: %(default)s)")
-        p.add_argument("--timeout", type=float, default=30.0)
-        p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+        _add_admin_flags(p)
         if p is not t_list:
             p.add_argument("--actor", default=None, help="who is doing this, for the audit log (default: $USER)")
     throttle.set_defaults(func=_throttle)

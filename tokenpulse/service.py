@@ -54,6 +54,7 @@ class Service:
         self.http: OtlpHttpReceiver | None = None
         self.admin: AdminServer | None = None
         self.evaluator: Evaluator | None = None
+        self.spool = None
         self.throttler: Throttler | None = None
         self.rule_errors: list[RuleError] = []
         self._alert_stop = threading.Event()
@@ -110,7 +111,6 @@ class Service:
         self.backend.use_database(s.database)
         self._span_table = SpanTable(self.backend, s.database)
         sink = self._sink or self._span_table
-        self.spool = None
         if s.spool_max_bytes > 0 and s.role != "evaluator":  # an evaluator stores no spans
             from tokenpulse.storage.spool import Spool, SpoolInUse
 
@@ -307,7 +307,7 @@ class Service:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(self.settings.shutdown_timeout_s + 5)
-        if getattr(self, "spool", None) is not None:
+        if self.spool is not None:
             self.spool.close()  # what is left stays on disk for the next start; the lock is released
         if self._own_backend and self.backend is not None:
             self.backend.close()
@@ -324,5 +324,5 @@ class Service:
                         "writable": ok, "last_error": w.last_error if w else None},
             "queue": {"spans": w.queued_spans if w else 0, "capacity": self.settings.queue_max_spans},
             "spool": ({"batches": self.spool.records, "bytes": self.spool.bytes,
-                       "capacity_bytes": self.settings.spool_max_bytes} if getattr(self, "spool", None) else None),
+                       "capacity_bytes": self.settings.spool_max_bytes} if self.spool else None),
         }

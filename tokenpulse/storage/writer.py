@@ -169,6 +169,11 @@ class DedupCache:
     def keys_of(batch: SpanBatch) -> list[int]:
         return [int(t + s, 16) for t, s in zip(batch.trace_id, batch.span_id)]
 
+    @staticmethod
+    def keys_of_table(table: pa.Table) -> list[int]:
+        return [int(t + s, 16) for t, s in zip(table.column("trace_id").to_pylist(),
+                                               table.column("span_id").to_pylist())]
+
     def filter(self, keys: list[int]) -> tuple[list[int] | None, list[int]]:
         """Indexes to keep (None: all) and the keys of the kept spans."""
         if self.max_keys <= 0:
@@ -407,7 +412,15 @@ class Writer:
         keep, keys = self.dedup.filter(all_keys)
         to_store = table if keep is None else table.take(pa.array(keep, pa.int64()))
         if self.s.dedup_storage_check and to_store.num_rows and hasattr(self.sink, "existing"):
-            keep, keys, to_store = self._drop_stored(table, keep, keys, to_store)
+            try:
+                rows = self._unstored(to_store, keys)
+            except StorageError as e:  # cannot check now: the ReplacingMergeTree key stays the backstop
+                log.warning("dedup storage check failed: %s", e)
+                rows = None
+            if rows is not None:
+                base = keep if keep is not None else range(table.num_rows)
+                keep, keys = [base[i] for i in rows], [keys[i] for i in rows]
+                to_store = table.take(pa.array(keep, pa.int64()))
         duplicates = table.num_rows - to_store.num_rows
         if self.spool is not None:
             with self._spool_lock:
@@ -448,19 +461,13 @@ class Writer:
         self.metrics.spans_stored.inc(to_store.num_rows)
         self._resolve(items, keep, duplicates)
 
-    def _drop_stored(self, table: pa.Table, keep, keys: list[int], to_store: pa.Table):
-        """Also drop spans that storage already has (``dedup_storage_check``)."""
-        try:
-            found = self.sink.existing(to_store)
-        except StorageError as e:  # cannot check now: the ReplacingMergeTree key stays the backstop
-            log.warning("dedup storage check failed: %s", e)
-            return keep, keys, to_store
+    def _unstored(self, table: pa.Table, keys: list[int]) -> list[int] | None:
+        """Positions of the rows storage does not have yet (None: none of them is stored).
+        Raises StorageError when storage cannot be asked."""
+        found = self.sink.existing(table)
         if not found:
-            return keep, keys, to_store
-        base = keep if keep is not None else list(range(table.num_rows))
-        pairs = [(i, k) for i, k in zip(base, keys) if k not in found]
-        keep = [i for i, _ in pairs]
-        return keep, [k for _, k in pairs], table.take(pa.array(keep, pa.int64()))
+            return None
+        return [i for i, k in enumerate(keys) if k not in found]
 
     def _resolve(self, items: list[_Pending], keep: list[int] | None, duplicates: int) -> None:
         """Acknowledge the requests: each gets the indexes of its own spans that were kept."""
@@ -526,8 +533,18 @@ class Writer:
                 self._replay_wake.clear()
                 continue
             position, table = got
+            keys = DedupCache.keys_of_table(table)
             try:
-                table = self._not_yet_stored(table)
+                if hasattr(self.sink, "existing"):
+                    # Idempotent replay: a record inserted before a crash that came before its cursor
+                    # update, or an insert that failed after writing rows, is not counted twice.
+                    try:
+                        rows = self._unstored(table, keys)
+                    except StorageError as e:  # cannot tell yet: retry later, never dead-letter for this
+                        raise RetryableStorageError(f"checking spooled spans against storage: {e}") from None
+                    if rows is not None:
+                        self.metrics.spans_duplicate.inc(table.num_rows - len(rows))
+                        table, keys = table.take(pa.array(rows, pa.int64())), [keys[i] for i in rows]
                 if table.num_rows:
                     self.sink.write(table)
             except RetryableStorageError as e:
@@ -542,29 +559,10 @@ class Writer:
             else:
                 self.metrics.spans_stored.inc(table.num_rows)
                 self.metrics.spans_replayed.inc(table.num_rows)
-                self.dedup.add([int(t + s, 16) for t, s in zip(table.column("trace_id").to_pylist(),
-                                                                table.column("span_id").to_pylist())])
+                self.dedup.add(keys)
             self.spool.commit(position)
             self._spool_metrics()
             backoff = self.s.backoff_initial_s
-
-    def _not_yet_stored(self, table: pa.Table) -> pa.Table:
-        """A spooled batch without the spans storage already has. Replay is then idempotent: a
-        record inserted before a crash that came before its cursor update, or an insert that
-        failed after writing some rows, is not counted twice."""
-        if not hasattr(self.sink, "existing"):
-            return table
-        try:
-            found = self.sink.existing(table)
-        except StorageError as e:  # cannot tell yet: retry the record later, never dead-letter it for this
-            raise RetryableStorageError(f"checking spooled spans against storage: {e}") from None
-        if not found:
-            return table
-        keys = [int(t + s, 16) for t, s in zip(table.column("trace_id").to_pylist(),
-                                               table.column("span_id").to_pylist())]
-        keep = [i for i, k in enumerate(keys) if k not in found]
-        self.metrics.spans_duplicate.inc(table.num_rows - len(keep))
-        return table.take(pa.array(keep, pa.int64()))
 
     def _dead_letter(self, table: pa.Table) -> str:
         import os
