@@ -131,12 +131,17 @@ def test_kill_9_while_storage_is_down_loses_no_acknowledged_span(serve_process, 
     second = serve_process(data_dir=data, env=env)
     assert _wait(lambda: len(set(_stored_ids(second, "killed-down")) & acked) == len(acked), timeout=60), \
         f"{len(acked - set(_stored_ids(second, 'killed-down')))} acknowledged spans missing"
-    ids = _stored_ids(second, "killed-down")
-    assert len(ids) == len(set(ids))  # and none twice after merges (FINAL)
-    raw = int(second.sql("SELECT count() FROM spans WHERE service = 'killed-down'")[0][0])
-    if raw != len(ids):  # a known, unfixed bug: reported as such, not hidden (see the closing note)
-        pytest.xfail(f"known bug: {raw - len(ids)} spans inserted twice before merges after kill -9 "
-                     "during an outage (about 1 run in 5; cause not found yet)")
+    # The spool's tail also holds requests written but never acknowledged (in flight at the kill):
+    # they are replayed after the acknowledged ones, so count only once the spool is empty.
+    assert _wait(lambda: _spool_batches(second) == 0, timeout=60)
+    # exactly once, before merges too: raw rows = distinct spans (one query, one snapshot)
+    [[raw, distinct]] = second.sql("SELECT count(), uniqExact(trace_id, span_id) FROM spans "
+                                   "WHERE service = 'killed-down'")
+    assert int(raw) == int(distinct) >= len(acked)
+
+
+def _spool_batches(proc) -> int:
+    return requests.get(f"{proc.admin_url}/healthz", timeout=5).json()["spool"]["batches"]
 
 
 def test_kill_9_with_storage_up_loses_no_acknowledged_span(serve_process, tmp_path):

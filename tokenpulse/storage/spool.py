@@ -20,7 +20,7 @@ mismatch on the last segment) and truncates: those spans were never
 acknowledged, so their clients retry. A corrupt record in the middle (disk
 damage) is moved aside to ``DIR/corrupt-*.tps`` and counted, never silently
 dropped. A crash between an insert and the cursor update replays that record
-again; the writer's dedup cache (warmed from ClickHouse at start) drops it.
+again; the replay asks ClickHouse which of its spans are stored and drops those.
 
 Full (``max_bytes``): new batches are refused with a retryable answer (429 /
 UNAVAILABLE), so exporters keep them; nothing already in the spool is dropped.
