@@ -13,6 +13,12 @@ latency and the server's peak RSS.
 
     python bench/ingest.py                       # grpc+http, batches 512 and 5000
     python bench/ingest.py --transport grpc --batch 5000 --concurrency 4 --seconds 20
+    python bench/ingest.py --forward both        # each case without, then with forwarding
+
+With --forward, the service forwards every stored span, enriched, over OTLP/gRPC to a
+sink in this process (a real gRPC server that counts bytes without parsing them), and the
+table adds the spans forwarded (from the service's tokenpulse_forward_spans_total, after
+up to 30 s for its queue to drain) and those it dropped.
 """
 
 from __future__ import annotations
@@ -81,15 +87,59 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_case(transport: str, batch: int, concurrency: int, seconds: float, clickhouse_url: str | None) -> dict:
+class Sink:
+    """A downstream OTLP/gRPC TraceService that accepts everything and counts requests and bytes."""
+
+    def __init__(self):
+        from concurrent import futures
+
+        self.requests = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+        def export(body, context):
+            with self._lock:
+                self.requests += 1
+                self.bytes += len(body)
+            return b""  # an empty ExportTraceServiceResponse: full success
+
+        handler = grpc.method_handlers_generic_handler("opentelemetry.proto.collector.trace.v1.TraceService", {
+            "Export": grpc.unary_unary_rpc_method_handler(export)})
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
+                                  options=[("grpc.max_receive_message_length", 64 << 20)])
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def stop(self):
+        self.server.stop(0)
+
+
+def metric_sum(admin: str, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(admin + "/metrics", timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name and labels.items() <= s.labels.items())
+
+
+def run_case(transport: str, batch: int, concurrency: int, seconds: float, clickhouse_url: str | None,
+             forward: bool = False) -> dict:
     tmp = tempfile.mkdtemp(prefix="tp-bench-")
+    sink = Sink() if forward else None
+    env = dict(os.environ)
+    if sink is not None:
+        import json
+
+        env["TOKENPULSE_FORWARD"] = json.dumps({"sink": {"endpoint": f"127.0.0.1:{sink.port}",
+                                                         "queue_spans": 2_000_000}})
     ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
     cmd = [sys.executable, "-m", "tokenpulse.cli", "serve", "--listen-host", "127.0.0.1", *SERVER_ARGS,
            "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]),
            "--admin-port", str(ports["admin"]), "--data-dir", os.path.join(tmp, "data"), "--log-level", "warning"]
     if clickhouse_url:
         cmd += ["--clickhouse-url", clickhouse_url, "--database", f"bench_{os.getpid()}"]
-    server = subprocess.Popen(cmd)
+    server = subprocess.Popen(cmd, env=env)
     admin = f"http://127.0.0.1:{ports['admin']}"
     try:
         for _ in range(300):
@@ -146,8 +196,18 @@ def run_case(transport: str, batch: int, concurrency: int, seconds: float, click
         stored = int(requests.post(admin + "/api/sql", data="SELECT count() FROM spans", timeout=60)
                      .json()["data"][0][0])
         latencies.sort()
+        forwarded = dropped = 0.0
+        if sink is not None:  # let the forward queue drain, then read the service's own counts
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                forwarded = metric_sum(admin, "tokenpulse_forward_spans_total")
+                dropped = metric_sum(admin, "tokenpulse_forward_dropped_spans_total")
+                if forwarded + dropped >= stored:
+                    break
+                time.sleep(0.5)
         rss = peak_rss_mb(server.pid)
-        return {
+        return {"forward": forward, "forwarded": forwarded, "forward_dropped": dropped,
+                "sink_mb": sink.bytes / 1e6 if sink else 0.0,
             "transport": transport, "batch": batch, "concurrency": concurrency,
             "acked": counts["acked"], "stored": stored, "retries": counts["retry"],
             "spans_per_s": stored / elapsed, "mb_per_s": counts["bytes"] / elapsed / 1e6,
@@ -158,6 +218,8 @@ def run_case(transport: str, batch: int, concurrency: int, seconds: float, click
     finally:
         server.terminate()
         server.wait(60)
+        if sink is not None:
+            sink.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -171,19 +233,27 @@ def main() -> None:
     p.add_argument("--clickhouse-url", default=None, help="benchmark a ClickHouse server instead of chDB")
     p.add_argument("--server-arg", action="append", default=[], help="extra flag for `tokenpulse serve`, "
                    "e.g. --server-arg=--batch-eager-spans=20000 (repeatable)")
+    p.add_argument("--forward", choices=("off", "on", "both"), default="off",
+                   help="forward every stored span to an OTLP/gRPC sink (both: each case without, then with)")
     args = p.parse_args()
     SERVER_ARGS.extend(args.server_arg)
     transports = ("grpc", "http") if args.transport == "both" else (args.transport,)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.platform()}")
-    print(f"{'transport':<9} {'batch':>6} {'conc':>4} {'spans/s stored':>15} {'MB/s':>6} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'peak RSS MB':>11} {'acked=stored':>12} {'retries':>7}")
+    forwards = {"off": (False,), "on": (True,), "both": (False, True)}[args.forward]
+    print(f"{'transport':<9} {'batch':>6} {'conc':>4} {'forward':>7} {'spans/s stored':>15} {'MB/s':>6} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MB':>11} {'acked=stored':>12} {'retries':>7} "
+          f"{'forwarded':>10} {'fwd dropped':>11}")
     for transport in transports:
         for batch in (int(b) for b in args.batch.split(",")):
-            r = run_case(transport, batch, args.concurrency, args.seconds, args.clickhouse_url)
-            print(f"{r['transport']:<9} {r['batch']:>6} {r['concurrency']:>4} {r['spans_per_s']:>15,.0f} "
-                  f"{r['mb_per_s']:>6.1f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['peak_rss_mb']:>11.0f} "
-                  f"{str(r['acked'] == r['stored']):>12} {r['retries']:>7}", flush=True)
+            for forward in forwards:
+                r = run_case(transport, batch, args.concurrency, args.seconds, args.clickhouse_url, forward)
+                fwd = f"{r['forwarded']:,.0f}" if forward else "-"
+                fwd_dropped = f"{r['forward_dropped']:,.0f}" if forward else "-"
+                print(f"{r['transport']:<9} {r['batch']:>6} {r['concurrency']:>4} {'on' if forward else 'off':>7} "
+                      f"{r['spans_per_s']:>15,.0f} {r['mb_per_s']:>6.1f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
+                      f"{r['peak_rss_mb']:>11.0f} {str(r['acked'] == r['stored']):>12} {r['retries']:>7} "
+                      f"{fwd:>10} {fwd_dropped:>11}", flush=True)
 
 
 if __name__ == "__main__":

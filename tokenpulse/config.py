@@ -141,6 +141,14 @@ class Settings:
     tls_cert_file: str = field(default="", metadata={
         "doc": "PEM certificate chain for TLS on both OTLP receivers (with tls_key_file); empty: plain text"})
     tls_key_file: str = field(default="", metadata={"doc": "PEM private key for tls_cert_file", "secret": True})
+    forward: dict = field(default_factory=dict, metadata={
+        "doc": "processor mode: send stored spans on, enriched, to OTLP destinations: {NAME: {endpoint, "
+               "protocol: grpc|http/protobuf, spans: all|genai, headers, compression, timeout_s, tls, "
+               "queue_spans, retry}} (README 'Forwarding')", "parse": "forward", "secret": True})
+    telemetry: dict = field(default_factory=dict, metadata={
+        "doc": "export tokenpulse's own traces and metrics over OTLP with the OpenTelemetry SDK: {endpoint, "
+               "protocol: grpc|http/protobuf, headers, traces: true, metrics: true, interval_s: 15, "
+               "service_name} (README 'Own telemetry')", "parse": "telemetry", "secret": True})
     log_level: str = field(default="info", metadata={
         "doc": "debug, info, warning or error", "choices": ("debug", "info", "warning", "error")})
 
@@ -270,7 +278,21 @@ def _api_keys(name: str, value: dict, source: str) -> dict:
     return value
 
 
-_PARSERS = {"api_keys": _api_keys, "attribute_keys": _attribute_keys, "rule_overrides": _rule_overrides, "channels": _channels,
+def _forward(name: str, value: dict, source: str) -> dict:
+    from tokenpulse.forward.config import parse_destinations
+
+    parse_destinations(value, f"{name} from {source}")
+    return value
+
+
+def _telemetry(name: str, value: dict, source: str) -> dict:
+    from tokenpulse.telemetry import parse_telemetry
+
+    parse_telemetry(value, f"{name} from {source}")
+    return value
+
+
+_PARSERS = {"forward": _forward, "telemetry": _telemetry, "api_keys": _api_keys, "attribute_keys": _attribute_keys, "rule_overrides": _rule_overrides, "channels": _channels,
             "budgets": _budgets}
 
 

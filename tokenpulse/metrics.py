@@ -99,6 +99,26 @@ class Metrics:
             ["channel", "result"], registry=r)
         self.alerts_active = Gauge(
             "tokenpulse_alerts", "Alert instances by state (pending, firing, resolved)", ["state"], registry=r)
+        # forwarding (tokenpulse/forward/): one label value per configured destination
+        self.forward_sent = Counter(
+            "tokenpulse_forward_spans", "Enriched spans delivered downstream, by destination", ["destination"],
+            registry=r)
+        self.forward_dropped = Counter(
+            "tokenpulse_forward_dropped_spans", "Spans not forwarded (they are stored all the same), by "
+            "destination and reason: queue_full, rejected, partial, retries_exhausted, unencodable, shutdown",
+            ["destination", "reason"], registry=r)
+        self.forward_queue = Gauge(
+            "tokenpulse_forward_queue_spans", "Spans waiting to be forwarded, by destination", ["destination"],
+            registry=r)
+        self.forward_retries = Counter(
+            "tokenpulse_forward_retries", "Forward attempts answered retryable (or failed to connect)",
+            ["destination"], registry=r)
+        self.forward_seconds = Histogram(
+            "tokenpulse_forward_seconds", "Duration of one forward Export call", ["destination"],
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.forward_up = Gauge(
+            "tokenpulse_forward_up", "1 when the last forward attempt succeeded, 0 while the destination fails",
+            ["destination"], registry=r)
 
     def model_label(self, model: str) -> str:
         if model in self._models:

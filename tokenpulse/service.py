@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 import time
 
@@ -27,15 +28,19 @@ from tokenpulse.enrich import Pipeline
 from tokenpulse.enrich.attribute import Attributor
 from tokenpulse.enrich.price import PriceTable, load_overrides
 from tokenpulse.errors import ConfigError
+from tokenpulse.forward.config import parse_destinations
+from tokenpulse.forward.forwarder import Forwarder
 from tokenpulse.metrics import Metrics
 from tokenpulse.receiver.auth import Authenticator, load_keys_file, parse_keys
 from tokenpulse.receiver.ingest import Ingest
 from tokenpulse.receiver.limits import Limits
 from tokenpulse.receiver.otlp_grpc import OtlpGrpcReceiver
 from tokenpulse.receiver.otlp_http import OtlpHttpReceiver
+from tokenpulse.receiver.reencode import Reencoder
 from tokenpulse.storage.backend import Backend, open_backend
 from tokenpulse.storage.migrate import migrate
 from tokenpulse.storage.writer import DedupCache, Sink, SpanTable, Writer, WriterSettings
+from tokenpulse.telemetry import Telemetry, parse_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ class Service:
         self.evaluator: Evaluator | None = None
         self.spool = None
         self.throttler: Throttler | None = None
+        self.forwarder: Forwarder | None = None
+        self.telemetry = Telemetry(None)
         self.rule_errors: list[RuleError] = []
         self._alert_stop = threading.Event()
         self._alert_thread: threading.Thread | None = None
@@ -103,6 +110,8 @@ class Service:
         s = self.settings
         if self.enrich is None:
             self.enrich = self._pipeline()
+        self.telemetry = Telemetry(parse_telemetry(s.telemetry), self.metrics.registry,
+                                   instance_id=f"{socket.gethostname()}:{os.getpid()}")
         if self.backend is None:
             self.backend = open_backend(s.data_dir, s.clickhouse_url or None, s.clickhouse_cluster)
         applied = migrate(self.backend, s.database, s.retention_days, s.clickhouse_cluster)
@@ -126,8 +135,11 @@ class Service:
             dedup_window_s=s.dedup_window_s, dedup_max_keys=s.dedup_max_keys,
             dedup_storage_check=s.dedup_storage_check == "on",
         ), self.metrics, spool=self.spool)
+        self.writer.telemetry = self.telemetry
         self._warm_dedup()
         self.writer.start()
+        if s.forward and s.role != "evaluator":
+            self._start_forwarder()
         self._thread = threading.Thread(target=self._run_loop, name="tokenpulse-loop", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -146,6 +158,16 @@ class Service:
                  ", ".join(self.evaluator.rules) if self.evaluator else "not evaluated here")
         self.ready = True
         return self
+
+    def _start_forwarder(self) -> None:
+        """Processor mode: stored spans go on, enriched, to the configured OTLP destinations."""
+        destinations = parse_destinations(self.settings.forward)
+        attributor = self.enrich.attributor
+        self.forwarder = Forwarder(destinations, Reencoder(attributor.user_keys, attributor.scrub_user()),
+                                   self.metrics)
+        self.forwarder.start()
+        log.info("forwarding enriched spans to %s", ", ".join(
+            f"{d.name} ({d.protocol}, {d.spans} spans)" for d in destinations.values()))
 
     def _start_alerts(self) -> None:
         """Load the rules (a bad one is logged with file:line and skipped), then evaluate on ticks."""
@@ -168,7 +190,13 @@ class Service:
                             s.throttle_message or DEFAULT_MESSAGE)
         self.throttler = Throttler(book, store, notifiers,
                                    [c.strip() for c in s.throttle_channels.split(",") if c.strip()])
-        self.evaluator = Evaluator(rules, backend_query(self.backend), notifiers, store, metrics=self.metrics,
+        query = backend_query(self.backend)
+
+        def traced_query(rule, now):
+            with self.telemetry.span("tokenpulse.alert.evaluate", rule=rule.name):
+                return query(rule, now)
+
+        self.evaluator = Evaluator(rules, traced_query, notifiers, store, metrics=self.metrics,
                                    on_change=self.throttler.on_alerts)
         self._alert_thread = threading.Thread(target=self.evaluator.run, args=(self._alert_stop,),
                                               name="tokenpulse-alerts", daemon=True)
@@ -248,7 +276,8 @@ class Service:
             ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days,
                             Limits(s.max_spans_per_request, s.max_attributes_per_span, s.max_attribute_value_chars),
                             s.max_inflight_bytes,
-                            trace_tags_lookup=self._span_table.trace_tags if s.trace_tags_lookup == "on" else None)
+                            trace_tags_lookup=self._span_table.trace_tags if s.trace_tags_lookup == "on" else None,
+                            forward=self.forwarder.offer if self.forwarder else None, telemetry=self.telemetry)
             self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes, auth,
                                          tls[0] if tls else None)
             self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes,
@@ -289,7 +318,10 @@ class Service:
         loop = asyncio.get_running_loop()
         self.drained = await loop.run_in_executor(
             None, self.writer.shutdown, max(deadline - time.monotonic(), 0.1))
-        # 3. Admin last, so /healthz answers while draining.
+        # 3. Forwarding: what was stored goes on, for what time is left (at most 5 s; counted if not).
+        if self.forwarder is not None:
+            await loop.run_in_executor(None, self.forwarder.shutdown, min(5.0, max(deadline - time.monotonic(), 0.1)))
+        # 4. Admin last, so /healthz answers while draining.
         await self.admin.stop()
 
     # ------------------------------------------------------------ stop
@@ -311,6 +343,7 @@ class Service:
             self.spool.close()  # what is left stays on disk for the next start; the lock is released
         if self._own_backend and self.backend is not None:
             self.backend.close()
+        self.telemetry.shutdown()
         log.info("tokenpulse stopped (%s)", "drained" if self.drained else "NOT fully drained")
         return self.drained
 

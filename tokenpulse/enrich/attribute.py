@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Callable
+
 from tokenpulse.enrich.keys import KeyIndex
 from tokenpulse.record import SpanBatch
 
@@ -139,6 +141,16 @@ class Attributor:
         self.outcome_attribute = outcome_attribute
         self.outcome_success = frozenset(v.strip().lower() for v in outcome_success_values)
         self.overridden = 0  # spans of the last call whose own tenant lost to the authenticated one
+
+    @property
+    def user_keys(self) -> frozenset[str]:
+        """Attribute keys that carry user ids."""
+        return self._user_keys
+
+    def scrub_user(self) -> Callable[[str], str] | None:
+        """What a raw user id becomes outside storage too (forwarded spans): its pseudonym, or ""
+        (removed) in drop mode; None when user ids are kept raw."""
+        return None if self.user_id_mode == "raw" else self._user
 
     def _user(self, raw: str) -> str:
         if not raw or self.user_id_mode == "drop":

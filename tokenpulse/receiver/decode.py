@@ -43,6 +43,9 @@ class Decoded:
     reasons: dict[str, int] = field(default_factory=dict)  # kind -> count, for /metrics
     tenant: str = ""  # set by the receiver from an API key bound to a tenant: it wins over the spans' own
     tenant_overridden: int = 0  # spans that claimed another tenant (counted by enrichment)
+    # The request as received (an ExportTraceServiceRequest, or the OTLP/JSON document), for
+    # forwarding enriched spans downstream (receiver/reencode.py). Opaque outside this package.
+    source: object = None
 
     def reject(self, message: str, kind: str = "invalid_span") -> None:
         """Refuse one span: ``message`` goes to the client, ``kind`` to the metrics label."""
@@ -134,7 +137,7 @@ def decode_protobuf(body: bytes) -> Decoded:
 
 def decode_message(req: ExportTraceServiceRequest) -> Decoded:
     batch = SpanBatch()
-    out = Decoded(batch)
+    out = Decoded(batch, source=req)
     # Local aliases: attribute lookups on self in the inner loop cost ~10%.
     trace_ids, span_ids, parent_ids = batch.trace_id, batch.span_id, batch.parent_span_id
     names, kinds, services = batch.name, batch.kind, batch.service
@@ -308,7 +311,7 @@ def decode_json(body: bytes) -> Decoded:
         raise InvalidRequest(str(e)) from None
 
     batch = SpanBatch()
-    out = Decoded(batch)
+    out = Decoded(batch, source=doc)
     for rs in resource_spans:
         try:
             if not isinstance(rs, dict):

@@ -17,6 +17,7 @@ from tokenpulse.metrics import Metrics
 from tokenpulse.receiver.decode import Decoded
 from tokenpulse.receiver.limits import Limits, apply_limits
 from tokenpulse.storage.writer import Arrival, Busy, Writer
+from tokenpulse.telemetry import Telemetry
 
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,13 @@ class Ingest:
     def __init__(self, writer: Writer, enrich: Callable[[Decoded], Decoded], metrics: Metrics,
                  ack_timeout_s: float, retention_days: int, limits: Limits | None = None,
                  max_inflight_bytes: int = 64 * 1024 * 1024,
-                 trace_tags_lookup: Callable[[list[str]], dict] | None = None):
+                 trace_tags_lookup: Callable[[list[str]], dict] | None = None,
+                 forward: Callable[[object, object, list[int] | None], None] | None = None,
+                 telemetry: Telemetry | None = None):
+        self.telemetry = telemetry or Telemetry(None)
+        # forward(source, batch, kept): hand stored spans to the forwarder (never blocks, never fails
+        # the request: the acknowledgement depends on storage only)
+        self.forward = forward
         self.trace_tags_lookup = trace_tags_lookup  # storage lookup for traces this process has not seen
         self.limits = limits or Limits()
         self.max_inflight_bytes = max_inflight_bytes
@@ -72,11 +79,16 @@ class Ingest:
         decoded.batch = decoded.batch.take(keep)
 
     async def export(self, decoded: Decoded, nbytes: int, transport: str, arrival: Arrival | None = None) -> Answer:
-        try:
-            return await self._export(decoded, nbytes, transport, arrival)
-        finally:
-            if arrival is not None:
-                arrival.close()
+        with self.telemetry.span("tokenpulse.export", transport=transport, spans=len(decoded.batch)) as span:
+            try:
+                answer = await self._export(decoded, nbytes, transport, arrival)
+            finally:
+                if arrival is not None:
+                    arrival.close()
+            if span is not None:
+                span.set_attribute("outcome", answer.kind)
+                span.set_attribute("rejected", answer.rejected)
+            return answer
 
     async def _export(self, decoded: Decoded, nbytes: int, transport: str, arrival: Arrival | None) -> Answer:
         self.metrics.spans_received.labels(transport).inc(len(decoded.batch) + decoded.rejected)
@@ -110,6 +122,10 @@ class Ingest:
             arrival.close()  # queued: the writer need not wait for this one any more
         if isinstance(got, Busy):
             return self._retry(n, got.reason, got.message, got.retry_after_s, transport)
+        if self.forward is not None:
+            # On the writer's thread once stored (or spooled), even if this client stopped waiting
+            # (its retry is then dropped as a duplicate, so this is the only forward of these spans).
+            got.add_done_callback(lambda f, d=decoded: self._forward_stored(d, f))
         try:
             stored = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(got)), self.ack_timeout_s)
         except asyncio.TimeoutError:
@@ -130,6 +146,14 @@ class Ingest:
         # Count only what this request stored: spans dropped as retries were counted the first time.
         self.metrics.count_usage(decoded.batch if stored.kept is None else decoded.batch.take(stored.kept))
         return self._ok(decoded, transport)
+
+    def _forward_stored(self, decoded: Decoded, fut) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        try:
+            self.forward(decoded.source, decoded.batch, fut.result().kept)
+        except Exception:  # forwarding must never disturb the writer
+            log.exception("handing %d spans to the forwarder failed", len(decoded.batch))
 
     def _internal(self, stage: str, e: Exception, n: int, transport: str) -> Answer:
         log.exception("bug in %s of %d spans", stage, n)

@@ -44,6 +44,7 @@ from tokenpulse.metrics import Metrics
 from tokenpulse.record import SpanBatch
 from tokenpulse.storage.backend import Backend
 from tokenpulse.storage.schema import batch_to_arrow
+from tokenpulse.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +271,7 @@ class Writer:
         self._backoff_until = 0.0
         self._backoff_s = 0.0
         self.last_error: str | None = None
+        self.telemetry = Telemetry(None)  # the service sets its own (tokenpulse/telemetry.py)
         self.metrics.queue_capacity.set(settings.max_queue_spans)
         self.metrics.storage_up.set(1)
 
@@ -430,7 +432,8 @@ class Writer:
         start = time.monotonic()
         try:
             if to_store.num_rows:
-                self.sink.write(to_store)
+                with self.telemetry.span("tokenpulse.insert", rows=to_store.num_rows, requests=len(items)):
+                    self.sink.write(to_store)
         except RetryableStorageError as e:
             self.metrics.write_errors.labels("retryable").inc()
             if self.spool is not None:

@@ -1,0 +1,6 @@
+"""Processor mode: stored spans go on, enriched, to OTLP destinations (README "Forwarding").
+
+config.py (the ``forward`` setting) -> forwarder.py (queues, retries, metrics) -> transport.py
+(gRPC / HTTP senders). The protobuf side, re-encoding the received request with the added
+attributes, is tokenpulse/receiver/reencode.py.
+"""
