@@ -57,7 +57,9 @@ class GrpcDownstream(_Store):
         self.server = None
         self.port = 0
 
-    def start(self, port: int = 0) -> "GrpcDownstream":
+    def start(self, port: int = 0, tls: tuple[str, str] | None = None, client_ca: str = "") -> "GrpcDownstream":
+        """``tls``: (cert, key) PEM paths to serve TLS; ``client_ca``: also require client certificates
+        signed by it (mTLS)."""
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         store = self
 
@@ -94,7 +96,14 @@ class GrpcDownstream(_Store):
 
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), self.server)
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        if tls:
+            read = lambda path: open(path, "rb").read()  # noqa: E731
+            creds = grpc.ssl_server_credentials([(read(tls[1]), read(tls[0]))],
+                                                root_certificates=read(client_ca) if client_ca else None,
+                                                require_client_auth=bool(client_ca))
+            self.port = self.server.add_secure_port(f"127.0.0.1:{port}", creds)
+        else:
+            self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         self.server.start()
         return self
 
@@ -124,8 +133,9 @@ def details_any(message):
 class HttpDownstream(_Store):
     """errors: (HTTP status, Retry-After header value or None) per attempt to fail."""
 
-    def start(self) -> "HttpDownstream":
+    def start(self, tls: tuple[str, str] | None = None, client_ca: str = "") -> "HttpDownstream":
         store = self
+        self.scheme = "https" if tls else "http"
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -161,13 +171,22 @@ class HttpDownstream(_Store):
                 self.wfile.write(out)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls:
+            import ssl
+
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(*tls)
+            if client_ca:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(client_ca)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self.server.shutdown()

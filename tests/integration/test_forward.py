@@ -13,6 +13,7 @@ import pytest
 import requests
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from tests.certs import self_signed
 from tests.conftest import scalar, sql
 from tests.downstream import GrpcDownstream, HttpDownstream
 from tests.otlp import kv, request, span
@@ -249,10 +250,14 @@ def test_retry_info_is_honoured_and_refusals_are_counted_not_retried(make_servic
     assert metric(svc, "tokenpulse_forward_spans_total", destination="d") == 1 + 2
 
 
-def test_http_destination_retries_after_retry_after_and_drops_on_400(make_service):
+def test_http_destination_retries_after_retry_after_and_drops_on_400(make_service, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     down = HttpDownstream().start()
     try:
         svc = make_service(forward={"h": {"endpoint": down.endpoint + "/", "protocol": "http/protobuf",
+                                          "headers": {"authorization": "Bearer fwd-s3cret"},
                                           "retry": {"initial_s": 0.1}}})
         down.errors = [(429, 1), (503, None)]  # Retry-After: 1 s; then no delay given: own back-off
         t0 = time.monotonic()
@@ -267,6 +272,11 @@ def test_http_destination_retries_after_retry_after_and_drops_on_400(make_servic
             time.sleep(0.05)
         assert metric(svc, "tokenpulse_forward_dropped_spans_total", destination="h", reason="rejected") == 1
         assert down.attempts == 4
+        assert down.headers[-1]["authorization"] == "Bearer fwd-s3cret"
+        # the refusal and the retries are logged, by destination name, never with its credentials
+        assert "forward to h: 1 spans refused, not retried (HTTP 400)" in caplog.text
+        text = caplog.text + requests.get(f"http://127.0.0.1:{svc.admin.port}/metrics", timeout=5).text
+        assert "fwd-s3cret" not in text
     finally:
         down.stop()
 
@@ -323,3 +333,30 @@ def test_own_telemetry_traces_and_metrics_reach_an_otlp_backend(make_service, do
                 for dp in m.sum.data_points
                 if {a.key: a.value.string_value for a in dp.attributes}.get("transport") == "http"]
     assert received and received[-1] == metric(svc, "tokenpulse_spans_received_total", transport="http")
+
+
+def test_tls_and_mtls_destinations_over_grpc_and_http(make_service, tmp_path):
+    cert, key = self_signed(tmp_path)  # for localhost and 127.0.0.1; also the client's, and the CA
+    grpc_down = GrpcDownstream().start(tls=(cert, key), client_ca=cert)  # mTLS: client certificate required
+    http_down = HttpDownstream().start(tls=(cert, key))
+    try:
+        svc = make_service(forward={
+            "g": {"endpoint": f"https://localhost:{grpc_down.port}",
+                  "tls": {"ca_file": cert, "cert_file": cert, "key_file": key}},
+            "h": {"endpoint": http_down.endpoint, "protocol": "http/protobuf", "tls": {"ca_file": cert}},
+            "no-client-cert": {"endpoint": f"https://localhost:{grpc_down.port}", "tls": {"ca_file": cert},
+                               "retry": {"initial_s": 0.1, "max_s": 0.1, "max_elapsed_s": 0.5}}})
+        assert post(svc, request([span(attrs=CHAT)], service="tls").SerializeToString()).status_code == 200
+        assert ours(grpc_down.wait_spans(1)[0])["tokenpulse.price_status"] == "priced"
+        assert ours(http_down.wait_spans(1)[0])["tokenpulse.price_status"] == "priced"
+        # without a client certificate the mTLS downstream refuses the handshake: retried, then given up
+        deadline = time.monotonic() + 10
+        while metric(svc, "tokenpulse_forward_dropped_spans_total", destination="no-client-cert") < 1 and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metric(svc, "tokenpulse_forward_dropped_spans_total", destination="no-client-cert",
+                      reason="retries_exhausted") == 1
+        assert len(grpc_down.spans()) == 1
+    finally:
+        grpc_down.stop()
+        http_down.stop()

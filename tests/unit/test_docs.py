@@ -48,3 +48,10 @@ def test_every_builtin_rule_is_documented():
     section = README.split("## Alerts", 1)[1].split("\n## ", 1)[0]
     for name, rule in rules.items():
         assert f"| `{name}` | {rule.interval_s // 60}m |" in section or f"| `{name}` | {rule.interval_s}s |" in section, name
+
+
+def test_every_forwarded_attribute_is_documented_with_its_type():
+    from tokenpulse.receiver.reencode import ATTRIBUTES
+
+    for key, typ, _ in ATTRIBUTES:
+        assert f"| `{key}` | {typ} |" in README, key
