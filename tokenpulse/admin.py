@@ -44,6 +44,10 @@ class AdminServer:
 
     async def start(self) -> int:
         app = web.Application(client_max_size=1024 * 1024, middlewares=[self._auth])
+        from tokenpulse.dashboard import STATIC_DIR
+
+        app.router.add_get("/", self._dashboard)
+        app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/sql", self._sql)
@@ -68,7 +72,9 @@ class AdminServer:
     async def _auth(self, request: web.Request, handler):
         """With admin_token_sha256 set, every route but /healthz needs ``Authorization: Bearer TOKEN``."""
         digest = self.service.settings.admin_token_sha256
-        if digest and request.path != "/healthz":
+        # The page and its static files hold no data: the page asks for the token for its API calls.
+        public = request.path in ("/healthz", "/") or request.path.startswith("/static/")
+        if digest and not public:
             import hashlib
             import hmac
 
@@ -82,6 +88,11 @@ class AdminServer:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+    async def _dashboard(self, request: web.Request) -> web.Response:
+        from tokenpulse.dashboard import STATIC_DIR
+
+        return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         health = self.service.health()

@@ -72,6 +72,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if service.shutdown() else 1
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from tokenpulse.demo import run
+
+    # errors only: the demo's progress display tells what happens
+    logging.basicConfig(level="ERROR", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(args)
+
+
 def _render(columns: list[str], rows: list[list], fmt: str) -> str:
     if fmt == "json":
         return json.dumps([dict(zip(columns, r)) for r in rows], indent=2, ensure_ascii=False)
@@ -382,6 +390,25 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", default=None, help="YAML config file (env TOKENPULSE_CONFIG)")
     _add_setting_flags(serve)
     serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser("demo", help="two minutes of agent traffic with incidents, alerts and a throttle",
+                          description="Runs tokenpulse (embedded) and drives realistic agent traffic through it "
+                                      "with the OpenTelemetry SDK, then injects a tool loop, a prompt-size "
+                                      "explosion and one tenant's stuck integration, and shows each alert and "
+                                      "the throttle as they happen (README 'Two-minute demo').")
+    demo.add_argument("--minutes", type=float, default=2.0, help="length of the live part (default: %(default)s); "
+                      "it runs on until every incident has resolved (at most 4 minutes more)")
+    demo.add_argument("--speed", type=float, default=1.0, help="traffic volume multiplier (default: %(default)s)")
+    demo.add_argument("--data-dir", default="./tokenpulse-demo", help="embedded data directory (default: %(default)s)")
+    demo.add_argument("--grpc-port", type=int, default=4317)
+    demo.add_argument("--http-port", type=int, default=4318)
+    demo.add_argument("--admin-port", type=int, default=4319)
+    demo.add_argument("--otlp-endpoint", default=None,
+                      help="use a running tokenpulse instead: its OTLP/gRPC host:port (with --admin-url)")
+    demo.add_argument("--admin-url", default="http://127.0.0.1:4319", help="the running service's admin API")
+    demo.add_argument("--throttle-url", default=None, help="its throttle API (default: the admin URL)")
+    demo.add_argument("--exit", action="store_true", help="stop at the end instead of serving until Ctrl-C")
+    demo.set_defaults(func=_demo)
 
     sql = sub.add_parser("sql", help="run a read-only SQL query")
     sql.add_argument("query")

@@ -21,8 +21,7 @@ application embedding tokenpulse keeps its provider. Send them to another
 backend or a Collector, not to this tokenpulse's own receiver: each export
 would be traced in turn.
 
-The SDK and exporters are the ``telemetry`` extra (``pip install
-'tokenpulse[telemetry]'``); they are imported only when this is configured.
+The SDK and its exporters are imported only when this is configured.
 """
 
 from __future__ import annotations
@@ -95,11 +94,8 @@ class Telemetry:
         self._meter_provider = None
         if cfg is None:
             return
-        try:
-            from opentelemetry.sdk.resources import Resource
-        except ImportError:
-            raise ConfigError("telemetry is set but the OpenTelemetry SDK is not installed: "
-                              "pip install 'tokenpulse[telemetry]'") from None
+        from opentelemetry.sdk.resources import Resource
+
         resource = Resource.create({"service.name": cfg.service_name,
                                     **({"service.instance.id": instance_id} if instance_id else {})})
         if cfg.traces:

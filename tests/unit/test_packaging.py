@@ -1,0 +1,29 @@
+"""Everything the package needs at run time is declared package data, so `pip install .` (not only
+an editable install) ships it. A built-in rule file missing from the wheel once went unnoticed."""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_non_python_file_of_the_package_is_package_data():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    missing = []
+    for path in (ROOT / "tokenpulse").rglob("*"):
+        if not path.is_file() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
+            continue
+        rel = path.relative_to(ROOT)
+        covered = False
+        for package, patterns in declared.items():
+            base = Path(*package.split("."))
+            if base in rel.parents:
+                inside = rel.relative_to(base).as_posix()
+                covered = covered or any(fnmatch.fnmatch(inside, p) and inside.count("/") == p.count("/")
+                                         for p in patterns)
+        if not covered:
+            missing.append(str(rel))
+    assert not missing, f"not in [tool.setuptools.package-data]: {missing}"

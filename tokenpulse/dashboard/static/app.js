@@ -1,0 +1,249 @@
+// The tokenpulse dashboard: reads /api/panels/*, /api/alerts and /v1/throttle, draws with Chart.js.
+// No build step and no framework: one refresh() every 5 s, or when a filter changes.
+"use strict";
+
+const REFRESH_MS = 5000;
+const COLORS = ["#4fb3ff", "#ffb84f", "#5bd19a", "#ff6b6b", "#b48cff", "#57d6d6", "#f78fb3", "#c4c96b"];
+const charts = {};
+let panelParams = {};  // panel name -> set of parameter names it accepts (from /api/panels)
+
+Chart.defaults.color = "#8a96a3";
+Chart.defaults.borderColor = "#222b35";
+Chart.defaults.animation = false;  // refreshed every few seconds: no animation
+Chart.defaults.maintainAspectRatio = false;
+
+// ---------------------------------------------------------------- data
+
+function token() { return sessionStorage.getItem("tokenpulse-admin-token") || ""; }
+
+async function api(path) {
+  const headers = token() ? {"Authorization": "Bearer " + token()} : {};
+  const r = await fetch(path, {headers});
+  if (r.status === 401) {
+    document.getElementById("auth").hidden = false;
+    throw new Error("the admin API needs a token");
+  }
+  const doc = await r.json();
+  if (!r.ok) throw new Error(doc.error || ("HTTP " + r.status));
+  return doc;
+}
+
+function filters() {
+  return {since: document.getElementById("since").value, tenant: document.getElementById("tenant").value,
+          feature: document.getElementById("feature").value};
+}
+
+// Ask a panel with the filters it accepts (a panel without a feature parameter ignores that filter).
+function panel(name, extra = {}) {
+  const accepted = panelParams[name] || new Set();
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries({...filters(), ...extra})) {
+    if (v !== "" && accepted.has(k)) q.set(k, v);
+  }
+  return api(`/api/panels/${name}?${q}`);
+}
+
+function rowsOf(doc) {  // [{column: value}]
+  return doc.rows.map(r => Object.fromEntries(doc.columns.map((c, i) => [c, r[i]])));
+}
+
+// ---------------------------------------------------------------- formatting
+
+const num = v => Number(v || 0);
+const int = v => Math.round(num(v)).toLocaleString("en-US");
+const usd = v => "$" + num(v).toLocaleString("en-US", {minimumFractionDigits: 2,
+                                                    maximumFractionDigits: num(v) < 1 ? 4 : 2});
+function short(n) {
+  n = num(n);
+  if (n >= 1e6) return (n / 1e6).toFixed(1).replace(/\.0$/, "") + "M";
+  if (n >= 1e3) return (n / 1e3).toFixed(1).replace(/\.0$/, "") + "k";
+  return String(n);
+}
+const hhmm = s => String(s).slice(11, 16);
+const text = (id, value) => { document.getElementById(id).textContent = value; };
+
+function chart(id, type, labels, datasets, options = {}) {
+  datasets.forEach((d, i) => {
+    const c = d.color || COLORS[i % COLORS.length];
+    d.borderColor = c;
+    d.backgroundColor = type === "line" ? c : c + "cc";
+    d.pointRadius = type === "line" ? (labels.length <= 3 ? 4 : 0) : undefined;  // a lone hour still shows
+    d.borderWidth = type === "line" ? 2 : 0;
+  });
+  if (charts[id]) {
+    charts[id].data.labels = labels;
+    charts[id].data.datasets = datasets;
+    charts[id].update();
+    return;
+  }
+  charts[id] = new Chart(document.getElementById(id), {type, data: {labels, datasets},
+    options: {plugins: {legend: {display: datasets.length > 1, labels: {boxWidth: 10}}}, ...options}});
+}
+
+function table(id, rows) {
+  const body = document.querySelector(`#${id} tbody`);
+  body.replaceChildren(...rows.map(cells => {
+    const tr = document.createElement("tr");
+    for (const c of cells) {
+      const td = document.createElement("td");
+      if (c && typeof c === "object") { td.textContent = c.text; td.className = c.cls || ""; }
+      else td.textContent = c;
+      tr.appendChild(td);
+    }
+    return tr;
+  }));
+  if (!rows.length) {
+    const tr = document.createElement("tr");
+    const td = document.createElement("td");
+    td.colSpan = 4;
+    td.className = "empty";
+    td.textContent = "none";
+    tr.appendChild(td);
+    body.appendChild(tr);
+  }
+}
+
+// ---------------------------------------------------------------- panels
+
+async function kpis() {
+  const rows = rowsOf(await panel("cost_by_dimension", {by: "provider", limit: "1000"}));
+  text("kpi-cost", usd(rows.reduce((a, r) => a + num(r.cost_usd), 0)));
+  text("kpi-calls", int(rows.reduce((a, r) => a + num(r.calls), 0)));
+  text("kpi-tokens", short(rows.reduce((a, r) => a + num(r.input_tokens) + num(r.output_tokens), 0)));
+}
+
+async function tokensPerRun() {
+  const rows = rowsOf(await panel("tokens_per_run"));
+  const first = rows[0] || {};
+  text("tpr-p50", int(first.p50_tokens));
+  text("tpr-p95", int(first.p95_tokens));
+  text("tpr-p99", int(first.p99_tokens));
+  text("tpr-runs", int(first.total_runs));
+  text("kpi-runs", int(first.total_runs));
+  text("kpi-p99", int(first.p99_tokens));
+  chart("chart-tokens-per-run", "bar", rows.map(r => `${short(r.bucket_from)}–${short(r.bucket_to)}`),
+        [{label: "runs", data: rows.map(r => num(r.runs))}],
+        {scales: {y: {type: "logarithmic", title: {display: true, text: "runs (log)"}}}});
+}
+
+async function roleMinute() {
+  const rows = rowsOf(await panel("tokens_per_minute_by_agent_role"));
+  const minutes = [...new Set(rows.map(r => r.minute))].sort();
+  const roles = [...new Set(rows.map(r => r.role))].sort();
+  const at = new Map(rows.map(r => [r.minute + "\u0000" + r.role, num(r.tokens)]));
+  chart("chart-role-minute", "line", minutes.map(hhmm),
+        roles.map(role => ({label: role, data: minutes.map(m => at.get(m + "\u0000" + role) || 0)})));
+}
+
+async function toolCalls() {
+  const rows = rowsOf(await panel("tool_call_tokens"));
+  chart("chart-tool", "bar", rows.map(r => r.tool_name),
+        [{label: "mean tokens", data: rows.map(r => num(r.mean_tokens))},
+         {label: "p95 tokens", data: rows.map(r => num(r.p95_tokens))}]);
+}
+
+async function spend(by) {
+  const rows = rowsOf(await panel("cost_by_dimension", {by, limit: "8"}));
+  chart(`chart-${by}`, "bar", rows.map(r => r.key), [{label: "USD", data: rows.map(r => num(r.cost_usd))}],
+        {indexAxis: "y"});
+  table(`table-${by}`, rows.map(r => [r.key, `${usd(r.cost_usd)} (${num(r.cost_share_pct).toFixed(1)} %)`]));
+  return rows;
+}
+
+async function ioRatio() {
+  const rows = rowsOf(await panel("io_ratio"));
+  const hours = [...new Set(rows.map(r => r.hour))].sort();
+  const byFeature = new Map();  // feature -> hour -> [input, output]
+  for (const r of rows) {
+    const f = byFeature.get(r.feature) || new Map();
+    const cell = f.get(r.hour) || [0, 0];
+    cell[0] += num(r.input_tokens);
+    cell[1] += num(r.output_tokens);
+    f.set(r.hour, cell);
+    byFeature.set(r.feature, f);
+  }
+  const features = [...byFeature.keys()].sort().slice(0, 8);
+  chart("chart-io", "line", hours.map(h => String(h).slice(5, 16)), features.map(f => ({
+    label: f, data: hours.map(h => { const c = byFeature.get(f).get(h); return c && c[1] ? +(c[0] / c[1]).toFixed(2) : null; }),
+  })));
+}
+
+async function costPerSuccessfulRun() {
+  const rows = rowsOf(await panel("cost_per_successful_run"));
+  chart("chart-cpsr", "line", rows.map(r => String(r.hour).slice(5, 16)),
+        [{label: "USD per successful run", data: rows.map(r => num(r.cost_per_successful_run))}]);
+  const cost = rows.reduce((a, r) => a + num(r.cost_usd), 0);
+  const ok = rows.reduce((a, r) => a + num(r.successful_runs), 0);
+  text("kpi-cpsr", ok ? usd(cost / ok) : "–");
+}
+
+async function alerts() {
+  const doc = await api("/api/alerts");
+  const firing = doc.alerts.filter(a => a.state === "firing");
+  text("alerts-count", firing.length);
+  document.getElementById("alerts-count").classList.toggle("hot", firing.length > 0);
+  table("alerts", firing.map(a => [a.rule, {text: a.labels.severity || "", cls: "sev-" + (a.labels.severity || "")},
+                                   a.annotations.summary || "", new Date(a.fired_at * 1000).toLocaleTimeString()]));
+}
+
+async function throttled() {
+  const list = (await api("/v1/throttle")).throttled;
+  text("throttled-count", list.length);
+  document.getElementById("throttled-count").classList.toggle("hot", list.length > 0);
+  table("throttled", list.map(d => [d.tenant, d.reason || d.message,
+                                    `in ${d.retry_after_s} s` + (d.source === "manual" ? " (manual)" : "")]));
+}
+
+function fillSelect(id, values) {
+  const select = document.getElementById(id);
+  const current = select.value;
+  const wanted = ["", ...values.filter(v => v !== "unattributed").sort(), "unattributed"];
+  const have = [...select.options].map(o => o.value);
+  if (JSON.stringify(have) === JSON.stringify(wanted)) return;
+  select.replaceChildren(...wanted.map(v => new Option(v || "all", v)));
+  select.value = wanted.includes(current) ? current : "";
+}
+
+// ---------------------------------------------------------------- refresh
+
+let running = false;
+async function refresh() {
+  if (running) return;
+  running = true;
+  const error = document.getElementById("error");
+  try {
+    const [features, tenants] = await Promise.all([spend("feature"), spend("tenant"), spend("model"), kpis(),
+      tokensPerRun(), roleMinute(), toolCalls(), ioRatio(), costPerSuccessfulRun(), alerts(), throttled()]);
+    if (!filters().tenant) fillSelect("tenant", tenants.map(r => r.key));
+    if (!filters().feature) fillSelect("feature", features.map(r => r.key));
+    error.hidden = true;
+    text("updated", "updated " + new Date().toLocaleTimeString());
+    document.body.dataset.loaded = "true";  // for tests and screenshots: every panel has drawn
+  } catch (e) {
+    error.textContent = "Could not refresh: " + e.message;
+    error.hidden = false;
+  } finally {
+    running = false;
+  }
+}
+
+async function start() {
+  const list = await api("/api/panels");
+  panelParams = Object.fromEntries(list.map(p => [p.name, new Set(p.params.map(x => x.name))]));
+  await refresh();
+}
+
+function showError(e) {
+  const error = document.getElementById("error");
+  error.textContent = "Could not load: " + e.message;
+  error.hidden = false;
+}
+
+for (const id of ["since", "tenant", "feature"]) document.getElementById(id).addEventListener("change", refresh);
+document.getElementById("token-save").addEventListener("click", () => {
+  sessionStorage.setItem("tokenpulse-admin-token", document.getElementById("token").value);
+  document.getElementById("auth").hidden = true;
+  start().catch(showError);
+});
+setInterval(() => (Object.keys(panelParams).length ? refresh() : start()).catch(showError), REFRESH_MS);
+start().catch(showError);
