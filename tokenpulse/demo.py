@@ -320,7 +320,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"Starting tokenpulse (embedded ClickHouse in {args.data_dir}) ...", flush=True)
         svc, endpoint, admin, throttle_url = _serve_in_process(args)
-    print(f"  OTLP/gRPC {endpoint}   dashboard {admin}/   (the demo's own alert timings: fast)\n", flush=True)
+    timings = "the demo's own alert timings: fast" if svc is not None else "that service's own alert timings"
+    print(f"  OTLP/gRPC {endpoint}   dashboard {admin}/   ({timings})\n", flush=True)
     traffic = Traffic(endpoint, args.speed, throttle_url=throttle_url)
     stop = threading.Event()
     started = time.monotonic()

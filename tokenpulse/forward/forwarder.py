@@ -40,6 +40,7 @@ from tokenpulse.receiver.reencode import Reencoder
 log = logging.getLogger(__name__)
 
 MAX_EXPORT_BYTES = 4 * 1024 * 1024  # per merged Export; gRPC servers often default to 4 MiB max
+MAX_ENCODER_BACKLOG_SPANS = 50_000
 
 
 class DestinationQueue:
@@ -169,7 +170,9 @@ class Forwarder:
         self.reencoder = reencoder
         self.queues = [DestinationQueue(d, sender_factory(d), metrics) for d in destinations.values()]
         self.filters = tuple(sorted({q.d.spans for q in self.queues}))
-        self.max_job_spans = max(q.d.queue_spans for q in self.queues)
+        # Requests waiting for the encoder hold their decoded batch and parsed message (a few KB per
+        # span), so that backlog is bounded tighter than the destination queues (encoded, ~1 KB/span).
+        self.max_job_spans = min(max(q.d.queue_spans for q in self.queues), MAX_ENCODER_BACKLOG_SPANS)
         self._cond = threading.Condition()
         self._jobs: deque = deque()
         self._job_spans = 0

@@ -91,6 +91,8 @@ class Ingest:
             return answer
 
     async def _export(self, decoded: Decoded, nbytes: int, transport: str, arrival: Arrival | None) -> Answer:
+        if self.forward is None:
+            decoded.source = None  # only forwarding re-reads the received message: free it now
         self.metrics.spans_received.labels(transport).inc(len(decoded.batch) + decoded.rejected)
         if len(decoded.batch):
             cut = apply_limits(decoded, self.limits)
