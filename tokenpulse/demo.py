@@ -8,7 +8,7 @@ real OTLP/gRPC receiver with the OpenTelemetry SDK:
   (the ``unattributed`` bucket) and a self-hosted model with no price;
 * agent runs: a planner agent calls its model (with a cached system prompt),
   then a worker agent makes a few calls with growing context and calls tools;
-* 30 minutes of that history first (spans with past start times, sent in a few
+* an hour of that history first (spans with past start times, sent in a few
   seconds), so the dashboard has something to show at once;
 * then, live, three incidents: a tool loop in one session, a prompt-size
   explosion in another, and one tenant's stuck integration that gets it
@@ -156,7 +156,7 @@ class Traffic:
         return tenant, self.rnd.choice(FEATURES[tenant])
 
     # ------------------------------------------------------------ traffic
-    def seed_history(self, minutes: int = 30, runs_per_minute: int = 40) -> int:
+    def seed_history(self, minutes: int = 60, runs_per_minute: int = 40) -> int:
         """Past traffic, sent now: start times spread over the last ``minutes``."""
         now = time.time_ns()
         n = 0
@@ -327,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     watcher = Watcher(admin, started)
     try:
-        watcher.say("sending 30 minutes of agent history: 5 tenants, planner/worker agents, tools ...")
+        watcher.say("sending an hour of agent history: 5 tenants, planner/worker agents, tools ...")
         n = traffic.seed_history()
         watcher.say(f"{n} past agent runs sent; live traffic starts now (open the dashboard: {admin}/)")
         live = threading.Thread(target=traffic.steady, args=(stop,), daemon=True)

@@ -15,7 +15,7 @@ def test_demo_shows_every_incident_firing_the_throttle_and_the_recovery(tmp_path
         capture_output=True, text=True, timeout=420, cwd=tmp_path)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    assert re.search(r"\] 1200 past agent runs sent", out)
+    assert re.search(r"\] 2400 past agent runs sent", out)
     for line in ("INCIDENT a tool loop", "INCIDENT a prompt-size explosion", "INCIDENT initech's CRM integration",
                  "FIRING   agent_loop: Agent loop in session sess-stuck-in-a-loop: tool web_search",
                  "FIRING   context_bloat: Context bloat in session sess-ever-growing-prompt",
