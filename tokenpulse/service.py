@@ -62,6 +62,8 @@ class Service:
         self.spool = None
         self.throttler: Throttler | None = None
         self.forwarder: Forwarder | None = None
+        self.rollup_job = None
+        self._rollup_thread: threading.Thread | None = None
         self.telemetry = Telemetry(None)
         self.rule_errors: list[RuleError] = []
         self._alert_stop = threading.Event()
@@ -201,6 +203,22 @@ class Service:
         self._alert_thread = threading.Thread(target=self.evaluator.run, args=(self._alert_stop,),
                                               name="tokenpulse-alerts", daemon=True)
         self._alert_thread.start()
+        self._start_rollups()
+
+    def _start_rollups(self) -> None:
+        """The evaluator also rolls up settled hours for the role and tool panels (storage/rollups.py)."""
+        s = self.settings
+        if s.rollups != "on":
+            return
+        if s.clickhouse_cluster:  # not tried on a cluster yet: the panels compute live there
+            log.info("scheduled rollups are off in cluster mode; the role and tool panels compute live")
+            return
+        from tokenpulse.storage.rollups import RollupJob
+
+        self.rollup_job = RollupJob(self.backend, s.rollup_settle_s)
+        self._rollup_thread = threading.Thread(target=self.rollup_job.run, args=(self._alert_stop,),
+                                               name="tokenpulse-rollups", daemon=True)
+        self._rollup_thread.start()
 
     def _warm_dedup(self) -> None:
         """Remember spans stored in the last dedup window, so a restart does not forget them."""
@@ -333,6 +351,8 @@ class Service:
         self._alert_stop.set()
         if self._alert_thread is not None:
             self._alert_thread.join(self.settings.shutdown_timeout_s)
+        if self._rollup_thread is not None:  # a chunk in progress is finished (or redone at the next start)
+            self._rollup_thread.join(self.settings.shutdown_timeout_s)
         if self.evaluator is not None:
             self.evaluator.close()
         if self._loop is not None and self._stop is not None:

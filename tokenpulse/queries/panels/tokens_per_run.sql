@@ -1,14 +1,21 @@
 -- title: Tokens per run
--- description: Distribution of tokens (input + output, counted calls only) per run (trace) that started in the window, in power-of-two buckets, with exact p50 / p95 / p99. The long tail is where failures live.
+-- description: Distribution of tokens (input + output, counted calls only) per run (trace) that started in the window, in power-of-two buckets, with exact p50 / p95 / p99. The long tail is where failures live. Runs up to the run_summary rollup's watermark are read from it; the rest live from `runs`.
 -- param: since UInt32 3600 Window, seconds back from now (the CLI and API accept 15m, 1h, 7d)
 -- param: tenant String "" Only runs of this tenant; empty for all
 WITH
+    now64() - toIntervalSecond({since:UInt32}) AS window_start,
+    (SELECT max(done_to) FROM rollup_state WHERE name = 'run_summary') AS rolled,
 per_run AS (
-    SELECT trace_id, sum(input_tokens) + sum(output_tokens) AS tokens
+    SELECT tokens
+    FROM run_summary FINAL
+    WHERE start >= window_start AND start < rolled AND llm_calls > 0
+      AND ({tenant:String} = '' OR tenant = {tenant:String})
+    UNION ALL
+    SELECT sum(input_tokens) + sum(output_tokens) AS tokens
     FROM runs
-    WHERE end_time >= now64() - toIntervalSecond({since:UInt32})
+    WHERE end_time >= greatest(window_start, rolled)
     GROUP BY trace_id
-    HAVING min(start_time) >= now64() - toIntervalSecond({since:UInt32})
+    HAVING min(start_time) >= greatest(window_start, rolled)
        AND sum(llm_calls) > 0
        AND ({tenant:String} = '' OR max(tenant) = {tenant:String})
 ),
