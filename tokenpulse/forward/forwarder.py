@@ -63,17 +63,17 @@ class DestinationQueue:
     def put(self, body: bytes, n: int) -> None:
         with self._cond:
             if self._stopping:
-                self._drop(n, "shutdown")
+                self.drop(n, "shutdown")
                 return
             if self.queued_spans + n > self.d.queue_spans:
-                self._drop(n, "queue_full")
+                self.drop(n, "queue_full")
                 return
             self._items.append((body, n))
             self.queued_spans += n
             self.m.forward_queue.labels(self.d.name).set(self.queued_spans)
             self._cond.notify()
 
-    def _drop(self, n: int, reason: str) -> None:
+    def drop(self, n: int, reason: str) -> None:
         if n:
             self.m.forward_dropped.labels(self.d.name, reason).inc(n)
 
@@ -104,7 +104,7 @@ class DestinationQueue:
         name = self.d.name
         first = time.monotonic()
         if first > self._deadline:  # stopping, and out of time: do not start another attempt
-            self._drop(n, "shutdown")
+            self.drop(n, "shutdown")
             return
         backoff = self.d.retry_initial_s
         while True:
@@ -119,13 +119,13 @@ class DestinationQueue:
                 self.m.forward_up.labels(name).set(1)
                 self.m.forward_sent.labels(name).inc(n - out.rejected)
                 if out.rejected:
-                    self._drop(out.rejected, "partial")
+                    self.drop(out.rejected, "partial")
                     log.warning("forward to %s: downstream refused %d of %d spans: %s", name, out.rejected, n,
                                 out.message)
                 return
             if out.kind == "drop":
                 self.m.forward_up.labels(name).set(0)
-                self._drop(n, "rejected")
+                self.drop(n, "rejected")
                 log.warning("forward to %s: %d spans refused, not retried (%s)", name, n, out.message)
                 return
             self.m.forward_up.labels(name).set(0)
@@ -135,17 +135,17 @@ class DestinationQueue:
             backoff = min(backoff * 2, self.d.retry_max_s)
             now = time.monotonic()
             if now + wait - first > self.d.retry_max_elapsed_s:
-                self._drop(n, "retries_exhausted")
+                self.drop(n, "retries_exhausted")
                 log.warning("forward to %s: gave up on %d spans after %.0fs (%s)", name, n, now - first, out.message)
                 return
             if now + wait > self._deadline:
-                self._drop(n, "shutdown")
+                self.drop(n, "shutdown")
                 return
             log.debug("forward to %s: retry in %.1fs (%s)", name, wait, out.message)
             with self._cond:
                 self._cond.wait_for(lambda: time.monotonic() > self._deadline, wait)
             if time.monotonic() > self._deadline:
-                self._drop(n, "shutdown")
+                self.drop(n, "shutdown")
                 return
 
     def stop(self, deadline: float) -> None:
@@ -159,7 +159,7 @@ class DestinationQueue:
             left = sum(k for _, k in self._items)
             self._items.clear()
             self.queued_spans = 0
-        self._drop(left, "shutdown")
+        self.drop(left, "shutdown")
         self.sender.close()
 
 
@@ -193,7 +193,7 @@ class Forwarder:
         with self._cond:
             if self._stopping or self._job_spans + n > self.max_job_spans:
                 for q in self.queues:
-                    q._drop(n, "shutdown" if self._stopping else "queue_full")
+                    q.drop(n, "shutdown" if self._stopping else "queue_full")
                 return
             self._jobs.append((source, batch, kept, n))
             self._job_spans += n
@@ -213,7 +213,7 @@ class Forwarder:
             except Exception as e:
                 log.warning("cannot re-encode %d spans for forwarding: %s", n, e)
                 for q in self.queues:
-                    q._drop(n, "unencodable")
+                    q.drop(n, "unencodable")
                 continue
             for q in self.queues:
                 body, k = bodies[q.d.spans]

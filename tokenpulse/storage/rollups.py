@@ -88,8 +88,8 @@ class RollupJob:
                 self.backend.query(r.sql, "TSV", readonly=False,
                                    params={"from": _ts(start), "to": _ts(to)})
                 self.backend.query(
-                    "INSERT INTO rollup_state (name, done_to, rows, seconds, at) VALUES "
-                    "({name:String}, {to:DateTime64(3, 'UTC')}, 0, {s:Float64}, now64(3))", "TSV", readonly=False,
+                    "INSERT INTO rollup_state (name, done_to, seconds, at) VALUES "
+                    "({name:String}, {to:DateTime64(3, 'UTC')}, {s:Float64}, now64(3))", "TSV", readonly=False,
                     params={"name": r.name, "to": _ts(to), "s": time.monotonic() - t0})
                 start, chunks = to, chunks + 1
             done[r.name] = chunks

@@ -61,7 +61,6 @@ CREATE TABLE IF NOT EXISTS {db}.rollup_state
 (
     name          LowCardinality(String),
     done_to       DateTime64(3, 'UTC'),
-    rows          UInt64,
     seconds       Float64,
     at            DateTime64(3, 'UTC')
 )
