@@ -12,7 +12,7 @@ input grows turn by turn, 0-3 tool calls; 200 tenants, 30 features, 10 models
 
     python bench/queries.py                 # 10M spans
     python bench/queries.py --spans 1000000 --runs 5
-    python bench/queries.py --no-rollups    # the role and tool panels computed live only
+    python bench/queries.py --no-rollups    # the panels computed live only
 
 After loading, the scheduled rollups (storage/rollups.py) are brought up to date as the
 evaluator would (every hour that ended 15 min ago or more), and that backfill is timed too.
@@ -105,8 +105,13 @@ def main() -> None:
     p.add_argument("--spans", type=int, default=10_000_000, help="approximate number of spans to load")
     p.add_argument("--runs", type=int, default=10, help="timed runs per panel and window")
     p.add_argument("--no-rollups", action="store_true", help="do not run the scheduled rollups before timing")
+    p.add_argument("--panels", help="comma-separated panel names to time (default: all)")
+    p.add_argument("--keep", metavar="DIR",
+                   help="keep the loaded database in DIR and reuse it when DIR already holds one "
+                        "(for iterating on panel SQL; the data ages with the clock)")
     args = p.parse_args()
-    tmp = tempfile.mkdtemp(prefix="tp-bench-q-")
+    tmp = args.keep or tempfile.mkdtemp(prefix="tp-bench-q-")
+    reuse = bool(args.keep) and os.path.isdir(os.path.join(tmp, "data"))
     backend = EmbeddedBackend(os.path.join(tmp, "data"))
     db = "bench"
     try:
@@ -115,13 +120,14 @@ def main() -> None:
         total_slots = int(args.spans * SLOTS / 8.25)  # 8.25 spans per 12 slots on average
         t0 = time.monotonic()
         chunk = 1_200_000
-        for first in range(0, total_slots, chunk):
+        for first in range(0, total_slots if not reuse else 0, chunk):
             backend.command(generate_sql(db, first, min(chunk, total_slots - first), total_slots))
         load_s = time.monotonic() - t0
         count = backend.query(f"SELECT count() FROM {db}.spans", "TSV").decode().strip()
         runs = backend.query(f"SELECT uniqExact(trace_id) FROM {db}.runs", "TSV").decode().strip()
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-        print(f"loaded {int(count):,} spans in {int(runs):,} runs in {load_s:.0f}s (generated in SQL)")
+        print(f"{'reused' if reuse else 'loaded'} {int(count):,} spans in {int(runs):,} runs"
+              + ("" if reuse else f" in {load_s:.0f}s (generated in SQL)"))
         if not args.no_rollups:
             from tokenpulse.storage.rollups import RollupJob
 
@@ -131,7 +137,10 @@ def main() -> None:
                   f"({', '.join(f'{k}: {v} hours' for k, v in done.items())})")
         windows = {"1h": "1h", "24h": "24h", "7d": "7d"}
         print(f"{'panel':<34}" + "".join(f"{w + ' p50/p95 ms':>20}" for w in windows))
+        wanted = set(args.panels.split(",")) if args.panels else None
         for name, query in load_panels().items():
+            if wanted is not None and name not in wanted:
+                continue
             cells = []
             for since in windows.values():
                 params = bind(query, {"since": since})
@@ -147,7 +156,8 @@ def main() -> None:
             print(f"{name:<34}" + "".join(f"{c:>20}" for c in cells), flush=True)
     finally:
         backend.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ class Settings:
         "doc": "PEM certificate chain for TLS on both OTLP receivers (with tls_key_file); empty: plain text"})
     tls_key_file: str = field(default="", metadata={"doc": "PEM private key for tls_cert_file", "secret": True})
     rollups: str = field(default="on", metadata={
-        "doc": "on: the evaluator rolls up settled hours for the role and tool panels (README 'Queries, "
+        "doc": "on: the evaluator rolls up settled hours for the panels that read rollups (README 'Queries, "
                "rollups and dashboards'); off: those panels compute everything live", "choices": ("on", "off")})
     rollup_settle_s: float = field(default=900.0, metadata={
         "doc": "an hour is rolled up once it ended this long ago; spans arriving later than that are "

@@ -206,12 +206,12 @@ class Service:
         self._start_rollups()
 
     def _start_rollups(self) -> None:
-        """The evaluator also rolls up settled hours for the role and tool panels (storage/rollups.py)."""
+        """The evaluator also rolls up settled hours for the panels that read rollups (storage/rollups.py)."""
         s = self.settings
         if s.rollups != "on":
             return
         if s.clickhouse_cluster:  # not tried on a cluster yet: the panels compute live there
-            log.info("scheduled rollups are off in cluster mode; the role and tool panels compute live")
+            log.info("scheduled rollups are off in cluster mode; the panels compute live")
             return
         from tokenpulse.storage.rollups import RollupJob
 

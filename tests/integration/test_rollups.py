@@ -1,4 +1,4 @@
-"""Scheduled rollups: the role and tool panels answer the same whether the hours are rolled up,
+"""Scheduled rollups: the panels that read them answer the same whether the hours are rolled up,
 partly rolled up or computed live; the rolled-up hours really are read from the rollups; and
 re-running a chunk changes nothing.
 
@@ -20,12 +20,13 @@ from tests.otlp import request, span
 from tokenpulse.storage.rollups import RollupJob
 
 PANELS = ["tokens_per_minute_by_agent_role", "io_ratio", "tool_call_tokens", "tool_call_outliers", "tokens_per_run",
-          "cost_per_successful_run"]
-ROLLUPS = {"role_minute", "role_feature_hour", "tool_call_growth", "run_summary"}
+          "cost_per_successful_run", "cost_by_user", "context_growth"]
+ROLLUPS = {"role_minute", "role_feature_hour", "tool_call_growth", "run_summary", "user_hour",
+           "session_turns"}
 S = 10**9
 
 
-def _run(t0: int, tenant: str, feature: str, base: int) -> bytes:
+def _run(t0: int, tenant: str, feature: str, base: int, user: str = "", session: str = "") -> bytes:
     tid, root = os.urandom(16), os.urandom(8)
     chat = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.response.model": "gpt-4o"}
     spans = [
@@ -42,14 +43,17 @@ def _run(t0: int, tenant: str, feature: str, base: int) -> bytes:
         span(name="invoke_agent planner", trace_id=tid, span_id=root, start=t0 - S // 2, duration_ns=7 * S,
              attrs={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner"}),
     ]
-    return request(spans, service="rollups", resource={"tenant.id": tenant, "app.feature": feature}).SerializeToString()
+    return request(spans, service="rollups", resource={"tenant.id": tenant, "app.feature": feature,
+                                                             **({"user.id": user} if user else {}),
+                                                             **({"session.id": session} if session else {})}).SerializeToString()
 
 
 def _panels(svc) -> dict:
     out = {}
     for name in PANELS:
         for tenant in ("", "acme"):
-            params = {"since": "24h", "tenant": tenant, **({"limit": "100"} if name.startswith("tool") else {})}
+            limit = name.startswith("tool") or name in ("cost_by_user", "context_growth")
+            params = {"since": "24h", "tenant": tenant, **({"limit": "100"} if limit else {})}
             r = requests.get(f"http://127.0.0.1:{svc.admin.port}/api/panels/{name}", params=params, timeout=30)
             assert r.status_code == 200, r.text
             rows = r.json()["rows"]
@@ -65,8 +69,12 @@ def test_panels_agree_live_partly_and_fully_rolled_up(make_service):
     start = int((now - 6 * 3600) * 1e9)
     for i in range(18):  # every 20 minutes for six hours
         tenant, feature = ("acme", "search") if i % 2 else ("beta", "chat")
-        assert post(svc, _run(start + i * 1200 * S, tenant, feature, 1000 + 10 * i)).status_code == 200
+        user = ["ann", "bob", ""][i % 3]  # '' : calls without a user id are a row of their own
+        session = f"{tenant}-{i // 4}"  # two runs 40 minutes apart: sessions cross hour boundaries
+        assert post(svc, _run(start + i * 1200 * S, tenant, feature, 1000 + 10 * i, user, session)).status_code == 200
     live = _panels(svc)
+    assert len(live[("cost_by_user", "")]) == 3
+    assert len({row[0] for row in live[("context_growth", "")]}) == 10 and live[("context_growth", "acme")]
     assert live[("tool_call_tokens", "")] and live[("tokens_per_minute_by_agent_role", "acme")]
     roles = {row[1] for row in live[("tokens_per_minute_by_agent_role", "")]}
     assert roles == {"planner"}  # resolved from the agent span, which arrived with its run
@@ -96,6 +104,7 @@ def test_panels_agree_live_partly_and_fully_rolled_up(make_service):
     svc.backend.command(f"TRUNCATE TABLE {svc.settings.database}.spans")
     svc.backend.command(f"TRUNCATE TABLE {svc.settings.database}.runs")
     assert _panels(svc) == live
+    assert live[("cost_by_user", "acme")]
 
 
 def test_the_service_runs_the_job_at_start_and_records_how_far_it_is(make_service):

@@ -42,10 +42,13 @@ SHARDED = {
     "sessions": "rand()",
     "user_minute": "rand()",
 }
-# The scheduled rollups (0006) are global too: one job writes them and panels read them with FINAL.
-# The job itself stays off in cluster mode for now (service.py), so on a cluster they stay empty.
+# The scheduled rollups (0006, 0007) are global too: one job writes them and panels read them with
+# FINAL. The job itself stays off in cluster mode for now (service.py), so on a cluster they stay
+# empty. Before turning it on there, session_turns (a row per call with a session) should become
+# sharded by session: global, every node would hold all of it.
 GLOBAL = {"alert_state", "alerts", "alert_notifications", "budgets", "throttle_state", "throttle_audit",
-          "schema_migrations", "role_minute", "role_feature_hour", "tool_call_growth", "run_summary", "rollup_state"}
+          "schema_migrations", "role_minute", "role_feature_hour", "tool_call_growth", "run_summary", "rollup_state",
+          "user_hour", "session_turns"}
 VIEWS_ON_SHARDS = {"spans_attributed"}  # a view joining co-sharded tables: a local view + a Distributed one
 
 # Settings for queries on a cluster (see the module docstring).

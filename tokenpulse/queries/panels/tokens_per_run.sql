@@ -18,16 +18,22 @@ per_run AS (
     HAVING min(start_time) >= greatest(window_start, rolled)
        AND sum(llm_calls) > 0
        AND ({tenant:String} = '' OR max(tenant) = {tenant:String})
-),
-stats AS (SELECT quantilesExact(0.5, 0.95, 0.99)(tokens) AS q, count() AS n FROM per_run)
-SELECT
-    toUInt64(pow(2, floor(log2(greatest(tokens, 1))))) AS bucket_from,
-    toUInt64(pow(2, floor(log2(greatest(tokens, 1))) + 1)) AS bucket_to,
-    count() AS runs,
-    any(stats.n) AS total_runs,
-    toUInt64(any(stats.q)[1]) AS p50_tokens,
-    toUInt64(any(stats.q)[2]) AS p95_tokens,
-    toUInt64(any(stats.q)[3]) AS p99_tokens
-FROM per_run CROSS JOIN stats
-GROUP BY bucket_from, bucket_to
+)
+-- One pass over the runs: per power-of-two bucket its count and the exact quantile state (the
+-- runs' token counts); the states merged over all buckets give the exact p50 / p95 / p99.
+SELECT bucket_from, bucket_to, runs, total_runs, p[1] AS p50_tokens, p[2] AS p95_tokens, p[3] AS p99_tokens
+FROM (
+    SELECT
+        intExp2(e) AS bucket_from,
+        intExp2(e + 1) AS bucket_to,
+        runs,
+        sum(runs) OVER () AS total_runs,
+        quantilesExactMerge(0.5, 0.95, 0.99)(q) OVER () AS p
+    FROM (
+        SELECT toUInt8(floor(log2(greatest(tokens, 1)))) AS e, count() AS runs,
+               quantilesExactState(0.5, 0.95, 0.99)(tokens) AS q
+        FROM per_run
+        GROUP BY e
+    )
+)
 ORDER BY bucket_from
