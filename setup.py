@@ -1,0 +1,11 @@
+"""The one C extension: the OTLP span walk (tokenpulse/receiver/_otlpwalk.c).
+
+Optional: without a C compiler the install still succeeds and decode.py walks the parsed
+message in Python (about 5x slower per span; README "Performance"). Everything else is in
+pyproject.toml.
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("tokenpulse.receiver._otlpwalk", ["tokenpulse/receiver/_otlpwalk.c"],
+                             extra_compile_args=["-O2", "-std=c11"], optional=True)])
