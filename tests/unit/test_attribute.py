@@ -122,6 +122,28 @@ def test_same_call_reported_twice_is_counted_once():
     assert loop.counted == [1, 1]
 
 
+def test_the_memories_are_bounded_and_forget_the_oldest_first():
+    tid = os.urandom(16)
+    calls = DuplicateCalls(max_entries=3)
+    for i in range(5):  # responses 0..4: only 2, 3 and 4 are remembered
+        calls(normalize(batch_of(_chat({"gen_ai.response.id": f"r{i}"}, trace_id=tid))))
+    assert max(len(calls._by_response), len(calls._by_span), len(calls._children)) <= 3
+    again = calls(normalize(batch_of(_chat({"gen_ai.response.id": "r4"}, trace_id=tid))))
+    assert again.counted == [0]  # still known
+    forgotten = calls(normalize(batch_of(_chat({"gen_ai.response.id": "r0"}, trace_id=tid))))
+    assert forgotten.counted == [1]  # the oldest was forgotten
+
+    attributor = Attributor(user_id_mode="raw")
+    attributor.memory.max_traces, attributor.memory.max_spans = 2, 2
+    traces = [os.urandom(16) for _ in range(3)]
+    for t in traces:  # tagged roots of three traces
+        attributor(batch_of(("root", INTERNAL, {"tenant.id": "t-" + t.hex()[:4]}, {"trace_id": t})))
+    assert len(attributor.memory.traces) == 2 and len(attributor.memory.roles) == 2
+    children, _ = attributor(batch_of(*[("child", CLIENT, {}, {"trace_id": t, "parent": os.urandom(8)})
+                                        for t in traces]))
+    assert children.tenant == ["unattributed", "t-" + traces[1].hex()[:4], "t-" + traces[2].hex()[:4]]
+
+
 def test_outcome_attribute():
     b = batch_of(("a", CLIENT, {"app.outcome": "Success"}), ("b", CLIENT, {"app.outcome": "timeout"}),
                  ("c", CLIENT, {}), resource={})

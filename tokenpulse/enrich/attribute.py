@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import OrderedDict
 from typing import Callable
 
 from tokenpulse.enrich.keys import KeyIndex
@@ -78,13 +79,14 @@ DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
 class TraceTags:
     """Bounded memory of tags per trace and agent role per span (oldest forgotten first).
 
-    Plain dicts keep insertion order; the oldest entry is ``next(iter(d))``."""
+    OrderedDicts, oldest first: evicting with ``popitem(last=False)`` is O(1), where
+    ``del d[next(iter(d))]`` on a plain dict rescans its deleted slots each time (see calls.py)."""
 
     def __init__(self, max_traces: int = 100_000, max_spans: int = 500_000):
         self.max_traces = max_traces
         self.max_spans = max_spans
-        self.traces: dict[str, dict[str, str]] = {}
-        self.roles: dict[tuple[str, str], tuple[str, str]] = {}  # (trace, span) -> (parent, role)
+        self.traces: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self.roles: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()  # (trace, span) -> (parent, role)
 
     def trace(self, trace_id: str) -> dict[str, str] | None:
         return self.traces.get(trace_id)
@@ -94,7 +96,7 @@ class TraceTags:
         if known is None:
             self.traces[trace_id] = dict(tags)
             if len(self.traces) > self.max_traces:
-                del self.traces[next(iter(self.traces))]
+                self.traces.popitem(last=False)
         else:
             for k, v in tags.items():
                 if is_root or k not in known:
@@ -103,7 +105,7 @@ class TraceTags:
     def add_span(self, trace_id: str, span_id: str, parent: str, role: str) -> None:
         self.roles[(trace_id, span_id)] = (parent, role)
         if len(self.roles) > self.max_spans:
-            del self.roles[next(iter(self.roles))]
+            self.roles.popitem(last=False)
 
     def ancestor_role(self, trace_id: str, parent: str) -> str:
         for _ in range(64):  # ancestors of one trace; bounded against cycles

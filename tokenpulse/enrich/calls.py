@@ -16,6 +16,8 @@ different export requests. The memory is per process: with several receivers
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS, exclude
 from tokenpulse.record import SpanBatch
 
@@ -23,15 +25,18 @@ from tokenpulse.record import SpanBatch
 class DuplicateCalls:
     def __init__(self, max_entries: int = 200_000):
         self.max_entries = max_entries
-        # Plain dicts keep insertion order: the oldest entry is next(iter(d)).
-        self._by_response: dict[tuple[str, str], str] = {}
-        self._by_span: dict[tuple[str, str], tuple[int, int]] = {}
-        self._children: dict[tuple[str, str], list[tuple[str, tuple[int, int]]]] = {}
+        # Insertion order, the oldest forgotten first. Not plain dicts: ``del d[next(iter(d))]``
+        # scans the deleted slots at the front of a dict's entry table on every call, so once
+        # full, each span cost up to ~370 us (measured: 200k entries, bench spans).
+        # OrderedDict.popitem(last=False) is O(1).
+        self._by_response: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._by_span: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        self._children: OrderedDict[tuple[str, str], list[tuple[str, tuple[int, int]]]] = OrderedDict()
 
-    def _remember(self, table: dict, key, value) -> None:
+    def _remember(self, table: OrderedDict, key, value) -> None:
         table[key] = value
         if len(table) > self.max_entries:
-            del table[next(iter(table))]
+            table.popitem(last=False)
 
     def __call__(self, batch: SpanBatch) -> SpanBatch:
         for i in range(len(batch)):
