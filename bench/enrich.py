@@ -15,6 +15,7 @@ duplicate-call step.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import sys
@@ -44,6 +45,8 @@ def main() -> None:
     args = p.parse_args()
 
     pipe = Pipeline(PriceTable(), Attributor(user_id_mode="pseudonymize", user_id_key=b"k" * 32))
+    gc.set_threshold(50_000, 20, 20)  # as `tokenpulse serve` runs (cli.py)
+    gc.freeze()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"decode walk: {'Python' if args.python_walk or decode._c_walk is None else 'C'}")
     print(f"{'spans':>9}" + "".join(f"{s:>11}" for s in STEPS) + f"{'total':>11}   (us per span)")
