@@ -2,9 +2,10 @@
 
 No receiver and no enrichment in the timed part: 20,000-row inserts (four 5,000-span requests, as
 the writer batches them) of enriched bench spans into a fresh database with every migration
-applied, then the same with the materialized views dropped. Prints rows/s and the process's CPU
-time per row (inserts, views and the merges that run meanwhile), the share of the machine the
-storage path needs before any Python work.
+applied, then the same with the materialized views dropped, then with the two attribute maps
+empty. Prints rows/s and the process's CPU time per row (inserts, views, and the merges they
+start, waited for), the share of the machine the storage path needs before any Python work.
+Single runs vary by about a third on this shared machine: run it more than once.
 
     python bench/storage.py
     python bench/storage.py --rows 200000
@@ -42,6 +43,7 @@ def _cpu() -> float:
 
 
 def run(inserts: list[pa.Table], drop_views: bool) -> tuple[int, float, float]:
+    """(views attached, rows/s, us of CPU per row)."""
     tmp = tempfile.mkdtemp(prefix="tp-bench-storage-")
     backend = EmbeddedBackend(os.path.join(tmp, "data"))
     try:
@@ -56,7 +58,11 @@ def run(inserts: list[pa.Table], drop_views: bool) -> tuple[int, float, float]:
         for table in inserts:
             backend.insert_arrow("spans", table)
         wall = time.perf_counter() - t0
-        time.sleep(3)  # let the merges the inserts started run, and count them
+        # Count the merges the inserts started too: wait (up to 30 s) until none is running.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and backend.query(
+                "SELECT count() FROM system.merges WHERE database = 'bench'", "TSV").decode().strip() != "0":
+            time.sleep(0.2)
         cpu = _cpu() - cpu0
         rows = sum(len(t) for t in inserts)
         return (0 if drop_views else len(views)), rows / wall, cpu / rows * 1e6
@@ -73,11 +79,19 @@ def main() -> None:
     requests = [batch_to_arrow(pipe(decode_protobuf(make_request(5000, seed=i).SerializeToString())).batch)
                 for i in range(max(4, args.rows // 5000))]
     inserts = [pa.concat_tables(requests[i:i + 4]) for i in range(0, len(requests), 4)]
+    no_maps = [_empty_maps(t) for t in inserts]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    for drop in (False, True):
-        views, rate, us = run(inserts, drop)
-        print(f"{views} materialized views: {rate:,.0f} rows/s stored, {us:.1f} us of CPU per row "
-              f"(inserts, views and merges)", flush=True)
+    for label, data, drop in (("as stored", inserts, False), ("no views", inserts, True),
+                              ("no views, empty attribute maps", no_maps, True)):
+        views, rate, us = run(data, drop)
+        print(f"{label:<32} ({views} views): {rate:>9,.0f} rows/s, {us:5.1f} us of CPU per row", flush=True)
+
+
+def _empty_maps(table: pa.Table) -> pa.Table:
+    for name in ("attributes", "resource_attributes"):
+        i = table.column_names.index(name)
+        table = table.set_column(i, name, pa.array([[]] * len(table), table.schema.field(name).type))
+    return table
 
 
 if __name__ == "__main__":
