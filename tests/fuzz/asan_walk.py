@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.otlp import request, span  # noqa: E402
-from tokenpulse.receiver.decode import UNKNOWN_SERVICE, _render_raw  # noqa: E402
+from tokenpulse.receiver.decode import UNKNOWN_SERVICE, _render_raw, walk_columns  # noqa: E402
 from tokenpulse.record import SpanBatch  # noqa: E402
 
 
@@ -53,12 +53,8 @@ def main() -> None:
                 body[at:at] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 4)))
         if rnd.random() < 0.3:
             del body[rnd.randint(0, len(body)):]
-        b = SpanBatch()
-        columns = (b.trace_id, b.span_id, b.parent_span_id, b.name, b.kind, b.service, b.scope_name,
-                   b.scope_version, b.start_time_ns, b.end_time_ns, b.status_code, b.status_message,
-                   b.resource_attributes, b.attributes)
         try:
-            ok = walk(bytes(body), columns, lambda message: None, _render_raw, UNKNOWN_SERVICE)
+            ok = walk(bytes(body), walk_columns(SpanBatch()), lambda message: None, _render_raw, UNKNOWN_SERVICE)
         except Exception:  # the render callback may refuse bytes upb would have refused
             ok = False
         walked += 1

@@ -155,14 +155,20 @@ def _render_raw(raw: bytes) -> str:
     return _render_pb(AnyValue.FromString(raw))
 
 
+# The columns the C walk fills, in the order it takes them (the enum in _otlpwalk.c).
+WALK_COLUMNS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "service", "scope_name", "scope_version",
+                "start_time_ns", "end_time_ns", "status_code", "status_message", "resource_attributes", "attributes")
+
+
+def walk_columns(batch: SpanBatch) -> tuple[list, ...]:
+    return tuple(getattr(batch, name) for name in WALK_COLUMNS)
+
+
 def _walk_bytes(body: bytes, req: ExportTraceServiceRequest) -> Decoded | None:
     """The C walk; None when it declines the request (then nothing of its output is used)."""
     batch = SpanBatch()
     out = Decoded(batch, source=req)
-    columns = (batch.trace_id, batch.span_id, batch.parent_span_id, batch.name, batch.kind, batch.service,
-               batch.scope_name, batch.scope_version, batch.start_time_ns, batch.end_time_ns, batch.status_code,
-               batch.status_message, batch.resource_attributes, batch.attributes)
-    if not _c_walk(body, columns, out.reject, _render_raw, UNKNOWN_SERVICE):
+    if not _c_walk(body, walk_columns(batch), out.reject, _render_raw, UNKNOWN_SERVICE):
         return None
     batch.fill_defaults()
     return out
