@@ -1,7 +1,7 @@
 """The one C extension: the OTLP span walk (tokenpulse/receiver/_otlpwalk.c).
 
 Optional: without a C compiler the install still succeeds and decode.py walks the parsed
-message in Python (about 5x slower per span; README "Performance"). Everything else is in
+message in Python (decode takes about twice as long; README "Performance"). Everything else is in
 pyproject.toml.
 """
 

@@ -54,13 +54,8 @@ def _declined(body: bytes) -> bool:
     return decode._walk_bytes(body, req) is None
 
 
-def test_the_extension_is_built():
-    assert decode._c_walk is not None, (
-        "tokenpulse/receiver/_otlpwalk.c was not compiled (no C compiler at install time?); "
-        "install gcc and the Python headers, then `pip install -e .` again")
-
-
-pytestmark = pytest.mark.skipif(decode._c_walk is None, reason="the C extension is not built (see the test above)")
+# Without the extension these are skipped; tests/unit/test_packaging.py then fails, on purpose.
+pytestmark = pytest.mark.skipif(decode._c_walk is None, reason="the C extension is not built")
 
 
 # ------------------------------------------------------------------ random requests

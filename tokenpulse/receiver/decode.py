@@ -4,7 +4,7 @@ The hot path is ``decode_protobuf``: parse once with upb (which validates the
 body and is what forwarding re-encodes), then walk the spans appending straight
 to column lists, touching each attribute once (../shared/reference/platform.md:
 the attribute walk is the bottleneck). The walk is done in C over the same
-bytes when the extension ``_otlpwalk`` is built (about 5x faster per span), and
+bytes when the extension ``_otlpwalk`` is built (decode about twice as fast), and
 in Python over the parsed message otherwise or when the C walk declines a
 request (a repeated singular message, which protobuf merges; a group). Both
 produce the same batch: tests/unit/test_decode_fast.py compares them.
