@@ -85,8 +85,10 @@ def test_dashboard_renders_the_data_filters_and_alerts_without_console_errors(ma
 
     # a tenant filter narrows every panel that takes one
     page.select_option("#tenant", "acme")
-    page.wait_for_function("() => document.querySelector('#tpr-runs').textContent === '2'", timeout=15_000)
-    assert text("#kpi-cost") == "$0.0245" and text("#tpr-p99") == "5,500"
+    # panels draw as their answers arrive: wait for the two read here
+    page.wait_for_function("() => document.querySelector('#tpr-runs').textContent === '2' && "
+                           "document.querySelector('#kpi-cost').textContent === '$0.0245'", timeout=15_000)
+    assert text("#tpr-p99") == "5,500"
     page.select_option("#feature", "support")
     page.wait_for_function("() => document.querySelector('#kpi-cost').textContent === '$0.0175'", timeout=15_000)
 

@@ -207,8 +207,12 @@ function fillSelect(id, values) {
 // ---------------------------------------------------------------- refresh
 
 let running = false;
+let again = false;  // a filter changed while a refresh was in flight: run once more when it ends
 async function refresh() {
-  if (running) return;
+  if (running) {
+    again = true;
+    return;
+  }
   running = true;
   const error = document.getElementById("error");
   try {
@@ -224,6 +228,10 @@ async function refresh() {
     error.hidden = false;
   } finally {
     running = false;
+    if (again) {
+      again = false;
+      refresh();
+    }
   }
 }
 
