@@ -50,13 +50,14 @@ class Settings:
         "doc": "request bodies in progress (read, decoding, waiting for their write) beyond which new Exports "
                "are answered 429 / UNAVAILABLE at once (overload shedding)", "min": 1024, "bytes": True})
     batch_max_spans: int = field(default=50_000, metadata={"doc": "flush an insert at this many spans", "min": 1})
-    batch_eager_spans: int = field(default=5_000, metadata={
+    batch_eager_spans: int = field(default=20_000, metadata={
         "doc": "with this many spans queued, insert without waiting for requests still being decoded",
         "min": 1})
     batch_max_bytes: int = field(default=64 * MiB, metadata={
         "doc": "flush an insert at this many request bytes", "min": 1024, "bytes": True})
-    batch_max_age_s: float = field(default=0.2, metadata={
-        "doc": "flush when the oldest waiting request is this old (seconds)", "min": 0.0})
+    batch_max_age_s: float = field(default=0.5, metadata={
+        "doc": "while other requests are being decoded, wait for them at most until the oldest waiting "
+               "request is this old (seconds); a request nobody follows is written at once", "min": 0.0})
     queue_max_spans: int = field(default=500_000, metadata={
         "doc": "spans waiting for storage before Export answers 429 / UNAVAILABLE", "min": 1})
     retry_after_s: float = field(default=1.0, metadata={

@@ -15,6 +15,7 @@ exporter, opentelemetry-exporter-otlp-proto-grpc ``exporter.py``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -84,6 +85,9 @@ class OtlpGrpcReceiver:
                                 trailing_metadata=_retry_trailers(shed.message, shed.retry_after_s))
         try:
             with self.ingest.writer.arriving() as arrival:
+                # Yield once before decoding: every request already received announces itself too,
+                # so the writer knows they are coming and waits to insert them together.
+                await asyncio.sleep(0)
                 return await self._handle(body, context, arrival)
         finally:
             self.ingest.release(len(body))

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -151,6 +152,9 @@ class OtlpHttpReceiver:
                 return _error(ctype, 413, code_pb2.RESOURCE_EXHAUSTED,
                               f"request body exceeds the {self.max_request_bytes}-byte limit")
             with self.ingest.writer.arriving() as arrival:
+                # Yield once before decoding: every request already received announces itself too,
+                # so the writer knows they are coming and waits to insert them together.
+                await asyncio.sleep(0)
                 return await self._export(ctype, raw, request.headers.get("Content-Encoding", ""), arrival, tenant)
         finally:
             self.ingest.release(size)
