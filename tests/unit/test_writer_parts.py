@@ -78,3 +78,14 @@ def test_storage_errors_are_classified(message, cls):
 
 def test_redact_url_hides_credentials():
     assert redact_url("https://user:s3cret@ch.example:8443/db?x=1") == "https://ch.example:8443/db"
+
+
+def test_shared_resource_maps_encode_like_one_map_per_row():
+    import pyarrow as pa
+
+    from tokenpulse.storage.schema import _MAP, _shared_map_array
+
+    a, b, empty = {"service.name": "x", "k": "v"}, {"service.name": "y"}, {}
+    for rows in ([a] * 5 + [b] * 3 + [a], [a, b, empty, {"k": "v2"}], [empty] * 4, []):
+        expected = pa.array([list(d.items()) for d in rows], _MAP)
+        assert _shared_map_array(rows).to_pylist() == expected.to_pylist()

@@ -1,12 +1,18 @@
 """Find, for many fields at once, the highest-priority attribute key present.
 
 A span has ~10-20 attributes and the dialect tables list ~80 candidate keys.
-Probing every candidate costs ~80 dict lookups per span; instead the span's
-keys are intersected with the index in C (``frozenset.intersection(dict)``) and only the
-hits (a handful) are ranked. Measured on bench spans: normalize 10 -> ~3 us/span.
+Probing every candidate costs ~80 dict lookups per span. Spans from one
+instrumentation come in a few shapes (the same keys in the same order), so the
+work that depends only on which keys are present is done once per shape and
+kept: a *plan*, for each field, of the keys present in priority order. Picking
+is then one lookup of the shape and one dict read per field. Measured on bench
+spans: 3.4 -> 2.3 us per span for normalize's index, 2.4 -> 1.4 us for
+attribution's. ``pick_unplanned`` is the direct algorithm (the test's reference).
 """
 
 from __future__ import annotations
+
+MAX_PLANS = 4096  # distinct shapes kept; all forgotten when full (a sender with random keys stays correct)
 
 
 class KeyIndex:
@@ -17,18 +23,43 @@ class KeyIndex:
             for rank, key in enumerate(keys):
                 self._where.setdefault(key, []).append((field, rank))
         self.keys = frozenset(self._where)
+        self._plans: dict[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]] = {}
 
     def pick(self, attrs: dict) -> dict[str, str]:
         """field -> the value of its best-ranked key present with a non-empty value."""
+        shape = tuple(attrs)
+        plan = self._plans.get(shape)
+        if plan is None:
+            plan = self._plan(shape)
+        out = {}
+        for field, keys in plan:
+            for key in keys:
+                value = attrs[key]
+                if value:
+                    out[field] = value
+                    break
+        return out
+
+    def _plan(self, shape: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        ranked: dict[str, list[tuple[int, str]]] = {}
+        # frozenset.intersection probes the shape's keys without building a set of them.
+        for key in self.keys.intersection(shape):
+            for field, rank in self._where[key]:
+                ranked.setdefault(field, []).append((rank, key))
+        plan = tuple((field, tuple(key for _, key in sorted(keys))) for field, keys in ranked.items())
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.clear()
+        self._plans[shape] = plan
+        return plan
+
+    def pick_unplanned(self, attrs: dict) -> dict[str, str]:
+        """The same answer as ``pick``, computed directly."""
         best: dict[str, tuple[int, str]] = {}
-        where = self._where
-        # frozenset.intersection(dict) probes the dict's keys without building a set of them
-        # (0.8 us against 2.7 us for ``attrs.keys() & keys`` on a 16-attribute span).
         for key in self.keys.intersection(attrs):
             value = attrs[key]
             if not value:
                 continue
-            for field, rank in where[key]:
+            for field, rank in self._where[key]:
                 got = best.get(field)
                 if got is None or rank < got[0]:
                     best[field] = (rank, value)

@@ -102,6 +102,23 @@ def _map_array(dicts: list[dict[str, str]]) -> pa.Array:
     return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), keys, values)
 
 
+def _shared_map_array(dicts: list[dict[str, str]]) -> pa.Array:
+    # A request's spans share their resource's dict object: convert each distinct one once, then
+    # repeat it with take() in C++ (bench spans: 0.9 -> ~0.2 us per span).
+    position: dict[int, int] = {}
+    distinct: list[dict[str, str]] = []
+    rows = []
+    for d in dicts:
+        j = position.get(id(d))
+        if j is None:
+            j = position[id(d)] = len(distinct)
+            distinct.append(d)
+        rows.append(j)
+    if len(distinct) * 2 > len(dicts):
+        return _map_array(dicts)
+    return _map_array(distinct).take(pa.array(rows, pa.int32()))
+
+
 def batch_to_arrow(batch: SpanBatch) -> pa.Table:
     """One Arrow table in ``SPAN_COLUMNS`` order."""
     arrays = []
@@ -109,7 +126,7 @@ def batch_to_arrow(batch: SpanBatch) -> pa.Table:
     for column, field, typ, _ in SPAN_COLUMNS:
         values = getattr(batch, field)
         if typ == _MAP:
-            arrays.append(_map_array(values))
+            arrays.append(_shared_map_array(values) if field == "resource_attributes" else _map_array(values))
             continue
         if column == "kind":
             values = _names(values, _KIND_NAMES)
