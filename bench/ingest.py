@@ -9,7 +9,10 @@ the dedup cache drops nothing.
 
 Prints, per transport and batch size: spans/s durably stored (acknowledged
 spans / elapsed, checked against count() in ClickHouse), MB/s, p50/p99 Export
-latency and the server's peak RSS.
+latency, the server's peak RSS, the mean spans per insert, and the server's CPU time per
+stored span during the load, split between its Python threads (receiving, decoding,
+enriching, all under one GIL) and its other threads (ClickHouse's inserts, views and
+merges; gRPC's I/O).
 
     python bench/ingest.py                       # grpc+http, batches 512 and 5000
     python bench/ingest.py --transport grpc --batch 5000 --concurrency 4 --seconds 20
@@ -85,6 +88,31 @@ def peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU seconds on the server's Python threads, on its other threads: ClickHouse's pools, gRPC's).
+
+    Python threads keep the process's own thread name; chDB and gRPC name theirs (MergeMutate,
+    ThreadPool, event_engine, ...)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/comm") as fh:
+        main_name = fh.read().strip()
+    python = other = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+                name = fh.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        if name == main_name:
+            python += used
+        else:
+            other += used
+    return python, other
 
 
 class Sink:
@@ -187,12 +215,20 @@ def run_case(transport: str, batch: int, concurrency: int, seconds: float, click
                     time.sleep(0.2)  # as an exporter would, on a retryable answer
 
         t_start = time.monotonic()
+        cpu0 = cpu_seconds(server.pid)
+        stored0 = metric_sum(admin, "tokenpulse_spans_stored_total")
+        inserts0 = metric_sum(admin, "tokenpulse_storage_insert_rows_count")
         threads = [threading.Thread(target=worker) for _ in range(concurrency)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.monotonic() - t_start
+        # CPU per span over the load (merges it started may still run after it: not counted).
+        cpu1 = cpu_seconds(server.pid)
+        stored_in_load = metric_sum(admin, "tokenpulse_spans_stored_total") - stored0
+        inserts = metric_sum(admin, "tokenpulse_storage_insert_rows_count") - inserts0
+        per_span = 1e6 / max(stored_in_load, 1)
         stored = int(requests.post(admin + "/api/sql", data="SELECT count() FROM spans", timeout=60)
                      .json()["data"][0][0])
         latencies.sort()
@@ -214,6 +250,8 @@ def run_case(transport: str, batch: int, concurrency: int, seconds: float, click
             "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else float("nan"),
             "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
             "peak_rss_mb": rss,
+            "cpu_python_us": (cpu1[0] - cpu0[0]) * per_span, "cpu_other_us": (cpu1[1] - cpu0[1]) * per_span,
+            "rows_per_insert": stored_in_load / max(inserts, 1),
         }
     finally:
         server.terminate()
@@ -243,7 +281,7 @@ def main() -> None:
     forwards = {"off": (False,), "on": (True,), "both": (False, True)}[args.forward]
     print(f"{'transport':<9} {'batch':>6} {'conc':>4} {'forward':>7} {'spans/s stored':>15} {'MB/s':>6} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MB':>11} {'acked=stored':>12} {'retries':>7} "
-          f"{'forwarded':>10} {'fwd dropped':>11}")
+          f"{'forwarded':>10} {'fwd dropped':>11} {'rows/insert':>11} {'CPU us/span: python+other':>26}")
     for transport in transports:
         for batch in (int(b) for b in args.batch.split(",")):
             for forward in forwards:
@@ -253,7 +291,9 @@ def main() -> None:
                 print(f"{r['transport']:<9} {r['batch']:>6} {r['concurrency']:>4} {'on' if forward else 'off':>7} "
                       f"{r['spans_per_s']:>15,.0f} {r['mb_per_s']:>6.1f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
                       f"{r['peak_rss_mb']:>11.0f} {str(r['acked'] == r['stored']):>12} {r['retries']:>7} "
-                      f"{fwd:>10} {fwd_dropped:>11}", flush=True)
+                      f"{fwd:>10} {fwd_dropped:>11} {r['rows_per_insert']:>11,.0f} "
+                      f"{r['cpu_python_us'] + r['cpu_other_us']:>9.0f} = {r['cpu_python_us']:.0f} + {r['cpu_other_us']:.0f}",
+                      flush=True)
 
 
 if __name__ == "__main__":
