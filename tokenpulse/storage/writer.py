@@ -189,6 +189,9 @@ class DedupCache:
             return None, []
         self._maybe_rotate()
         cur, prev = self._current, self._previous
+        distinct = set(keys)
+        if len(distinct) == len(keys) and distinct.isdisjoint(cur) and distinct.isdisjoint(prev):
+            return None, keys  # the usual case, checked in C
         seen_here: set[int] = set()
         keep: list[int] | None = None
         for i, k in enumerate(keys):
