@@ -1,9 +1,9 @@
 """What storing a span costs ClickHouse: enriched Arrow tables inserted straight into embedded chDB.
 
-No receiver and no enrichment in the timed part: 20,000-row inserts (four 5,000-span requests, as
-the writer batches them) of enriched bench spans into a fresh database with every migration
-applied, then the same with the materialized views dropped, then with the two attribute maps
-empty. Prints rows/s and the process's CPU time per row (inserts, views, and the merges they
+No receiver and no enrichment in the timed part: inserts of enriched bench spans into a fresh
+database with every migration applied, at several insert sizes (5,000 to 50,000 rows: requests
+merged as the writer merges them), then 20,000-row inserts with the materialized views dropped,
+then with the two attribute maps empty as well. Prints rows/s and the process's CPU time per row (inserts, views, and the merges they
 start, waited for), the share of the machine the storage path needs before any Python work.
 Single runs vary by about a third on this shared machine: run it more than once.
 
@@ -74,17 +74,28 @@ def run(inserts: list[pa.Table], drop_views: bool) -> tuple[int, float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=400_000)
+    p.add_argument("--insert-sizes", default="5000,10000,20000,50000",
+                   help="rows per insert for the 'as stored' case, comma-separated (multiples of 5,000)")
     args = p.parse_args()
     pipe = Pipeline(PriceTable(), Attributor(user_id_mode="pseudonymize", user_id_key=b"k" * 32))
     requests = [batch_to_arrow(pipe(decode_protobuf(make_request(5000, seed=i).SerializeToString())).batch)
                 for i in range(max(4, args.rows // 5000))]
-    inserts = [pa.concat_tables(requests[i:i + 4]) for i in range(0, len(requests), 4)]
-    no_maps = [_empty_maps(t) for t in inserts]
+
+    def inserts_of(rows: int) -> list[pa.Table]:
+        k = max(1, rows // 5000)
+        return [pa.concat_tables(requests[i:i + k]) for i in range(0, len(requests), k)]
+
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    for label, data, drop in (("as stored", inserts, False), ("no views", inserts, True),
-                              ("no views, empty attribute maps", no_maps, True)):
-        views, rate, us = run(data, drop)
-        print(f"{label:<32} ({views} views): {rate:>9,.0f} rows/s, {us:5.1f} us of CPU per row", flush=True)
+    # An insert's cost is mostly fixed (the writer's defaults rest on this curve, storage/writer.py).
+    for size in (int(x) for x in args.insert_sizes.split(",")):
+        views, rate, us = run(inserts_of(size), False)
+        print(f"{'as stored, ' + format(size, ',') + ' rows/insert':<40} ({views} views): {rate:>9,.0f} rows/s, "
+              f"{us:5.1f} us of CPU per row", flush=True)
+    inserts = inserts_of(20_000)
+    for label, data in (("no views, 20,000 rows/insert", inserts),
+                        ("no views, empty attribute maps, 20,000", [_empty_maps(t) for t in inserts])):
+        views, rate, us = run(data, True)
+        print(f"{label:<40} ({views} views): {rate:>9,.0f} rows/s, {us:5.1f} us of CPU per row", flush=True)
 
 
 def _empty_maps(table: pa.Table) -> pa.Table:
