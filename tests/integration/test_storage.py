@@ -28,6 +28,20 @@ def test_table_columns_match_the_insert_schema(backend, database):
     assert described == expected
 
 
+def test_per_span_tables_keep_parts_compact_up_to_100_mb(backend, database):
+    # Migration 0008: a 10,000-span insert (~10 MB) is written as one Compact part, not a Wide one.
+    migrate(backend, database, 30)
+    for table in ("spans", "trace_tags", "agent_spans"):
+        engine = backend.query(f"SELECT engine_full FROM system.tables WHERE database = '{database}' "
+                               f"AND name = '{table}'", "TSV").decode()
+        assert "min_bytes_for_wide_part = 104857600" in engine, (table, engine)
+    many = [span(attrs={"gen_ai.request.model": "gpt-4o", "payload": "x" * 1000}) for _ in range(12_000)]
+    backend.insert_arrow(f"{database}.spans", batch_to_arrow(decode_protobuf(request(many).SerializeToString()).batch))
+    parts = backend.query(f"SELECT part_type, bytes_on_disk > 0 FROM system.parts WHERE database = '{database}' "
+                          "AND table = 'spans' AND active", "TSV").decode().split()
+    assert parts == ["Compact", "1"]
+
+
 def test_retention_follows_settings(backend, database):
     migrate(backend, database, 30)
     assert current_ttl_days(backend, database) == 30
