@@ -33,28 +33,28 @@ class DuplicateCalls:
         self._by_span: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
         self._children: OrderedDict[tuple[str, str], list[tuple[str, tuple[int, int]]]] = OrderedDict()
 
-    def _remember(self, table: OrderedDict, key, value) -> None:
-        table[key] = value
-        if len(table) > self.max_entries:
-            table.popitem(last=False)
-
     def __call__(self, batch: SpanBatch) -> SpanBatch:
+        # Columns and tables in locals, the bounded inserts inlined: this runs for every counted call.
+        counted, operation, input_tokens, output_tokens = batch.counted, batch.operation, batch.input_tokens, \
+            batch.output_tokens
+        trace_ids, span_ids, parents, attributes = batch.trace_id, batch.span_id, batch.parent_span_id, batch.attributes
+        by_response, by_span, children, limit = self._by_response, self._by_span, self._children, self.max_entries
         for i in range(len(batch)):
-            if not batch.counted[i] or batch.operation[i] not in INFERENCE_OPERATIONS or not batch.input_tokens[i]:
+            if not counted[i] or operation[i] not in INFERENCE_OPERATIONS or not input_tokens[i]:
                 continue
-            trace, sid, parent = batch.trace_id[i], batch.span_id[i], batch.parent_span_id[i]
-            attrs = batch.attributes[i]
+            trace, sid, parent = trace_ids[i], span_ids[i], parents[i]
+            attrs = attributes[i]
             rid = attrs.get("gen_ai.response.id") or attrs.get("ai.response.id", "")
-            fp = (batch.input_tokens[i], batch.output_tokens[i])
+            fp = (input_tokens[i], output_tokens[i])
             dup_of = ""
             if rid:
-                prev = self._by_response.get((trace, rid))
+                prev = by_response.get((trace, rid))
                 if prev and prev != sid:
                     dup_of = prev
-            if not dup_of and parent and self._by_span.get((trace, parent)) == fp:
+            if not dup_of and parent and by_span.get((trace, parent)) == fp:
                 dup_of = parent
             if not dup_of:
-                for child, child_fp in self._children.get((trace, sid), ()):
+                for child, child_fp in children.get((trace, sid), ()):
                     if child_fp == fp and child != sid:
                         dup_of = child
                         break
@@ -62,12 +62,18 @@ class DuplicateCalls:
                 exclude(batch, i, f"duplicate_of:{dup_of}")
                 continue
             if rid:
-                self._remember(self._by_response, (trace, rid), sid)
-            self._remember(self._by_span, (trace, sid), fp)
+                by_response[(trace, rid)] = sid
+                if len(by_response) > limit:
+                    by_response.popitem(last=False)
+            by_span[(trace, sid)] = fp
+            if len(by_span) > limit:
+                by_span.popitem(last=False)
             if parent:
-                siblings = self._children.get((trace, parent))
+                siblings = children.get((trace, parent))
                 if siblings is None:
-                    self._remember(self._children, (trace, parent), [(sid, fp)])
+                    children[(trace, parent)] = [(sid, fp)]
+                    if len(children) > limit:
+                        children.popitem(last=False)
                 else:
                     siblings.append((sid, fp))
         return batch
