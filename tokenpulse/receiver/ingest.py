@@ -121,7 +121,11 @@ class Ingest:
         except Exception as e:
             return self._internal("encoding", e, n, transport)
         if arrival is not None:
-            arrival.close()  # queued: the writer need not wait for this one any more
+            # Queued: the writer need not wait for this one any more. Yield once first, so requests
+            # already received announce themselves before this one stops counting: otherwise the
+            # writer sees nobody coming in that gap and inserts each request alone under load.
+            await asyncio.sleep(0)
+            arrival.close()
         if isinstance(got, Busy):
             return self._retry(n, got.reason, got.message, got.retry_after_s, transport)
         if self.forward is not None:
