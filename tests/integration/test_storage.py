@@ -76,3 +76,15 @@ def test_read_only_queries_have_resource_limits_they_cannot_lift(backend, databa
                       readonly=True)
     assert len(json.loads(backend.query("SELECT number FROM numbers(2000000)", "JSONCompact",
                                         readonly=False))["data"]) == 2000000  # the service's own queries
+
+
+@pytest.mark.parametrize("name", ["a", "s", "t"])
+def test_a_database_named_like_an_alias_in_the_schema_is_refused_clearly(backend, name):
+    # Migration 0002's view joins `{db}.spans AS s` with subqueries `AS t` and `AS a`: with a
+    # database of such a name ClickHouse read `a.spans` as the alias and the migration failed
+    # with "Compound identifier 'a.spans' cannot be resolved".
+    from tokenpulse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="alias in the schema's SQL"):
+        migrate(backend, name, 30)
+    assert name not in backend.query("SHOW DATABASES", "TSV").decode().split()

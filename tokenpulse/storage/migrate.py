@@ -63,10 +63,22 @@ def applied_versions(backend: Backend, db: str) -> set[int]:
     return {int(row[0]) for row in json.loads(raw)["data"]}
 
 
+def sql_aliases() -> set[str]:
+    """Every name the migrations introduce with ``AS`` (table and column aliases, cast types).
+
+    A database with one of these names breaks them: in ``FROM a.spans ... JOIN (...) AS a``
+    ClickHouse resolves ``a.spans`` against the alias (seen with migration 0002's view)."""
+    return {name for m in load_migrations() for name in re.findall(r"\bAS\s+([A-Za-z_][A-Za-z0-9_]*)", m.sql)}
+
+
 def migrate(backend: Backend, db: str, ttl_days: int, cluster: str = "") -> list[int]:
     """Apply pending migrations; return the versions applied now. With ``cluster``, every
     statement is rewritten for that ClickHouse cluster (``storage/cluster.py``)."""
     check_identifier(db, "database name")
+    if db in sql_aliases():
+        raise ConfigError(f"database name {db!r} is also an alias in the schema's SQL (a migration names a "
+                          f"table or column {db!r}), where ClickHouse would read {db}.spans as that alias; "
+                          "choose another database name")
     if cluster:
         check_identifier(cluster, "cluster name")
 
