@@ -120,18 +120,21 @@ class Ingest:
             got = self.writer.submit(decoded.batch, nbytes)
         except Exception as e:
             return self._internal("encoding", e, n, transport)
+        if isinstance(got, Busy):
+            if arrival is not None:
+                arrival.close()
+            return self._retry(n, got.reason, got.message, got.retry_after_s, transport)
+        if self.forward is not None:
+            # On the writer's thread once stored (or spooled), even if this client stopped waiting
+            # (its retry is then dropped as a duplicate, so this is the only forward of these spans).
+            # Registered before this handler's next await: a cancelled call must not skip it.
+            got.add_done_callback(lambda f, d=decoded: self._forward_stored(d, f))
         if arrival is not None:
             # Queued: the writer need not wait for this one any more. Yield once first, so requests
             # already received announce themselves before this one stops counting: otherwise the
             # writer sees nobody coming in that gap and inserts each request alone under load.
             await asyncio.sleep(0)
             arrival.close()
-        if isinstance(got, Busy):
-            return self._retry(n, got.reason, got.message, got.retry_after_s, transport)
-        if self.forward is not None:
-            # On the writer's thread once stored (or spooled), even if this client stopped waiting
-            # (its retry is then dropped as a duplicate, so this is the only forward of these spans).
-            got.add_done_callback(lambda f, d=decoded: self._forward_stored(d, f))
         try:
             stored = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(got)), self.ack_timeout_s)
         except asyncio.TimeoutError:
