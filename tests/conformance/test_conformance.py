@@ -1,0 +1,62 @@
+"""Conformance: spans recorded from the real instrumentation libraries (``record.py``), replayed into a
+real tokenpulse over gRPC (and OTLP/HTTP for Langfuse's own exporter), counted exactly once.
+
+Per library and per served call: exactly one counted inference span covers the call (none when the
+library reported nothing), with the tokens the fake provider served in semconv meaning, or, where
+the library itself lost or invented numbers, what a receiver can know (``corpus.LIBRARY_GAPS``);
+its cost is genai-prices' price computed here, independently. No other counted span carries tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import sql
+from tests.conformance import corpus
+from tests.conformance.replay import STORED_COLUMNS, covers, per_call, replay, stored_spans, stray
+
+
+def replay_library(make_service, library: str, **settings):
+    svc = make_service(retention_days=3650, **settings)  # the recordings keep their original timestamps
+    rec = corpus.load(library)
+    assert replay(rec, svc.grpc.port, svc.http.port) == 0
+    spans = stored_spans(sql(svc, f"SELECT {', '.join(STORED_COLUMNS)} FROM spans"))
+    return svc, rec, spans
+
+
+def test_the_corpus_covers_every_library_the_issue_names():
+    assert set(corpus.libraries()) >= {
+        "otel-openai-v2", "otel-openai-v2-latest", "openllmetry", "traceloop-sdk", "openinference", "openlit",
+        "langfuse", "langfuse-grpc", "pydantic-ai", "langchain", "two-instrumentations"}
+    for lib in corpus.libraries():
+        rec = corpus.load(lib)
+        assert rec.manifest["packages"] and rec.requests, lib
+        assert any(corpus.served(c) for c in rec.calls), lib
+
+
+@pytest.mark.parametrize("library", corpus.libraries())
+def test_every_call_is_counted_once_with_the_served_usage(make_service, library):
+    svc, rec, spans = replay_library(make_service, library)
+    results = per_call(rec, spans)
+    problems = []
+    for r in results:
+        name = r.call["call"]
+        if r.expected is None:
+            if len(r.counted) > 1 or r.stored.input or r.stored.output:
+                problems.append(f"{name}: nothing to count, stored {len(r.counted)} spans {r.stored}")
+            continue
+        if len(r.counted) != 1:
+            problems.append(f"{name}: {len(r.counted)} counted spans "
+                            f"{[(s.name, s.scope, s.tokens) for s in r.counted]}; others: "
+                            f"{[(s.name, s.excluded_reason) for s in spans if covers(s, r.call) and not s.counted]}")
+            continue
+        got = r.counted[0]
+        want = r.expected
+        if got.tokens.astuple()[:5] != want.astuple()[:5]:
+            problems.append(f"{name}: stored {got.tokens} from {got.scope} {got.name!r}, expected {want}"
+                            + (f" ({r.gap.bug})" if r.gap else ""))
+        elif got.cost is None or abs(got.cost - r.expected_cost) > 1e-12 + 1e-9 * r.expected_cost:
+            problems.append(f"{name}: cost {got.cost} ({got.price_status}), genai-prices says {r.expected_cost}")
+    for s in stray(spans, results):
+        problems.append(f"counted span outside any call: {s.name!r} {s.scope} {s.tokens} {s.operation}")
+    assert not problems, "\n".join(problems)
