@@ -62,6 +62,10 @@ class Metrics:
         self.unknown_model = Counter(
             "tokenpulse_unknown_model_spans", "Counted spans with usage whose model has no price (cost left NULL)",
             ["model"], registry=r)
+        self.excluded = Counter(
+            "tokenpulse_excluded_spans", "LLM spans stored but not counted in sums, by rule: duplicate_of (another "
+            "span reports the same call), aggregate (a sum of calls counted on their own spans), not_inference "
+            "(usage on a span that is no LLM call); the reported numbers stay in attributes", ["reason"], registry=r)
         self.tokens = Counter(
             "tokenpulse_tokens", "Tokens of counted LLM calls stored, by token type and model (at most "
             f"{MAX_MODEL_LABELS} model values; later ones are counted as _other)", ["type", "model"], registry=r)

@@ -88,7 +88,8 @@ class Service:
                                 require=s.required_tags, outcome_attribute=s.outcome_attribute,
                                 outcome_success_values=tuple(s.outcome_success_values.split(",")))
         return Pipeline(PriceTable(overrides), attributor,
-                        on_unknown_model=lambda model: self.metrics.unknown_model.labels(model).inc())
+                        on_unknown_model=lambda model: self.metrics.unknown_model.labels(model).inc(),
+                        on_excluded=lambda reason, n: self.metrics.excluded.labels(reason).inc(n))
 
     def _local_user_id_key(self) -> bytes:
         """Embedded storage only: a key generated once and kept beside the data (mode 0600)."""

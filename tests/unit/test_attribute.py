@@ -127,7 +127,7 @@ def test_the_memories_are_bounded_and_forget_the_oldest_first():
     calls = DuplicateCalls(max_entries=3)
     for i in range(5):  # responses 0..4: only 2, 3 and 4 are remembered
         calls(normalize(batch_of(_chat({"gen_ai.response.id": f"r{i}"}, trace_id=tid))))
-    assert max(len(calls._by_response), len(calls._by_span), len(calls._children)) <= 3
+    assert max(len(calls._by_response), len(calls._calls), len(calls._children), len(calls._by_output)) <= 3
     again = calls(normalize(batch_of(_chat({"gen_ai.response.id": "r4"}, trace_id=tid))))
     assert again.counted == [0]  # still known
     forgotten = calls(normalize(batch_of(_chat({"gen_ai.response.id": "r0"}, trace_id=tid))))

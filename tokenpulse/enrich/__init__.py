@@ -18,22 +18,25 @@ from typing import Callable
 
 from tokenpulse.enrich.attribute import Attributor
 from tokenpulse.enrich.calls import DuplicateCalls
-from tokenpulse.enrich.normalize import normalize
+from tokenpulse.enrich.normalize import normalize_calls
 from tokenpulse.enrich.price import PriceTable, make_price_step
 from tokenpulse.receiver.decode import Decoded
 
 
 class Pipeline:
     def __init__(self, price_table: PriceTable | None = None, attributor: Attributor | None = None,
-                 on_unknown_model: Callable[[str], None] = lambda model: None):
+                 on_unknown_model: Callable[[str], None] = lambda model: None,
+                 on_excluded: Callable[[str, int], None] = lambda reason, n: None):
         self.price_table = price_table or PriceTable()
         self.attributor = attributor or Attributor(user_id_mode="raw")
         self.calls = DuplicateCalls()
         self._price = make_price_step(self.price_table, on_unknown_model)
+        self._on_excluded = on_excluded
 
     def __call__(self, decoded: Decoded) -> Decoded:
-        batch = normalize(decoded.batch)
-        batch = self.calls(batch)
+        batch, inferred = normalize_calls(decoded.batch)
+        batch = self.calls(batch, inferred)
+        self._count_excluded(batch)
         batch = self._price(batch)
         batch, rejects = self.attributor(batch, decoded.tenant)
         decoded.tenant_overridden = self.attributor.overridden
@@ -41,3 +44,14 @@ class Pipeline:
             decoded.reject(reason, "missing_tags")
         decoded.batch = batch
         return decoded
+
+    def _count_excluded(self, batch) -> None:
+        """Spans that carried usage and are not counted, by reason kind (aggregate, duplicate_of,
+        not_inference): a user sees in /metrics that a rule excluded reported tokens."""
+        kinds: dict[str, int] = {}
+        for reason in batch.excluded_reason:
+            if reason:
+                kind = reason.split(":", 1)[0]
+                kinds[kind] = kinds.get(kind, 0) + 1
+        for kind, n in kinds.items():
+            self._on_excluded(kind, n)

@@ -1,17 +1,37 @@
 """The same LLM call reported twice in one trace is counted once.
 
-Two instrumentations on one call (a provider SDK's own span plus a library's
-span around it, e.g. OpenLLMetry over the OpenAI SDK's OTel integration) give
-two counted inference spans. They are the same call when, within one trace,
-(a) they carry the same response id (``gen_ai.response.id``), or (b) one is
-the other's parent and both report the same input and output token counts.
-The span seen second is flagged ``counted = 0``, ``excluded_reason =
-'duplicate_of:<span_id>'``.
+Real stacks report one call two or three times: a provider SDK's own span beside a library's
+(the Anthropic SDK under OpenLLMetry or OpenInference, as siblings or parent and child), a
+framework over an instrumentation (LangChain over OpenAI), two instrumentations on one client.
+The conformance corpus (tests/conformance/) holds recordings of each. Within one trace, span B is
+a duplicate of the kept span A when:
 
-This is the one stateful enrichment step: it remembers recent calls (bounded,
-``max_entries``, oldest forgotten first) so the two reports may arrive in
-different export requests. The memory is per process: with several receivers
-(deployment docs) a pair split across receivers is not caught at ingest.
+(a) both carry the same response id (``gen_ai.response.id``, ``ai.response.id``); or
+(b) they come from two instrumentations (scope names differ) or are parent and child, their
+    time intervals overlap (by at least half the shorter one), provider and model agree (a request
+    model may be the prefix of a dated response model), neither names another response id, and
+    either both report the same output tokens and the same input counted with cache or without it
+    (two libraries may disagree on whether input includes cache), or, for a parent, child or
+    sibling, B reports no usage at all (a stream without usage reported by two instrumentations, a
+    429 seen twice, or a wrapper that lost the usage its inner span kept).
+
+One instrumentation never reports one call twice, so two spans of one scope that are not parent
+and child are two calls, however alike (parallel identical requests cut at the same max_tokens).
+
+B is flagged ``counted = 0``, ``excluded_reason = 'duplicate_of:<A's span id>'``. Within one
+export request the kept span is chosen, not merely the first: a span with usage before one
+without, then the higher ``quirks.py`` rank (a provider SDK's own span), then the one with more
+detail (cache and reasoning counts), then the larger input (cache included).
+
+A span whose operation was inferred from its usage (no operation named; ``normalize``) and whose
+children are counted LLM calls other than itself is their sum: ``excluded_reason =
+'aggregate:llm_children'``.
+
+This is a stateful step: it remembers recent calls (bounded, ``max_entries``, oldest forgotten
+first) so the reports may arrive in different export requests. Limits: a span without usage that
+was stored counted before its twin with usage arrived stays counted (with zero tokens); an
+inferred parent stored before its children stays counted. The memory is per process: with several
+receivers a pair split across receivers is not caught at ingest.
 """
 
 from __future__ import annotations
@@ -19,61 +39,137 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS, exclude
+from tokenpulse.enrich.quirks import quirk
 from tokenpulse.record import SpanBatch
+
+MAX_SAME_OUTPUT = 32  # calls remembered per (trace, output tokens)
+
+
+class _Call:
+    __slots__ = ("sid", "parent", "scope", "start", "end", "provider", "models", "input", "output", "cache", "rid",
+                 "usage")
+
+    def __init__(self, sid, parent, scope, start, end, provider, models, input_, output, cache, rid, usage):
+        self.sid, self.parent, self.scope, self.start, self.end = sid, parent, scope, start, end
+        self.provider, self.models, self.input, self.output, self.cache = provider, models, input_, output, cache
+        self.rid, self.usage = rid, usage
+
+
+def _models_agree(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    if not a or not b:
+        return True
+    return any(x.startswith(y) or y.startswith(x) for x in a for y in b)
+
+
+def _overlap(a: _Call, b: _Call) -> bool:
+    shorter = min(a.end - a.start, b.end - b.start)
+    common = min(a.end, b.end) - max(a.start, b.start)
+    return common >= 0 and common * 2 >= shorter
+
+
+def _same_call(a: _Call, b: _Call) -> bool:
+    return ((a.scope != b.scope or a.parent == b.sid or b.parent == a.sid)
+            and (not a.provider or not b.provider or a.provider == b.provider) and _models_agree(a.models, b.models)
+            and (not a.rid or not b.rid or a.rid == b.rid) and _overlap(a, b))
+
+
+def _same_tokens(a: _Call, b: _Call) -> bool:
+    return a.output == b.output and (a.input == b.input or a.input + a.cache == b.input or b.input + b.cache == a.input)
+
+
+def _bounded(d: OrderedDict, key, value, limit: int) -> None:
+    d[key] = value
+    if len(d) > limit:
+        d.popitem(last=False)
 
 
 class DuplicateCalls:
     def __init__(self, max_entries: int = 200_000):
         self.max_entries = max_entries
-        # Insertion order, the oldest forgotten first. Not plain dicts: ``del d[next(iter(d))]``
-        # scans the deleted slots at the front of a dict's entry table on every call, so once
-        # full, each span cost up to ~370 us (measured: 200k entries, bench spans).
-        # OrderedDict.popitem(last=False) is O(1).
+        # OrderedDicts, oldest first: popitem(last=False) is O(1), where ``del d[next(iter(d))]`` on a
+        # full plain dict rescans its deleted slots on every call (measured: up to ~370 us per span).
+        self._calls: OrderedDict[tuple[str, str], _Call] = OrderedDict()
         self._by_response: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._by_span: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
-        self._children: OrderedDict[tuple[str, str], list[tuple[str, tuple[int, int]]]] = OrderedDict()
+        self._by_output: OrderedDict[tuple[str, int], list[str]] = OrderedDict()
+        self._children: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
 
-    def __call__(self, batch: SpanBatch) -> SpanBatch:
-        # Columns and tables in locals, the bounded inserts inlined: this runs for every counted call.
-        counted, operation, input_tokens, output_tokens = batch.counted, batch.operation, batch.input_tokens, \
-            batch.output_tokens
-        trace_ids, span_ids, parents, attributes = batch.trace_id, batch.span_id, batch.parent_span_id, batch.attributes
-        by_response, by_span, children, limit = self._by_response, self._by_span, self._children, self.max_entries
-        for i in range(len(batch)):
-            if not counted[i] or operation[i] not in INFERENCE_OPERATIONS or not input_tokens[i]:
-                continue
-            trace, sid, parent = trace_ids[i], span_ids[i], parents[i]
-            attrs = attributes[i]
-            rid = attrs.get("gen_ai.response.id") or attrs.get("ai.response.id", "")
-            fp = (input_tokens[i], output_tokens[i])
-            dup_of = ""
-            if rid:
-                prev = by_response.get((trace, rid))
-                if prev and prev != sid:
-                    dup_of = prev
-            if not dup_of and parent and by_span.get((trace, parent)) == fp:
-                dup_of = parent
-            if not dup_of:
-                for child, child_fp in children.get((trace, sid), ()):
-                    if child_fp == fp and child != sid:
-                        dup_of = child
-                        break
+    def __call__(self, batch: SpanBatch, inferred: set[int] = frozenset()) -> SpanBatch:
+        counted, operation, status = batch.counted, batch.operation, batch.usage_status
+        todo = [i for i in range(len(batch)) if counted[i] and operation[i] in INFERENCE_OPERATIONS]
+        if not todo:
+            return batch
+        if len(todo) > 1:
+            cr, cw, rs, inp, scopes = batch.cache_read_tokens, batch.cache_write_tokens, batch.reasoning_tokens, \
+                batch.input_tokens, batch.scope_name
+            todo.sort(key=lambda i: (status[i] in ("missing", "none"), -quirk(scopes[i]).rank,
+                                     -(cr[i] + cw[i] + rs[i]), -inp[i], i))
+        kept: dict[int, _Call] = {}
+        for i in todo:
+            c = self._call(batch, i)
+            dup_of = self._match(batch.trace_id[i], c, batch.parent_span_id[i])
             if dup_of:
                 exclude(batch, i, f"duplicate_of:{dup_of}")
-                continue
-            if rid:
-                by_response[(trace, rid)] = sid
-                if len(by_response) > limit:
-                    by_response.popitem(last=False)
-            by_span[(trace, sid)] = fp
-            if len(by_span) > limit:
-                by_span.popitem(last=False)
-            if parent:
-                siblings = children.get((trace, parent))
-                if siblings is None:
-                    children[(trace, parent)] = [(sid, fp)]
-                    if len(children) > limit:
-                        children.popitem(last=False)
-                else:
-                    siblings.append((sid, fp))
+            else:
+                self._remember(batch.trace_id[i], c)
+                kept[i] = c
+        for i in inferred:
+            c = kept.get(i)
+            if c is not None and self._has_call_children(batch.trace_id[i], c):
+                exclude(batch, i, "aggregate:llm_children")
+                self._calls.pop((batch.trace_id[i], c.sid), None)
         return batch
+
+    @staticmethod
+    def _call(batch: SpanBatch, i: int) -> _Call:
+        attrs = batch.attributes[i]
+        rid = attrs.get("gen_ai.response.id") or attrs.get("ai.response.id", "")
+        models = tuple(m for m in (batch.model[i], batch.request_model[i]) if m)
+        return _Call(batch.span_id[i], batch.parent_span_id[i], batch.scope_name[i], batch.start_time_ns[i],
+                     batch.end_time_ns[i],
+                     batch.provider[i], models, batch.input_tokens[i], batch.output_tokens[i],
+                     batch.cache_read_tokens[i] + batch.cache_write_tokens[i], rid,
+                     batch.usage_status[i] not in ("missing", "none"))
+
+    def _match(self, trace: str, c: _Call, parent: str) -> str:
+        calls = self._calls
+        if c.rid:
+            prev = self._by_response.get((trace, c.rid))
+            if prev and prev != c.sid:
+                return prev
+        if c.usage:
+            for sid in self._by_output.get((trace, c.output), ()):
+                other = calls.get((trace, sid))
+                if other is not None and sid != c.sid and _same_tokens(c, other) and _same_call(c, other):
+                    return sid
+            return ""
+        # No usage here: the same call as a parent, child or sibling that overlaps it (with or without usage).
+        relatives = list(self._children.get((trace, c.sid), ()))
+        if parent:
+            relatives.append(parent)
+            relatives.extend(self._children.get((trace, parent), ()))
+        for sid in relatives:
+            other = calls.get((trace, sid))
+            if other is not None and sid != c.sid and _same_call(c, other):
+                return sid
+        return ""
+
+    def _remember(self, trace: str, c: _Call) -> None:
+        limit = self.max_entries
+        _bounded(self._calls, (trace, c.sid), c, limit)
+        if c.rid:
+            _bounded(self._by_response, (trace, c.rid), c.sid, limit)
+        if c.usage:
+            same = self._by_output.get((trace, c.output))
+            if same is None:
+                _bounded(self._by_output, (trace, c.output), [c.sid], limit)
+            elif len(same) < MAX_SAME_OUTPUT:
+                same.append(c.sid)
+        if c.parent:
+            siblings = self._children.get((trace, c.parent))
+            if siblings is None:
+                _bounded(self._children, (trace, c.parent), [c.sid], limit)
+            elif len(siblings) < MAX_SAME_OUTPUT:
+                siblings.append(c.sid)
+
+    def _has_call_children(self, trace: str, c: _Call) -> bool:
+        return any(sid != c.sid and (trace, sid) in self._calls for sid in self._children.get((trace, c.sid), ()))

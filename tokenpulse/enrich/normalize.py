@@ -1,25 +1,33 @@
 """Normalize: every instrumentation dialect -> the record's typed GenAI fields.
 
-Source of every key below: ../shared/reference/genai-conventions.md (the §2.1
-mapping table and §2's per-library notes). The key tables are data, ordered by
-priority: the first key present wins.
+Sources: the OpenTelemetry GenAI semantic conventions (gen-ai-spans.md and the
+registry), each library's own attribute names (OpenLLMetry's semconv-ai,
+OpenInference's semantic conventions, the Vercel AI SDK's telemetry docs, the
+Langfuse SDK's OTel attributes), and the conformance corpus recorded from the
+libraries themselves (tests/conformance/, README "Enrichment"). The key tables
+are data, ordered by priority: the first key present wins. Per-library quirks
+keyed by instrumentation scope live in ``quirks.py``.
 
 Token semantics (semconv, SCG client-inference.md note [28]):
 ``input_tokens`` *includes* cache read and cache write tokens and
 ``output_tokens`` *includes* reasoning tokens. Dialects that report otherwise
 are converted here:
 
-* Anthropic's own ``input_tokens`` excludes cached tokens. The OTel, OpenLLMetry,
-  OpenInference and Pydantic AI instrumentations add the cache counts back (SCG
-  ``anthropic.inference.client``); the Vercel AI SDK (<= v6) passes the raw
-  number, and Langfuse's ``usage_details`` are cache-exclusive by design. We
-  correct those, and any Anthropic span whose cache counts exceed its input
-  (which only a cache-exclusive count can do).
+* Anthropic's own ``input_tokens`` excludes cached tokens. The Anthropic SDK's
+  own spans, OpenLLMetry, OpenInference and Pydantic AI add the cache counts
+  back (recorded); OpenLIT passes the raw number (``quirks.py``), as does the
+  Vercel AI SDK (<= v6). Langfuse's own usage keys are cache-exclusive by
+  design, but its OpenAI integration passes OpenAI's raw usage object (cache
+  *included*, under ``prompt_tokens_details``). We correct each, and any
+  Anthropic span whose cache counts exceed its input (which only a
+  cache-exclusive count can do).
 * LangSmith writes cache/reasoning details as a stringified Python dict.
 
 Counting (``counted``, ``excluded_reason``): tokens count only on inference spans
-(chat, text_completion, generate_content, embeddings; or a CLIENT span with
-usage and no operation). Aggregates are stored and flagged, never summed:
+(chat, text_completion, generate_content, embeddings; Langfuse generations and
+embeddings; or a span with usage and no operation that is a CLIENT span or names
+a model: what a hand-written instrumentation sends first. ``calls.py`` turns such
+a span into an aggregate when its children report other LLM calls). Aggregates are stored and flagged, never summed:
 ``invoke_agent``/``create_agent``/workflow/chain spans that carry usage, the
 Vercel AI SDK's outer ``ai.generateText``-style spans, and
 ``gen_ai.aggregated_usage.*`` (Pydantic AI agent runs).
@@ -35,6 +43,7 @@ import json
 import math
 
 from tokenpulse.enrich.keys import KeyIndex
+from tokenpulse.enrich.quirks import provider_from_name, quirk
 from tokenpulse.record import SpanBatch
 
 MAX_TOKENS = 10_000_000
@@ -44,7 +53,7 @@ AGGREGATE_OPERATIONS = frozenset({"invoke_agent", "create_agent", "invoke_workfl
 # ---------------------------------------------------------------- key tables (§2.1)
 PROVIDER_KEYS = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system", "ai.model.provider")
 MODEL_KEYS = ("gen_ai.response.model", "ai.response.model", "gen_ai.request.model", "llm.response.model_name",
-              "llm.model_name", "ai.model.id", "langfuse.observation.model.name")
+              "llm.model_name", "ai.model.id", "langfuse.observation.model.name", "embedding.model_name")
 REQUEST_MODEL_KEYS = ("gen_ai.request.model", "llm.request.model_name", "llm.model_name", "ai.model.id")
 INPUT_KEYS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt",
               "ai.usage.promptTokens", "ai.usage.inputTokens", "ai.usage.tokens")
@@ -98,6 +107,9 @@ TRACELOOP_KINDS = {"workflow": "invoke_workflow", "task": "task", "agent": "invo
 LLM_REQUEST_TYPES = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings", "rerank": "rerank"}
 LANGSMITH_KINDS = {"llm": "chat", "tool": "execute_tool", "chain": "chain", "retriever": "retrieval",
                    "embedding": "embeddings"}
+# langfuse.observation.type (Langfuse SDK v3+, langfuse/_client/constants.py ObservationTypeLiteral).
+LANGFUSE_TYPES = {"generation": "chat", "embedding": "embeddings", "agent": "invoke_agent", "tool": "execute_tool",
+                  "chain": "chain", "retriever": "retrieval", "evaluator": "evaluation", "guardrail": "guardrail"}
 OPERATION_ALIASES = {"completion": "text_completion", "embedding": "embeddings"}
 # Vercel AI SDK <= v6 span names (vercel/ai generate-text.ts et al.): the outer
 # call aggregates its doGenerate/doStream steps.
@@ -174,11 +186,12 @@ def _structured(raw: str) -> dict:
 
 # Library span-kind attributes, in priority order (INDEX field, value -> operation).
 _KIND_TABLES = (("oi_kind", OPENINFERENCE_KINDS), ("llm_type", LLM_REQUEST_TYPES), ("tl_kind", TRACELOOP_KINDS),
-                ("ls_kind", LANGSMITH_KINDS))
+                ("ls_kind", LANGSMITH_KINDS), ("lf_type", LANGFUSE_TYPES))
 
 
 def operation_of(f: dict, name: str, kind: int, has_usage: bool) -> str:
-    """The operation, from ``f`` = INDEX.pick(attrs), the span name and kind."""
+    """The operation, from ``f`` = INDEX.pick(attrs), the span name and kind ("" when none is named;
+    ``normalize`` then infers ``chat`` from usage)."""
     op = f.get("op")
     if op:
         op = op.strip().lower()
@@ -186,6 +199,11 @@ def operation_of(f: dict, name: str, kind: int, has_usage: bool) -> str:
     for field, table in _KIND_TABLES:
         v = f.get(field)
         if v:
+            if table is LANGFUSE_TYPES:  # "span"/"event" name no operation: inferred from usage, if any
+                op = table.get(v.lower(), "")
+                if op:
+                    return op
+                continue
             return table.get(v.upper() if table is OPENINFERENCE_KINDS else v.lower(), v.lower())
     if name.startswith("ai."):
         if name in VERCEL_OUTER:
@@ -198,8 +216,6 @@ def operation_of(f: dict, name: str, kind: int, has_usage: bool) -> str:
             return "execute_tool"
     if name == "agent run" or name.startswith("invoke_agent"):  # Pydantic AI, Vercel v7 root
         return "invoke_agent"
-    if has_usage and kind == 3:  # CLIENT span with usage and no operation (reference §2.1)
-        return "chat"
     return ""
 
 
@@ -240,11 +256,13 @@ INDEX = KeyIndex({
     "langfuse_usage": (LANGFUSE_USAGE,), "langfuse_cost": (LANGFUSE_COST,),
     "ls_in": (LANGSMITH_INPUT_DETAILS,), "ls_out": (LANGSMITH_OUTPUT_DETAILS,), "vercel_nocache": (VERCEL_NOCACHE,),
     "vercel_provider": ("ai.model.provider",), "error": ("error.type",), "tl_entity": ("traceloop.entity.name",),
+    "lf_type": ("langfuse.observation.type",),
 })
 
 
-def read_usage(attrs: dict, provider: str, model: str, found: dict | None = None) -> Usage:
-    """Token counts from a span's attributes (``found``: INDEX.pick(attrs), if already computed)."""
+def read_usage(attrs: dict, provider: str, model: str, found: dict | None = None, scope: str = "") -> Usage:
+    """Token counts from a span's attributes (``found``: INDEX.pick(attrs), if already computed;
+    ``scope``: the instrumentation scope name, for ``quirks.py``)."""
     f = INDEX.pick(attrs) if found is None else found
     u = Usage()
     for field in TOKEN_FIELDS:
@@ -273,8 +291,9 @@ def read_usage(attrs: dict, provider: str, model: str, found: dict | None = None
         if not problem:
             u.input = nocache + u.cache_read + u.cache_write
             u.present = True
-    elif _anthropic_family(provider, model) and (u.cache_read or u.cache_write) and (
-            "vercel_provider" in f or u.cache_read + u.cache_write > u.input):
+    elif (u.cache_read or u.cache_write) and (quirk(scope).cache_exclusive_input or (
+            _anthropic_family(provider, model)
+            and ("vercel_provider" in f or u.cache_read + u.cache_write > u.input))):
         # Anthropic's cache-exclusive input_tokens passed through (see module doc).
         u.input += u.cache_read + u.cache_write
     if u.present and not u.total:
@@ -283,7 +302,25 @@ def read_usage(attrs: dict, provider: str, model: str, found: dict | None = None
 
 
 def _read_langfuse(u: Usage, d: dict) -> None:
-    """Langfuse usage_details are cache- and reasoning-exclusive (reference §3)."""
+    """Langfuse's own usage keys (``input``, ``output``, ``cache_read_input_tokens``, ...) are cache-
+    and reasoning-exclusive (Langfuse docs, "Token and cost tracking"). Its OpenAI integration
+    stores OpenAI's usage object as it came (recorded: langfuse 5.0.4): ``prompt_tokens`` or
+    ``input_tokens`` *with* cache, cached under ``prompt_tokens_details``/``input_tokens_details``,
+    reasoning under ``completion_tokens_details``/``output_tokens_details``; read in that meaning."""
+    openai_shape = ("prompt_tokens" in d or "completion_tokens" in d or "input_tokens_details" in d
+                    or "output_tokens_details" in d)
+    if openai_shape:
+        in_details = d.get("prompt_tokens_details") or d.get("input_tokens_details") or {}
+        out_details = d.get("completion_tokens_details") or d.get("output_tokens_details") or {}
+        for field, raw in (("input", d.get("prompt_tokens", d.get("input_tokens"))),
+                           ("output", d.get("completion_tokens", d.get("output_tokens"))),
+                           ("cache_read", in_details.get("cached_tokens") if isinstance(in_details, dict) else None),
+                           ("reasoning", out_details.get("reasoning_tokens") if isinstance(out_details, dict) else None),
+                           ("total", d.get("total_tokens"))):
+            if raw is not None:
+                u._set(field, raw)
+        return
+
     def pick(*names):
         for n in names:
             if n in d:
@@ -320,7 +357,15 @@ def exclude(batch: SpanBatch, i: int, reason: str) -> None:
 
 def normalize(batch: SpanBatch) -> SpanBatch:
     """Fill operation, provider, model, token, reported-cost, agent, tool and error fields."""
-    attrs_col, names, kinds, codes = batch.attributes, batch.name, batch.kind, batch.status_code
+    return normalize_calls(batch)[0]
+
+
+def normalize_calls(batch: SpanBatch) -> tuple[SpanBatch, set[int]]:
+    """``normalize``, also returning the spans whose ``chat`` operation was inferred from usage (no
+    operation named): ``calls.py`` decides whether each is a call or an aggregate of its children."""
+    attrs_col, names, kinds, codes, scopes = batch.attributes, batch.name, batch.kind, batch.status_code, \
+        batch.scope_name
+    inferred: set[int] = set()
     pick = INDEX.pick
     for i, attrs in enumerate(attrs_col):
         f = pick(attrs)
@@ -338,10 +383,14 @@ def normalize(batch: SpanBatch) -> SpanBatch:
                 batch.error_type[i] = "_OTHER"
             continue
         provider_raw = f.get("provider", "")
-        provider = normalize_provider(provider_raw) if provider_raw else ""
+        provider = normalize_provider(provider_raw) if provider_raw else provider_from_name(scopes[i], name)
         model = f.get("model", "")
-        usage = read_usage(attrs, provider, model, f)
+        usage = read_usage(attrs, provider, model, f, scopes[i])
         op = operation_of(f, name, kinds[i], usage.present)
+        if not op and usage.present and not usage.aggregated and (kinds[i] == 3 or model):
+            # Usage and no operation: a CLIENT span, or one naming its model (a hand-written span).
+            op = "chat"
+            inferred.add(i)
 
         batch.operation[i] = op
         batch.provider[i] = provider
@@ -389,4 +438,4 @@ def normalize(batch: SpanBatch) -> SpanBatch:
         batch.tool_name[i] = f.get("tool_name") or (f.get("tl_entity", "") if tl_kind == "tool" else "")
         batch.tool_call_id[i] = f.get("tool_call_id", "")
         batch.error_type[i] = f.get("error") or ("_OTHER" if codes[i] == 2 else "")
-    return batch
+    return batch, inferred
