@@ -36,7 +36,9 @@ class Settings:
         "doc": "ClickHouse cluster name (from the server's remote_servers): migrations run ON CLUSTER with "
                "Replicated tables and Distributed tables over them (README 'Deploying'); server only"})
     database: str = field(default="tokenpulse", metadata={"doc": "ClickHouse database for tokenpulse tables"})
-    retention_days: int = field(default=30, metadata={"doc": "TTL of spans, by start_time", "min": 1})
+    # At most ~55 years: ClickHouse's DateTime ends in 2106, and a TTL past it wraps and drops rows at once.
+    retention_days: int = field(default=30, metadata={"doc": "TTL of spans, by start_time", "min": 1,
+                                                      "max": 20_000})
     max_request_bytes: int = field(default=16 * MiB, metadata={
         "doc": "largest OTLP request, compressed or inflated (over it: 413 / RESOURCE_EXHAUSTED)",
         "min": 1024, "bytes": True})
@@ -92,6 +94,14 @@ class Settings:
         "doc": "HMAC key for user ids (>= 16 chars). Embedded storage: generated once into the data "
                "directory when empty; a ClickHouse server needs it set (receivers must share it)",
         "secret": True})
+    personal_keys: str = field(default="user.email,user.full_name,user.name,enduser.email", metadata={
+        "doc": "comma-separated attribute keys that hold personal data besides the user id keys: stored (and "
+               "forwarded) as pseudonyms, or dropped, exactly as user ids are under user_id_mode"})
+    capture_content: bool = field(default=False, metadata={
+        "doc": "store prompt and completion content attributes (gen_ai.input.messages, llm.input_messages.*, "
+               "input.value, langfuse.observation.input, ...; README 'Enrichment'); off: dropped at ingest"})
+    content_max_chars: int = field(default=4096, metadata={
+        "doc": "with capture_content on, each content attribute is cut to this many characters", "min": 1})
     require_tags: str = field(default="", metadata={
         "doc": "tag-or-reject: comma-separated dimensions a span must have (e.g. tenant,feature), "
                "else it is refused with partial success; empty: off (missing tags -> 'unattributed')"})
@@ -176,7 +186,7 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m
 def _convert(name: str, value: Any, source: str) -> Any:
     f = _FIELDS[name]
     meta = f.metadata
-    typ = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "dict": dict}[f.type]
+    typ = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "dict": dict, "bool": bool}[f.type]
     if typ is dict:
         return _PARSERS[meta.get("parse", "attribute_keys")](name, _as_mapping(name, value, source), source)
     try:
@@ -193,14 +203,20 @@ def _convert(name: str, value: Any, source: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             value = float(value)
+        elif typ is bool:
+            if not isinstance(value, bool):
+                value = {"true": True, "1": True, "yes": True, "on": True,
+                         "false": False, "0": False, "no": False, "off": False}[str(value).strip().lower()]
         else:
             value = "" if value is None else str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         raise ConfigError(f"{name} from {source}: {value!r} is not a valid {typ.__name__}") from None
     if meta.get("port") and not 0 <= value <= 65535:
         raise ConfigError(f"{name} from {source}: {value} is not a port (0-65535)")
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"{name} from {source}: {value} is below the minimum {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{name} from {source}: {value} is above the maximum {meta['max']}")
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{name} from {source}: {value!r} is not one of {', '.join(meta['choices'])}")
     return value

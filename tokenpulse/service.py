@@ -25,6 +25,7 @@ from tokenpulse.alerts.rules import RuleError, load_rules
 from tokenpulse.alerts.store import AlertStore
 from tokenpulse.config import Settings
 from tokenpulse.enrich import Pipeline
+from tokenpulse.enrich.content import Content
 from tokenpulse.enrich.attribute import Attributor
 from tokenpulse.enrich.price import PriceTable, load_overrides
 from tokenpulse.errors import ConfigError
@@ -86,10 +87,12 @@ class Service:
             key = self._local_user_id_key()
         attributor = Attributor(keys=s.attribute_keys, user_id_mode=s.user_id_mode, user_id_key=key,
                                 require=s.required_tags, outcome_attribute=s.outcome_attribute,
-                                outcome_success_values=tuple(s.outcome_success_values.split(",")))
+                                outcome_success_values=tuple(s.outcome_success_values.split(",")),
+                                personal_keys=tuple(k.strip() for k in s.personal_keys.split(",") if k.strip()))
         return Pipeline(PriceTable(overrides), attributor,
                         on_unknown_model=lambda model: self.metrics.unknown_model.labels(model).inc(),
-                        on_excluded=lambda reason, n: self.metrics.excluded.labels(reason).inc(n))
+                        on_excluded=lambda reason, n: self.metrics.excluded.labels(reason).inc(n),
+                        content=Content(s.capture_content, s.content_max_chars))
 
     def _local_user_id_key(self) -> bytes:
         """Embedded storage only: a key generated once and kept beside the data (mode 0600)."""

@@ -60,3 +60,27 @@ def test_every_call_is_counted_once_with_the_served_usage(make_service, library)
     for s in stray(spans, results):
         problems.append(f"counted span outside any call: {s.name!r} {s.scope} {s.tokens} {s.operation}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("library", corpus.libraries())
+def test_every_counted_call_is_attributed_to_the_scenarios_tenant(make_service, library):
+    """Each scenario tags its trace the library's way (a tagged root span; OpenLLMetry's association
+    properties; Langfuse's propagated metadata, JSON-encoded): every counted call resolves to it."""
+    svc, rec, spans = replay_library(make_service, library)
+    rows = sql(svc, "SELECT name, tenant, feature FROM spans_attributed WHERE counted = 1 AND operation IN "
+                    "('chat', 'embeddings') ORDER BY start_time")
+    assert rows, library
+    assert {(r[1], r[2]) for r in rows} == {("tenant-acme", "conformance")}, rows
+
+
+def test_content_is_not_stored_unless_captured_and_then_capped(make_service):
+    from tokenpulse.enrich.content import is_content
+
+    svc, rec, spans = replay_library(make_service, "openinference")
+    keys = {k for (k,) in sql(svc, "SELECT DISTINCT arrayJoin(mapKeys(attributes)) FROM spans")}
+    assert keys and not [k for k in keys if is_content(k)]
+    assert "llm.token_count.prompt" in keys  # usage stays
+    svc2, _, _ = replay_library(make_service, "openllmetry", capture_content=True, content_max_chars=16)
+    got = sql(svc2, "SELECT max(length(attributes['gen_ai.input.messages'])), "
+                    "countIf(attributes['gen_ai.input.messages'] != '') FROM spans")
+    assert got[0][0] == 16 and int(got[0][1]) > 5

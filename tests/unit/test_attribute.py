@@ -152,3 +152,108 @@ def test_outcome_attribute():
     assert b.outcome == ["success", "failure", ""]
     off, _ = Attributor(user_id_mode="raw")(batch_of(("a", CLIENT, {"app.outcome": "success"})))
     assert off.outcome == [""]
+
+
+def _two_scopes(*spans_by_scope):
+    """One request whose spans come from several instrumentation scopes: [(scope, [span, ...]), ...]."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tokenpulse.receiver.decode import decode_protobuf
+
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    for scope, spans in spans_by_scope:
+        ss = rs.scope_spans.add()
+        ss.scope.name = scope
+        ss.spans.extend(spans)
+    return decode_protobuf(req.SerializeToString()).batch
+
+
+def _usage(i, o, model="claude-sonnet-4-5", **extra):
+    return {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic", "gen_ai.request.model": model,
+            "gen_ai.usage.input_tokens": i, "gen_ai.usage.output_tokens": o, **extra}
+
+
+def test_siblings_from_two_instrumentations_are_one_call_but_one_scopes_alike_calls_are_two():
+    from tests.otlp import span
+    from tokenpulse.enrich.normalize import normalize_calls
+
+    tid, root, t0 = os.urandom(16), os.urandom(8), 1_800_000_000_000_000_000
+
+    def run(batch):
+        b, inferred = normalize_calls(batch)
+        return DuplicateCalls()(b, inferred)
+
+    # OpenInference's messages.stream span beside the Anthropic SDK's own span (recorded shape): siblings,
+    # no shared response id, equal counts -> one call; the SDK's span is kept (quirks rank).
+    b = run(_two_scopes(
+        ("openinference.instrumentation.anthropic", [span("messages.stream", tid, os.urandom(8), root, t0, 6_000_000,
+                                                          attrs=_usage(182, 111))]),
+        ("com.anthropic.sdk.python", [span("anthropic.messages.create", tid, os.urandom(8), root, t0 + 1_000_000,
+                                           5_000_000, attrs=_usage(182, 111, **{"gen_ai.response.id": "msg_1"}))])))
+    assert b.counted == [0, 1] and b.excluded_reason[0] == f"duplicate_of:{b.span_id[1]}"
+    # One library's two parallel calls, alike in every count: two calls.
+    b = run(_two_scopes(("one.scope", [span("chat", tid, os.urandom(8), root, t0, 5_000_000, attrs=_usage(10, 256)),
+                                       span("chat", tid, os.urandom(8), root, t0, 5_000_000, attrs=_usage(10, 256))])))
+    assert b.counted == [1, 1]
+    # Counts under the other cache semantics (one library adds the cache, the other does not).
+    b = run(_two_scopes(
+        ("lib.a", [span("chat", tid, os.urandom(8), root, t0, 5_000_000,
+                        attrs=_usage(1100, 9, **{"gen_ai.usage.cache_read.input_tokens": 1000}))]),
+        ("lib.b", [span("chat", tid, os.urandom(8), root, t0, 5_000_000,
+                        attrs=_usage(100, 9, model="claude-sonnet-4-5-20250929",
+                                     **{"gen_ai.usage.cache_read.input_tokens": 1000, "gen_ai.provider.name": ""}))])))
+    assert sorted(b.counted) == [0, 1] and b.input_tokens[b.counted.index(1)] == 1100
+    # A stream without usage reported by two instrumentations (parent and child): one call.
+    outer = os.urandom(8)
+    b = run(_two_scopes(("lib.a", [span("openai.chat", tid, outer, root, t0, 24_000_000,
+                                        attrs={"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"})]),
+                        ("lib.b", [span("chat gpt-4o", tid, os.urandom(8), outer, t0 + 500_000, 23_000_000,
+                                        attrs={"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                                               "gen_ai.response.id": "c1"})])))
+    assert sorted(b.counted) == [0, 1]
+    # Two calls without usage that do not overlap in time: two calls.
+    b = run(_two_scopes(("lib.a", [span("chat", tid, os.urandom(8), root, t0, 1_000_000,
+                                        attrs={"gen_ai.operation.name": "chat"})]),
+                        ("lib.b", [span("chat", tid, os.urandom(8), root, t0 + 5_000_000, 1_000_000,
+                                        attrs={"gen_ai.operation.name": "chat"})])))
+    assert b.counted == [1, 1]
+
+
+def test_a_hand_written_span_with_usage_is_a_call_unless_its_children_are():
+    from tests.otlp import span
+    from tokenpulse.enrich.normalize import normalize_calls
+
+    tid, t0 = os.urandom(16), 1_800_000_000_000_000_000
+    mine = {"gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 500, "gen_ai.usage.output_tokens": 50}
+    calls = DuplicateCalls()
+    b, inferred = normalize_calls(batch_of(("my call", INTERNAL, mine, dict(trace_id=tid, start=t0))))
+    assert calls(b, inferred).counted == [1] and b.operation == ["chat"]
+    # A workflow span summing its two calls, exported after them (children end first).
+    parent = os.urandom(8)
+    kids = [("chat", CLIENT, {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                              "gen_ai.usage.input_tokens": 200 + k, "gen_ai.usage.output_tokens": 20},
+             dict(trace_id=tid, parent=parent, start=t0 + k * 10_000_000, duration_ns=5_000_000)) for k in range(2)]
+    b, inferred = normalize_calls(batch_of(*kids))
+    assert calls(b, inferred).counted == [1, 1]
+    total = {"gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 401, "gen_ai.usage.output_tokens": 40}
+    b, inferred = normalize_calls(batch_of(("workflow", INTERNAL, total,
+                                            dict(trace_id=tid, span_id=parent, start=t0, duration_ns=30_000_000))))
+    b = calls(b, inferred)
+    assert b.counted == [0] and b.excluded_reason == ["aggregate:llm_children"]
+
+
+def test_personal_keys_are_pseudonymized_like_user_ids():
+    a = Attributor(user_id_mode="pseudonymize", user_id_key=b"k" * 16)
+    b, _ = a(batch_of(("chat", CLIENT, {"user.id": "u1", "user.email": "ada@example.com", "user.full_name": "Ada L",
+                                        "app.note": "kept"}), resource={"user.email": "ada@example.com"}))
+    attrs, res = b.attributes[0], b.resource_attributes[0]
+    assert "ada@example.com" not in (list(attrs.values()) + list(res.values()))
+    assert attrs["user.email"] == res["user.email"] == pseudonymize(b"k" * 16, "ada@example.com")
+    assert attrs["user.full_name"] == pseudonymize(b"k" * 16, "Ada L") and attrs["app.note"] == "kept"
+    assert b.user_id[0] == pseudonymize(b"k" * 16, "u1")  # the email never becomes the user id
+    dropped, _ = Attributor(user_id_mode="drop")(batch_of(("chat", CLIENT, {"user.email": "ada@example.com"})))
+    assert "user.email" not in dropped.attributes[0]
+    custom = Attributor(user_id_mode="pseudonymize", user_id_key=b"k" * 16, personal_keys=("app.customer_email",))
+    b, _ = custom(batch_of(("chat", CLIENT, {"app.customer_email": "x@y.z", "user.email": "kept@y.z"})))
+    assert b.attributes[0]["app.customer_email"] != "x@y.z" and b.attributes[0]["user.email"] == "kept@y.z"

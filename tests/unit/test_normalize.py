@@ -114,6 +114,33 @@ CASES = [
      ("embeddings", "openai", "text-embedding-3-small", 64, 0, 0, 0, 0, 64, "ok", 1, "")),
     ("CLIENT span with usage, no operation", "llm call", CLIENT, {"gen_ai.usage.input_tokens": 10},
      ("chat", "", "", 10, 0, 0, 0, 0, 10, "ok", 1, "")),
+    ("INTERNAL span with a model and usage, no operation (hand-written)", "my llm call", INTERNAL, {
+        "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 2},
+     ("chat", "", "gpt-4o", 10, 2, 0, 0, 0, 12, "ok", 1, "")),
+    ("INTERNAL span with usage but no model, no operation", "step", INTERNAL, {"gen_ai.usage.input_tokens": 10},
+     ("", "", "", 0, 0, 0, 0, 0, 0, "ok", 0, "not_inference:unknown")),
+    ("Langfuse generation without operation, raw OpenAI usage (recorded, langfuse 5.0.4)", "OpenAI-generation",
+     INTERNAL, {"langfuse.observation.type": "generation", "langfuse.observation.model.name": "gpt-4o-2024-08-06",
+                "langfuse.observation.usage_details": '{"completion_tokens": 317, "prompt_tokens": 355, '
+                '"total_tokens": 672, "completion_tokens_details": {"reasoning_tokens": 17}, '
+                '"prompt_tokens_details": {"cached_tokens": 128, "audio_tokens": 0}}'},
+     ("chat", "", "gpt-4o-2024-08-06", 355, 317, 128, 0, 17, 672, "ok", 1, "")),
+    ("Langfuse Responses-API usage (recorded)", "OpenAI-generation", INTERNAL, {
+        "langfuse.observation.type": "generation", "langfuse.observation.model.name": "o4-mini-2025-04-16",
+        "langfuse.observation.usage_details": '{"input_tokens": 1861, "input_tokens_details": {"cached_tokens": 896}, '
+                                              '"output_tokens": 533, "output_tokens_details": {"reasoning_tokens": 126}, '
+                                              '"total_tokens": 2394}'},
+     ("chat", "", "o4-mini-2025-04-16", 1861, 533, 896, 0, 126, 2394, "ok", 1, "")),
+    ("Langfuse embedding (recorded)", "OpenAI-embedding", INTERNAL, {
+        "langfuse.observation.type": "embedding", "langfuse.observation.model.name": "text-embedding-3-small",
+        "langfuse.observation.usage_details": '{"input": 198}'},
+     ("embeddings", "", "text-embedding-3-small", 198, 0, 0, 0, 0, 198, "ok", 1, "")),
+    ("Langfuse span observation: no operation", "step", INTERNAL, {"langfuse.observation.type": "span"},
+     ("", "", "", 0, 0, 0, 0, 0, 0, "none", 1, "")),
+    ("OpenInference embedding model key", "CreateEmbeddings", INTERNAL, {
+        "openinference.span.kind": "EMBEDDING", "embedding.model_name": "text-embedding-3-small",
+        "llm.token_count.prompt": 106, "llm.token_count.total": 106},
+     ("embeddings", "", "text-embedding-3-small", 106, 0, 0, 0, 0, 106, "ok", 1, "")),
     ("tool span with tokens: not inference", "execute_tool search", INTERNAL, {
         "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search", "gen_ai.usage.input_tokens": 10},
      ("execute_tool", "", "", 0, 0, 0, 0, 0, 0, "ok", 0, "not_inference:execute_tool")),
@@ -179,3 +206,26 @@ def test_provider_names(raw, expected):
 ])
 def test_parse_count(raw, expected):
     assert parse_count(raw) == expected
+
+
+def test_quirks_keyed_by_instrumentation_scope():
+    """OpenLIT's Anthropic spans carry Anthropic's cache-exclusive input even when the cache is smaller
+    than the input; Langfuse's OpenAI-* observations name their provider. Another scope: neither."""
+    from tests.otlp import request, span
+    from tokenpulse.receiver.decode import decode_protobuf
+
+    def one(scope, name, attrs):
+        body = request([span(name=name, kind=INTERNAL, attrs=attrs)], scope=scope).SerializeToString()
+        b = normalize(decode_protobuf(body).batch)
+        return b.provider[0], b.input_tokens[0], b.cache_read_tokens[0]
+
+    anthropic = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic",
+                 "gen_ai.request.model": "claude-sonnet-4-5", "gen_ai.usage.input_tokens": 869,
+                 "gen_ai.usage.output_tokens": 410, "gen_ai.usage.cache_read_input_tokens": 461}
+    assert one("openlit.instrumentation.anthropic", "chat claude-sonnet-4-5", anthropic) == ("anthropic", 1330, 461)
+    assert one("opentelemetry.instrumentation.anthropic", "anthropic.chat", anthropic) == ("anthropic", 869, 461)
+    lf = {"langfuse.observation.type": "generation", "langfuse.observation.model.name": "gpt-4o",
+          "langfuse.observation.usage_details": '{"prompt_tokens": 10, "completion_tokens": 2}'}
+    assert one("langfuse-sdk", "OpenAI-generation", lf) == ("openai", 10, 0)
+    assert one("langfuse-sdk", "my-generation", lf) == ("", 10, 0)
+    assert one("other", "OpenAI-generation", lf) == ("", 10, 0)

@@ -5,6 +5,7 @@
     price      (cost from the price table in force at the span's start)
     attribute  (tenant, feature, user, session, route, agent role, environment;
                 tag-or-reject)
+    content    (prompt and completion attributes dropped, or capped when captured)
 
 Each step is a plain function of the batch and its loaded tables, with no I/O,
 tested with tables of cases. ``calls`` and ``attribute`` keep bounded memories
@@ -18,6 +19,7 @@ from typing import Callable
 
 from tokenpulse.enrich.attribute import Attributor
 from tokenpulse.enrich.calls import DuplicateCalls
+from tokenpulse.enrich.content import Content
 from tokenpulse.enrich.normalize import normalize_calls
 from tokenpulse.enrich.price import PriceTable, make_price_step
 from tokenpulse.receiver.decode import Decoded
@@ -26,12 +28,13 @@ from tokenpulse.receiver.decode import Decoded
 class Pipeline:
     def __init__(self, price_table: PriceTable | None = None, attributor: Attributor | None = None,
                  on_unknown_model: Callable[[str], None] = lambda model: None,
-                 on_excluded: Callable[[str, int], None] = lambda reason, n: None):
+                 on_excluded: Callable[[str, int], None] = lambda reason, n: None, content: Content | None = None):
         self.price_table = price_table or PriceTable()
         self.attributor = attributor or Attributor(user_id_mode="raw")
         self.calls = DuplicateCalls()
         self._price = make_price_step(self.price_table, on_unknown_model)
         self._on_excluded = on_excluded
+        self.content = content or Content()
 
     def __call__(self, decoded: Decoded) -> Decoded:
         batch, inferred = normalize_calls(decoded.batch)
@@ -42,7 +45,7 @@ class Pipeline:
         decoded.tenant_overridden = self.attributor.overridden
         for reason in rejects:
             decoded.reject(reason, "missing_tags")
-        decoded.batch = batch
+        decoded.batch = self.content(batch)
         return decoded
 
     def _count_excluded(self, batch) -> None:

@@ -41,12 +41,20 @@ neighbours are stored.
 stored as ``HMAC-SHA256(key, raw)``, 32 hex characters, and the raw value is
 replaced by that pseudonym wherever it appears in the stored attribute maps
 under a user key. ``raw`` stores it as is (opt-in); ``drop`` stores nothing.
+The ``personal_keys`` (default ``user.email``, ``user.full_name``, ``user.name``,
+``enduser.email``) are treated exactly as user keys in the attribute maps, though
+they never fill ``user_id``.
+
+**Langfuse metadata.** The Langfuse SDK writes ``langfuse.trace.metadata.*`` and
+``langfuse.observation.metadata.*`` values JSON-encoded (a string arrives with its
+quotes: recorded, langfuse 5.0.4); such a value is decoded before it tags a span.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections import OrderedDict
 from typing import Callable
 
@@ -120,6 +128,19 @@ class TraceTags:
         return ""
 
 
+def _decode_langfuse(tags: dict[str, str], fields: frozenset[str]) -> None:
+    """A JSON-encoded string value (Langfuse metadata: ``"\"tenant-acme\""``) -> the string."""
+    for d in fields.intersection(tags):
+        v = tags[d]
+        if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+            try:
+                got = json.loads(v)
+            except ValueError:
+                continue
+            if isinstance(got, str):
+                tags[d] = got
+
+
 def pseudonymize(key: bytes, raw: str) -> str:
     return hmac.new(key, raw.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
@@ -127,7 +148,8 @@ def pseudonymize(key: bytes, raw: str) -> str:
 class Attributor:
     def __init__(self, keys: dict[str, tuple[str, ...]] | None = None, user_id_mode: str = "pseudonymize",
                  user_id_key: bytes | None = None, require: tuple[str, ...] = (), memory: TraceTags | None = None,
-                 outcome_attribute: str = "", outcome_success_values: tuple[str, ...] = ()):
+                 outcome_attribute: str = "", outcome_success_values: tuple[str, ...] = (),
+                 personal_keys: tuple[str, ...] = ("user.email", "user.full_name", "user.name", "enduser.email")):
         self.keys = {**DEFAULT_KEYS, **(keys or {})}
         if user_id_mode not in ("pseudonymize", "raw", "drop"):
             raise ValueError(f"user_id_mode {user_id_mode!r}")
@@ -137,8 +159,9 @@ class Attributor:
         self.user_id_key = user_id_key
         self.require = tuple(require)
         self.memory = memory or TraceTags()
-        self._user_keys = frozenset(self.keys["user_id"])
+        self._user_keys = frozenset(self.keys["user_id"]) | frozenset(k for k in personal_keys if k)
         self._index = KeyIndex(self.keys)
+        self._langfuse_fields = frozenset(d for d, ks in self.keys.items() if any(k.startswith("langfuse.") for k in ks))
         self._pseudonyms: dict[str, str] = {}
         self.outcome_attribute = outcome_attribute
         self.outcome_success = frozenset(v.strip().lower() for v in outcome_success_values)
@@ -146,7 +169,7 @@ class Attributor:
 
     @property
     def user_keys(self) -> frozenset[str]:
-        """Attribute keys that carry user ids."""
+        """Attribute keys that carry user ids or other personal data (``personal_keys``)."""
         return self._user_keys
 
     def scrub_user(self) -> Callable[[str], str] | None:
@@ -194,6 +217,8 @@ class Attributor:
             if r is None:
                 r = resources[id(res)] = (pick(res), self._scrub(res))
             tags = pick(batch.attributes[i])
+            if tags:
+                _decode_langfuse(tags, self._langfuse_fields)
             if r[0]:
                 tags.update(r[0])  # resource attributes first
             if tenant:
