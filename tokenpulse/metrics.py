@@ -62,6 +62,10 @@ class Metrics:
         self.unknown_model = Counter(
             "tokenpulse_unknown_model_spans", "Counted spans with usage whose model has no price (cost left NULL)",
             ["model"], registry=r)
+        self.late_attribution = Counter(
+            "tokenpulse_late_attribution_traces", "Traces whose calls stored unattributed were moved in usage_minute "
+            "to their root's tenant and feature (moved), could not be moved yet (failed: retried), or were given "
+            "up (dropped: over the pending bound)", ["outcome"], registry=r)
         self.excluded = Counter(
             "tokenpulse_excluded_spans", "LLM spans stored but not counted in sums, by rule: duplicate_of (another "
             "span reports the same call), aggregate (a sum of calls counted on their own spans), not_inference "

@@ -26,6 +26,7 @@ from tokenpulse.alerts.store import AlertStore
 from tokenpulse.config import Settings
 from tokenpulse.enrich import Pipeline
 from tokenpulse.enrich.content import Content
+from tokenpulse.storage.late_attribution import LateAttribution
 from tokenpulse.enrich.attribute import Attributor
 from tokenpulse.enrich.price import PriceTable, load_overrides
 from tokenpulse.errors import ConfigError
@@ -57,6 +58,7 @@ class Service:
         self.enrich = enrich
         self.writer: Writer | None = None
         self.grpc: OtlpGrpcReceiver | None = None
+        self.late: LateAttribution | None = None
         self.http: OtlpHttpReceiver | None = None
         self.admin: AdminServer | None = None
         self.evaluator: Evaluator | None = None
@@ -144,6 +146,9 @@ class Service:
         self.writer.telemetry = self.telemetry
         self._warm_dedup()
         self.writer.start()
+        if s.role != "evaluator":
+            self.late = LateAttribution(self.backend, s.database, self.metrics)
+            self.late.start()
         if s.forward and s.role != "evaluator":
             self._start_forwarder()
         self._thread = threading.Thread(target=self._run_loop, name="tokenpulse-loop", daemon=True)
@@ -299,7 +304,8 @@ class Service:
                             Limits(s.max_spans_per_request, s.max_attributes_per_span, s.max_attribute_value_chars),
                             s.max_inflight_bytes,
                             trace_tags_lookup=self._span_table.trace_tags if s.trace_tags_lookup == "on" else None,
-                            forward=self.forwarder.offer if self.forwarder else None, telemetry=self.telemetry)
+                            forward=self.forwarder.offer if self.forwarder else None, telemetry=self.telemetry,
+                            late=self.late.offer if self.late else None)
             self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes, auth,
                                          tls[0] if tls else None)
             self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes,
@@ -363,6 +369,8 @@ class Service:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(self.settings.shutdown_timeout_s + 5)
+        if self.late is not None:  # after the writer: moves for the last stored roots are made
+            self.late.stop()
         if self.spool is not None:
             self.spool.close()  # what is left stays on disk for the next start; the lock is released
         if self._own_backend and self.backend is not None:

@@ -84,3 +84,26 @@ def test_content_is_not_stored_unless_captured_and_then_capped(make_service):
     got = sql(svc2, "SELECT max(length(attributes['gen_ai.input.messages'])), "
                     "countIf(attributes['gen_ai.input.messages'] != '') FROM spans")
     assert got[0][0] == 16 and int(got[0][1]) > 5
+
+
+def test_late_attribution_reaches_the_rollup_that_budgets_and_alerts_read(make_service):
+    """The recorded children are exported before their tagged root (BatchSpanProcessor: they end
+    first), so they are stored unattributed; once the root is stored, usage_minute (budgets, tenant
+    outliers, rate rules) must show the spend where spans_attributed does."""
+    import time
+
+    svc, rec, spans = replay_library(make_service, "openllmetry")
+    assert int(sql(svc, "SELECT countIf(tenant = 'unattributed') FROM spans WHERE counted = 1 AND operation = 'chat'"
+                   )[0][0]) > 0, "the recording no longer has children stored before their root"
+    view = sql(svc, "SELECT tenant, feature, count(), sum(input_tokens), round(sum(ifNull(cost_usd, 0)), 9) "
+                    "FROM spans_attributed WHERE counted = 1 AND operation IN ('chat', 'embeddings') "
+                    "GROUP BY tenant, feature ORDER BY tenant")
+    assert [r[:2] for r in view] == [["tenant-acme", "conformance"]]
+    rollup_sql = ("SELECT tenant, feature, sum(calls), sum(input_tokens), round(sum(cost_usd), 9) FROM usage_minute "
+                  "GROUP BY tenant, feature HAVING sum(calls) != 0 OR sum(input_tokens) != 0 ORDER BY tenant")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and sql(svc, rollup_sql) != view:
+        time.sleep(0.2)
+    assert sql(svc, rollup_sql) == view
+    budget = sql(svc, "SELECT sum(cost_usd) FROM usage_minute WHERE tenant = 'tenant-acme'")[0][0]
+    assert float(budget) == pytest.approx(float(view[0][4]))

@@ -43,6 +43,7 @@ class Pipeline:
         batch = self._price(batch)
         batch, rejects = self.attributor(batch, decoded.tenant)
         decoded.tenant_overridden = self.attributor.overridden
+        decoded.late_traces = self.attributor.late
         for reason in rejects:
             decoded.reject(reason, "missing_tags")
         decoded.batch = self.content(batch)

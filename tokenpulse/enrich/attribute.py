@@ -33,7 +33,10 @@ role of the innermost agent span of its trace whose time interval contains it
 ``runs`` rollup and the cost-per-successful-run panel use it before root status.
 
 **unattributed.** A span with no tenant or no feature gets the explicit value
-``unattributed`` for it. In tag-or-reject mode (``require_tags``), such spans
+``unattributed`` for it. Such a counted call's trace is remembered (bounded); when
+its root arrives later and the trace has tags, the trace is listed in ``late`` so
+that the rollup alerts read moves its calls (storage/late_attribution.py).
+In tag-or-reject mode (``require_tags``), such spans
 are refused with OTLP partial success, naming the missing tags; their valid
 neighbours are stored.
 
@@ -59,6 +62,7 @@ from collections import OrderedDict
 from typing import Callable
 
 from tokenpulse.enrich.keys import KeyIndex
+from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS
 from tokenpulse.record import SpanBatch
 
 UNATTRIBUTED = "unattributed"
@@ -166,6 +170,8 @@ class Attributor:
         self.outcome_attribute = outcome_attribute
         self.outcome_success = frozenset(v.strip().lower() for v in outcome_success_values)
         self.overridden = 0  # spans of the last call whose own tenant lost to the authenticated one
+        self.late: list[tuple[str, int]] = []  # traces of the last call whose late root resolves earlier calls
+        self._unresolved: OrderedDict[str, None] = OrderedDict()  # traces with calls stored unattributed
 
     @property
     def user_keys(self) -> frozenset[str]:
@@ -236,6 +242,15 @@ class Attributor:
                 if trace_tags:
                     mem.add_trace(trace_ids[i], trace_tags, is_root=not parents[i])
             mem.add_span(trace_ids[i], span_ids[i], parents[i], tags.get("agent_role", ""))
+        # A root whose trace had calls stored unattributed before: they can be moved now.
+        self.late = []
+        if self._unresolved:
+            for i in range(n):
+                if not parents[i] and trace_ids[i] in self._unresolved:
+                    del self._unresolved[trace_ids[i]]
+                    known = mem.trace(trace_ids[i])
+                    if known and (known.get("tenant") or known.get("feature")):
+                        self.late.append((trace_ids[i], batch.start_time_ns[i]))
         # Pass 2: fill.
         rejects: list[str] = []
         keep: list[int] | None = None
@@ -262,6 +277,11 @@ class Attributor:
                 keep.append(i)
             batch.tenant[i] = tags.get("tenant") or UNATTRIBUTED
             batch.feature[i] = tags.get("feature") or UNATTRIBUTED
+            if (("tenant" not in tags or "feature" not in tags) and parents[i] and batch.counted[i]
+                    and batch.operation[i] in INFERENCE_OPERATIONS):
+                self._unresolved[trace_ids[i]] = None
+                if len(self._unresolved) > mem.max_traces:
+                    self._unresolved.popitem(last=False)
             if "user_id" in tags:
                 batch.user_id[i] = self._user(tags["user_id"])
             batch.session_id[i] = tags.get("session_id", "")

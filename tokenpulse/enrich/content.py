@@ -7,12 +7,20 @@ the user's data. With ``capture_content`` off (the default) the attributes below
 storage; on, each value is cut to ``content_max_chars`` characters. Forwarded spans are not
 changed: a forward destination gets what the client sent.
 
+Either way a fingerprint stays: ``tokenpulse.input_hash`` (16 hex characters of BLAKE2b) of a tool
+span's arguments (``gen_ai.tool.call.arguments``, ``input.value``, ``traceloop.entity.input``,
+``ai.toolCall.args``) or of an LLM call's input (``gen_ai.input.messages``, ``input.value``,
+``gen_ai.prompt*``, ``llm.input_messages*``, ``ai.prompt*``), computed before anything is cut. The
+``agent_loop`` rule finds the same call repeated with it, without storing what was said.
+
 Which keys hold content (recorded from the libraries, tests/conformance/; names from the GenAI
 semantic conventions, OpenLLMetry's and OpenInference's conventions, the Vercel AI SDK's telemetry
 docs, Langfuse's and Pydantic AI's own attributes):
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from tokenpulse.record import SpanBatch
 
@@ -37,10 +45,32 @@ CONTENT_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "llm.input_messages.
 __doc__ += "\n".join(f"    {k}" for k in sorted(CONTENT_KEYS)) + "\n    " + ", ".join(p + "*" for p in CONTENT_PREFIXES)
 
 MAX_SHAPES = 4096
+HASH_KEY = "tokenpulse.input_hash"
+TOOL_ARG_KEYS = ("gen_ai.tool.call.arguments", "input.value", "traceloop.entity.input", "ai.toolCall.args")
+LLM_INPUT_PREFIXES = ("gen_ai.prompt", "llm.input_messages", "ai.prompt")
 
 
 def is_content(key: str) -> bool:
     return key in CONTENT_KEYS or key.startswith(CONTENT_PREFIXES)
+
+
+def is_llm_input(key: str) -> bool:
+    return key == "gen_ai.input.messages" or key == "input.value" or key.startswith(LLM_INPUT_PREFIXES)
+
+
+def input_hash(attrs: dict, operation: str) -> str:
+    """The fingerprint of a tool span's arguments or an LLM call's input; "" when it records neither."""
+    if operation == "execute_tool":
+        parts = [attrs.get(k, "") for k in TOOL_ARG_KEYS]
+        if not any(parts):
+            return ""
+        text = "\x1f".join(parts)
+    else:
+        keys = sorted(k for k in attrs if is_llm_input(k))
+        if not keys:
+            return ""
+        text = "\x1e".join(f"{k}\x1f{attrs[k]}" for k in keys)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 class Content:
@@ -50,7 +80,7 @@ class Content:
         self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}  # attribute keys -> the content keys among them
 
     def __call__(self, batch: SpanBatch) -> SpanBatch:
-        shapes, attrs_col, limit = self._shapes, batch.attributes, self.max_chars
+        shapes, attrs_col, limit, ops = self._shapes, batch.attributes, self.max_chars, batch.operation
         for i, attrs in enumerate(attrs_col):
             shape = tuple(attrs)
             found = shapes.get(shape)
@@ -61,6 +91,10 @@ class Content:
             if not found:
                 continue
             out = dict(attrs)
+            if ops[i] == "execute_tool" or ops[i] in ("chat", "text_completion", "generate_content"):
+                h = input_hash(attrs, ops[i])
+                if h:
+                    out[HASH_KEY] = h
             for k in found:
                 if not self.capture:
                     del out[k]

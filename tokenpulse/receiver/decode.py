@@ -57,6 +57,9 @@ class Decoded:
     # The request as received (an ExportTraceServiceRequest, or the OTLP/JSON document), for
     # forwarding enriched spans downstream (receiver/reencode.py). Opaque outside this package.
     source: object = None
+    # Traces whose earlier calls were stored unattributed and whose root is in this request, with a
+    # start time of each (enrichment fills it; storage/late_attribution.py moves their rollup rows).
+    late_traces: list = field(default_factory=list)
 
     def reject(self, message: str, kind: str = "invalid_span") -> None:
         """Refuse one span: ``message`` goes to the client, ``kind`` to the metrics label."""

@@ -40,8 +40,9 @@ class Ingest:
                  max_inflight_bytes: int = 64 * 1024 * 1024,
                  trace_tags_lookup: Callable[[list[str]], dict] | None = None,
                  forward: Callable[[object, object, list[int] | None], None] | None = None,
-                 telemetry: Telemetry | None = None):
+                 telemetry: Telemetry | None = None, late: Callable[[list], None] | None = None):
         self.telemetry = telemetry or Telemetry(None)
+        self.late = late  # late(traces): their earlier unattributed calls can be moved (late_attribution.py)
         # forward(source, batch, kept): hand stored spans to the forwarder (never blocks, never fails
         # the request: the acknowledgement depends on storage only)
         self.forward = forward
@@ -129,6 +130,10 @@ class Ingest:
             # (its retry is then dropped as a duplicate, so this is the only forward of these spans).
             # Registered before this handler's next await: a cancelled call must not skip it.
             got.add_done_callback(lambda f, d=decoded: self._forward_stored(d, f))
+        if decoded.late_traces and self.late is not None:
+            # Once the root is stored, its trace's earlier calls can be moved in the rollups.
+            got.add_done_callback(lambda f, t=decoded.late_traces: None if f.cancelled() or f.exception()
+                                  else self.late(t))
         if arrival is not None:
             # Queued: the writer need not wait for this one any more. Yield once first, so requests
             # already received announce themselves before this one stops counting: otherwise the

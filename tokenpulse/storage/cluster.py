@@ -120,9 +120,13 @@ def rewrite(statement: str, db: str, cluster: str) -> list[str]:
                 f"ENGINE = Distributed({cluster}, {vdb}, {view}_local)"]
     if s.startswith("INSERT INTO"):
         return [s]
-    m = re.match(r"^ALTER TABLE (\w+)\.(\w+) (.*)$", s, re.S)
+    m = re.match(r"^ALTER TABLE (\w+)\.(\w+)\s+(.*)$", s, re.S)
     if m:
         tdb, name, rest = m.groups()
-        local = f"{name}_local" if name in SHARDED else name
-        return [f"ALTER TABLE {tdb}.{local} {on} {rest}"]
+        if name in SHARDED:
+            out = [f"ALTER TABLE {tdb}.{name}_local {on} {rest}"]
+            if "MODIFY COLUMN" in rest:  # the Distributed table repeats the local table's column types
+                out.append(f"ALTER TABLE {tdb}.{name} {on} {rest}")
+            return out
+        return [f"ALTER TABLE {tdb}.{name} {on} {rest}"]
     raise ClusterDDLError(f"no cluster form for: {s[:80]}")
