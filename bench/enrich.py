@@ -28,12 +28,12 @@ from spans import make_request  # noqa: E402
 
 from tokenpulse.enrich import Pipeline  # noqa: E402
 from tokenpulse.enrich.attribute import Attributor  # noqa: E402
-from tokenpulse.enrich.normalize import normalize  # noqa: E402
+from tokenpulse.enrich.normalize import normalize_calls  # noqa: E402
 from tokenpulse.enrich.price import PriceTable  # noqa: E402
 from tokenpulse.receiver import decode  # noqa: E402
 from tokenpulse.storage.schema import batch_to_arrow  # noqa: E402
 
-STEPS = ("decode", "normalize", "calls", "price", "attribute", "arrow")
+STEPS = ("decode", "normalize", "calls", "price", "attribute", "content", "arrow")
 
 
 def main() -> None:
@@ -60,17 +60,19 @@ def main() -> None:
         t0 = time.perf_counter()
         d = decode.decode_protobuf(body, fast=not args.python_walk)
         t1 = time.perf_counter()
-        batch = normalize(d.batch)
+        batch, inferred = normalize_calls(d.batch)
         t2 = time.perf_counter()
-        batch = pipe.calls(batch)
+        batch = pipe.calls(batch, inferred)
         t3 = time.perf_counter()
         batch = pipe._price(batch)
         t4 = time.perf_counter()
         batch, _ = pipe.attributor(batch, "")
         t5 = time.perf_counter()
-        batch_to_arrow(batch)
+        batch = pipe.content(batch)
         t6 = time.perf_counter()
-        for step, dt in zip(STEPS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+        batch_to_arrow(batch)
+        t7 = time.perf_counter()
+        for step, dt in zip(STEPS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6)):
             window[step] += dt
             totals[step] += dt
         n = len(batch)

@@ -5,7 +5,8 @@
 For each library: a virtual environment of its own (pins conflict) with the packages below
 (unpinned: the recording states what was installed), ``scenario.py`` run inside it against the
 fake provider, the OTLP export requests captured byte for byte by the sink, and a manifest:
-package versions, per call the usage the provider served, and which spans reported it (a span
+package versions, per call the usage the provider served, the library's own bug where it loses or
+invents numbers for that call (``corpus.LIBRARY_GAPS``), and which spans reported it (a span
 reports a call when it carries a token count and was open when the provider received the call;
 the scenario never overlaps calls). Not part of the test run: the replay test
 (``test_conformance.py``) reads what this writes.
@@ -25,6 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
+from tests.conformance.corpus import gap_for  # noqa: E402
 from tests.conformance.fake_provider import Provider  # noqa: E402
 from tests.conformance.sink import Sink  # noqa: E402
 
@@ -129,7 +131,9 @@ def record(name: str, venvs: Path, out_root: Path, provider: Provider, sink: Sin
             tokens = token_attributes(s)
             if tokens and s.start_time_unix_nano <= c.received_ns <= s.end_time_unix_nano:
                 reported.append({"span_id": s.span_id.hex(), "name": s.name, "scope": scope, "tokens": tokens})
-        manifest_calls.append({**asdict(c), "reported_by": reported})
+        gap = gap_for(name, c.call)
+        manifest_calls.append({**asdict(c), "reported_by": reported,
+                               "library_gap": gap.bug if gap and c.status == 200 else ""})
     manifest = {"library": name, "packages": versions(venv), "environment": extra_env,
                 "python": subprocess.run([str(venv / "bin" / "python"), "-c", "import sys; print(sys.version.split()[0])"],
                                          capture_output=True, text=True).stdout.strip(),

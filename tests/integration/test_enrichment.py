@@ -174,3 +174,23 @@ def test_outcome_attribute_decides_run_success(make_service):
     # run 1: root ERROR but outcome success -> succeeded; run 2: root OK but outcome failed -> failed;
     # run 3: no outcome, root UNSET -> succeeded.
     assert sum(x["runs"] for x in rows) == 3 and sum(x["successful_runs"] for x in rows) == 2
+
+
+def test_usage_a_rule_does_not_count_is_said_where_a_user_looks(make_service):
+    """A tool span reporting tokens (no LLM call) is stored uncounted: /metrics counts it by rule, and
+    the price_coverage panel (in `tokenpulse report`) shows it."""
+    svc = make_service()
+    tp, tracer = _tracer(svc, "uncounted", {"tenant.id": "acme", "app.feature": "search"})
+    with tracer.start_as_current_span("execute_tool search", kind=SpanKind.INTERNAL) as s:
+        s.set_attributes({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search",
+                          "gen_ai.usage.input_tokens": 900})
+    with tracer.start_as_current_span("chat gpt-4o", kind=SpanKind.CLIENT) as s:
+        s.set_attributes({**CHAT, "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 10,
+                          "gen_ai.usage.output_tokens": 2})
+    tp.shutdown()
+    metrics = requests.get(f"http://127.0.0.1:{svc.admin.port}/metrics", timeout=5).text
+    assert 'tokenpulse_excluded_spans_total{reason="not_inference"} 1.0' in metrics
+    doc = requests.get(f"http://127.0.0.1:{svc.admin.port}/api/panels/price_coverage", params={"since": "1h"},
+                       timeout=10).json()
+    got = dict(zip(doc["columns"], doc["rows"][0]))
+    assert int(got["not_inference_usage_spans"]) == 1 and int(got["calls"]) == 1

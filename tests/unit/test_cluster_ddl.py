@@ -87,3 +87,15 @@ def test_cluster_needs_a_server():
     with pytest.raises(ConfigError, match="clickhouse_cluster needs a ClickHouse server"):
         load_settings({"clickhouse_cluster": "main"}, env={})
     assert load_settings({"clickhouse_cluster": "main", "clickhouse_url": "http://ch:8123"}, env={}).clickhouse_cluster
+
+
+def test_a_column_type_change_reaches_the_local_and_the_distributed_table():
+    """Migration 0009 makes usage_minute's counts signed: the Distributed table repeats the local
+    table's column types, so both are altered (a sum read through it would otherwise be cast back)."""
+    stmts = [s for s in all_cluster_statements() if s.startswith("ALTER TABLE tp.usage_minute")]
+    assert len(stmts) == 2
+    assert stmts[0].startswith("ALTER TABLE tp.usage_minute_local ON CLUSTER main")
+    assert stmts[1].startswith("ALTER TABLE tp.usage_minute ON CLUSTER main")
+    assert all("MODIFY COLUMN input_tokens Int64" in s for s in stmts)
+    spans = [s for s in all_cluster_statements() if s.startswith("ALTER TABLE tp.spans")]
+    assert spans and all(s.startswith("ALTER TABLE tp.spans_local ") for s in spans)  # settings: local only

@@ -1,5 +1,5 @@
 -- title: Price coverage
--- description: How much of the usage has a price: counted LLM calls and tokens whose model is unknown to the price table (cost NULL), calls with no usage reported, and the unknown models.
+-- description: How much of the usage has a price: counted LLM calls and tokens whose model is unknown to the price table (cost NULL), calls with no usage reported, and the unknown models. not_inference_usage_spans: spans that reported token usage but are no LLM call (a tool, retriever or unknown operation), so their tokens are in attributes and in no sum.
 -- param: since UInt32 86400 Window, seconds back from now
 -- param: tenant String "" Only this tenant; empty for all
 SELECT
@@ -11,7 +11,11 @@ SELECT
     sum(u.input_tokens + u.output_tokens) AS tokens,
     sum(u.unpriced_tokens) AS unpriced_tokens,
     round(sum(u.unpriced_tokens) / nullIf(sum(u.input_tokens + u.output_tokens), 0) * 100, 2) AS unpriced_tokens_pct,
-    arraySort(groupUniqArrayIf(u.model, u.unpriced_calls > 0)) AS unknown_models
+    arraySort(groupUniqArrayIf(u.model, u.unpriced_calls > 0)) AS unknown_models,
+    (SELECT count() FROM spans
+     WHERE start_time >= now() - toIntervalSecond({since:UInt32}) AND counted = 0
+       AND startsWith(excluded_reason, 'not_inference')
+       AND ({tenant:String} = '' OR tenant = {tenant:String})) AS not_inference_usage_spans
 FROM usage_minute AS u
 WHERE minute >= now() - toIntervalSecond({since:UInt32})
   AND ({tenant:String} = '' OR tenant = {tenant:String})
