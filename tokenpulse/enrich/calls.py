@@ -77,12 +77,6 @@ def _same_tokens(a: _Call, b: _Call) -> bool:
     return a.output == b.output and (a.input == b.input or a.input + a.cache == b.input or b.input + b.cache == a.input)
 
 
-def _bounded(d: OrderedDict, key, value, limit: int) -> None:
-    d[key] = value
-    if len(d) > limit:
-        d.popitem(last=False)
-
-
 class DuplicateCalls:
     def __init__(self, max_entries: int = 200_000):
         self.max_entries = max_entries
@@ -94,41 +88,65 @@ class DuplicateCalls:
         self._children: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
 
     def __call__(self, batch: SpanBatch, inferred: set[int] = frozenset()) -> SpanBatch:
+        # Columns and tables in locals, the bounded inserts inlined: this runs for every counted call.
         counted, operation, status = batch.counted, batch.operation, batch.usage_status
         todo = [i for i in range(len(batch)) if counted[i] and operation[i] in INFERENCE_OPERATIONS]
         if not todo:
             return batch
+        cr, cw, rs, inp, out = batch.cache_read_tokens, batch.cache_write_tokens, batch.reasoning_tokens, \
+            batch.input_tokens, batch.output_tokens
+        scopes, traces, sids, parents = batch.scope_name, batch.trace_id, batch.span_id, batch.parent_span_id
         if len(todo) > 1:
-            cr, cw, rs, inp, scopes = batch.cache_read_tokens, batch.cache_write_tokens, batch.reasoning_tokens, \
-                batch.input_tokens, batch.scope_name
             todo.sort(key=lambda i: (status[i] in ("missing", "none"), -quirk(scopes[i]).rank,
                                      -(cr[i] + cw[i] + rs[i]), -inp[i], i))
+        attributes, models, request_models, providers = batch.attributes, batch.model, batch.request_model, \
+            batch.provider
+        starts, ends = batch.start_time_ns, batch.end_time_ns
+        calls, by_response, by_output, children = self._calls, self._by_response, self._by_output, self._children
+        limit = self.max_entries
         kept: dict[int, _Call] = {}
         for i in todo:
-            c = self._call(batch, i)
-            dup_of = self._match(batch.trace_id[i], c, batch.parent_span_id[i])
+            attrs = attributes[i]
+            rid = attrs.get("gen_ai.response.id") or attrs.get("ai.response.id", "")
+            m, rm = models[i], request_models[i]
+            trace, sid, parent = traces[i], sids[i], parents[i]
+            c = _Call(sid, parent, scopes[i], starts[i], ends[i], providers[i],
+                      (m, rm) if m and rm else ((m,) if m else ((rm,) if rm else ())), inp[i], out[i], cr[i] + cw[i],
+                      rid, status[i] not in ("missing", "none"))
+            dup_of = self._match(trace, c, parent)
             if dup_of:
                 exclude(batch, i, f"duplicate_of:{dup_of}")
-            else:
-                self._remember(batch.trace_id[i], c)
-                kept[i] = c
+                continue
+            kept[i] = c
+            calls[(trace, sid)] = c
+            if len(calls) > limit:
+                calls.popitem(last=False)
+            if rid:
+                by_response[(trace, rid)] = sid
+                if len(by_response) > limit:
+                    by_response.popitem(last=False)
+            if c.usage:
+                same = by_output.get((trace, c.output))
+                if same is None:
+                    by_output[(trace, c.output)] = [sid]
+                    if len(by_output) > limit:
+                        by_output.popitem(last=False)
+                elif len(same) < MAX_SAME_OUTPUT:
+                    same.append(sid)
+            if parent:
+                siblings = children.get((trace, parent))
+                if siblings is None:
+                    children[(trace, parent)] = [sid]
+                    if len(children) > limit:
+                        children.popitem(last=False)
+                elif len(siblings) < MAX_SAME_OUTPUT:
+                    siblings.append(sid)
         for i in inferred:
             c = kept.get(i)
-            if c is not None and self._has_call_children(batch.trace_id[i], c):
+            if c is not None and self._has_call_children(traces[i], c):
                 exclude(batch, i, "aggregate:llm_children")
-                self._calls.pop((batch.trace_id[i], c.sid), None)
+                calls.pop((traces[i], c.sid), None)
         return batch
-
-    @staticmethod
-    def _call(batch: SpanBatch, i: int) -> _Call:
-        attrs = batch.attributes[i]
-        rid = attrs.get("gen_ai.response.id") or attrs.get("ai.response.id", "")
-        models = tuple(m for m in (batch.model[i], batch.request_model[i]) if m)
-        return _Call(batch.span_id[i], batch.parent_span_id[i], batch.scope_name[i], batch.start_time_ns[i],
-                     batch.end_time_ns[i],
-                     batch.provider[i], models, batch.input_tokens[i], batch.output_tokens[i],
-                     batch.cache_read_tokens[i] + batch.cache_write_tokens[i], rid,
-                     batch.usage_status[i] not in ("missing", "none"))
 
     def _match(self, trace: str, c: _Call, parent: str) -> str:
         calls = self._calls
@@ -152,24 +170,6 @@ class DuplicateCalls:
             if other is not None and sid != c.sid and _same_call(c, other):
                 return sid
         return ""
-
-    def _remember(self, trace: str, c: _Call) -> None:
-        limit = self.max_entries
-        _bounded(self._calls, (trace, c.sid), c, limit)
-        if c.rid:
-            _bounded(self._by_response, (trace, c.rid), c.sid, limit)
-        if c.usage:
-            same = self._by_output.get((trace, c.output))
-            if same is None:
-                _bounded(self._by_output, (trace, c.output), [c.sid], limit)
-            elif len(same) < MAX_SAME_OUTPUT:
-                same.append(c.sid)
-        if c.parent:
-            siblings = self._children.get((trace, c.parent))
-            if siblings is None:
-                _bounded(self._children, (trace, c.parent), [c.sid], limit)
-            elif len(siblings) < MAX_SAME_OUTPUT:
-                siblings.append(c.sid)
 
     def _has_call_children(self, trace: str, c: _Call) -> bool:
         return any(sid != c.sid and (trace, sid) in self._calls for sid in self._children.get((trace, c.sid), ()))
