@@ -3,7 +3,9 @@
 GET /healthz   JSON; 200 when storage accepts writes, 503 (status "degraded") while it fails
 GET /metrics   Prometheus text format
 GET|POST /api/sql   a read-only query (``q`` parameter or POST body); ``format`` is
-               json (ClickHouse JSONCompact: meta, data, rows), csv or tsv (with a header row)
+               json (ClickHouse JSONCompact: meta, data, rows), csv or tsv (with a header row).
+               One statement that only reads (queries/user_sql.py), on the users' own
+               connection, one at a time: 503 + Retry-After when another has run 5 s
 GET /api/panels     the dashboard panels and their parameters
 GET /api/panels/{name}?since=1h&by=feature&tenant=...   one panel:
                {"panel", "title", "params", "columns", "rows"}
@@ -25,9 +27,9 @@ import json
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from tokenpulse.errors import StorageError
+from tokenpulse.errors import QueryBusy, StorageError
 from tokenpulse.alerts.rules import RuleError
-from tokenpulse.queries import QueryError, load_panels, parse_duration, run as run_panel
+from tokenpulse.queries import QueryError, load_panels, parse_duration, run as run_panel, user_sql
 
 SQL_FORMATS = {"json": ("JSONCompact", "application/json"),
                "csv": ("CSVWithNames", "text/csv"),
@@ -41,6 +43,7 @@ class AdminServer:
         self.port = port
         self.runner: web.AppRunner | None = None
         self.panels = load_panels()
+        self.user_query_wait_s = 5.0  # a user query waits this long for the one before it, then 503
 
     async def start(self) -> int:
         app = web.Application(client_max_size=1024 * 1024, middlewares=[self._auth])
@@ -111,9 +114,17 @@ class AdminServer:
         if fmt not in SQL_FORMATS:
             return web.json_response({"error": f"format must be one of {', '.join(SQL_FORMATS)}"}, status=400)
         ch_format, ctype = SQL_FORMATS[fmt]
+        try:
+            user_sql.check(sql)
+        except QueryError as e:
+            return web.json_response({"error": f"refused: {e}"}, status=400)
         loop = asyncio.get_running_loop()
         try:
-            body = await loop.run_in_executor(None, self.service.backend.query, sql, ch_format, True)
+            body = await loop.run_in_executor(None, self.service.backend.user_query, sql, ch_format,
+                                              self.user_query_wait_s)
+        except QueryBusy as e:
+            return web.json_response({"error": str(e)}, status=503,
+                                      headers={"Retry-After": str(max(1, round(self.user_query_wait_s)))})
         except StorageError as e:
             return web.json_response({"error": str(e), "code": e.code}, status=400)
         return web.Response(body=body, headers={"Content-Type": ctype})

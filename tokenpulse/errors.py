@@ -7,6 +7,7 @@
      └── StorageError         a ClickHouse failure, classified where it happens
           ├── RetryableStorageError   network, overload, server-side trouble: try again later
           ├── DataError               the batch itself was refused (bad types or values)
+          ├── QueryBusy               user queries are all in use: try again later (503)
           └── InternalWriteError      a bug of ours while writing one request (answered INTERNAL / 500)
 
 Expected outcomes of a write (accepted, retry later, rejected) are return values
@@ -46,4 +47,8 @@ class DataError(StorageError):
 
 
 class InternalWriteError(StorageError):
+    pass
+
+
+class QueryBusy(StorageError):
     pass

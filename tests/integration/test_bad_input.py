@@ -224,3 +224,24 @@ def test_hostile_requests_get_clear_answers_and_keep_valid_neighbours(make_servi
     r = post(svc, valid.replace(b"vvvv", b"\xff\xfe\xfd\xfc"))
     assert r.status_code == 400
     assert_still_serving(svc, "hostile-after")
+
+
+def test_a_lone_surrogate_in_json_loses_nothing(svc):
+    """JavaScript's JSON.stringify writes a lone surrogate escape when text is cut mid-emoji: the span
+    is stored with U+FFFD in its place, beside its good neighbours; a valid pair stays an emoji."""
+    import time
+
+    now = str(time.time_ns())
+    text = ('{"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": '
+            '"surrogates"}}]}, "scopeSpans": [{"spans": ['
+            '{"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331", "name": "bad \\ud800",'
+            ' "startTimeUnixNano": "' + now + '", "attributes": [{"key": "k\\udc00", "value": {"stringValue": '
+            '"cut \\ud83d"}}]},'
+            '{"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203332", "name": "ok \\ud83d\\ude00",'
+            ' "startTimeUnixNano": "' + now + '"}]}]}]}')
+    r = post(svc, text.encode(), {"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json() == {}, r.text
+    rows = sql(svc, "SELECT name, mapKeys(attributes), mapValues(attributes) FROM spans "
+                    "WHERE service = 'surrogates' ORDER BY span_id")
+    assert rows == [["bad \ufffd", ["k\ufffd"], ["cut \ufffd"]], ["ok \U0001F600", [], []]]
+    assert_still_serving(svc, "after-surrogates")

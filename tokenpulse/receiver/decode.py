@@ -26,6 +26,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -340,11 +341,29 @@ def _attrs_json(kvs) -> dict[str, str]:
     return out
 
 
+# A \\uD800-\\uDFFF escape: JSON allows a lone one (JavaScript's JSON.stringify writes one when text
+# is cut mid-emoji); Python decodes it to a lone surrogate that no UTF-8 encoder takes.
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _no_lone_surrogates(v):
+    """The document with every lone surrogate replaced by U+FFFD (valid pairs were joined by json)."""
+    if isinstance(v, str):
+        return v.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(v, list):
+        return [_no_lone_surrogates(x) for x in v]
+    if isinstance(v, dict):
+        return {_no_lone_surrogates(k): _no_lone_surrogates(x) for k, x in v.items()}
+    return v
+
+
 def decode_json(body: bytes) -> Decoded:
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as e:
         raise InvalidRequest(f"cannot decode OTLP/JSON body: {e}") from None
+    if _SURROGATE_ESCAPE.search(body):  # rare: only then walk the document
+        doc = _no_lone_surrogates(doc)
     if not isinstance(doc, dict):
         raise InvalidRequest("OTLP/JSON body must be an object with resourceSpans")
     try:

@@ -76,6 +76,11 @@ class Backend(Protocol):
 
         ``params`` bind ClickHouse query parameters (``{name:Type}`` in the SQL) server-side."""
 
+    def user_query(self, sql: str, fmt: str = "JSONCompact", wait_s: float = 5.0) -> bytes:
+        """A user's read-only query (``/api/sql``), on a connection of its own: never the one the
+        service's reads or the writer use, one at a time, ``QueryBusy`` after ``wait_s`` in line.
+        The caller has checked it with ``queries.user_sql.check``. Raises StorageError."""
+
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         """Insert an Arrow table (columns in table order). Raises StorageError."""
 

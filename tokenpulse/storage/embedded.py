@@ -4,11 +4,16 @@ chDB allows one process per data directory (a second one fails to lock
 ``status``) and, within a process, one path (platform.md). So the service owns
 the directory; other processes read through the admin API (``tokenpulse sql``).
 
-Two connections: the writer's, and a reader's with ``readonly=1`` set for the
-whole session, so ``/api/sql`` cannot write, drop or change that setting
-(ClickHouse refuses ``SET readonly=0`` in readonly mode). Each connection is
-used under its own lock: chDB resolves ``Python(name)`` objects per session,
-and concurrent use of one session mixed up batches on this platform.
+Three connections: the writer's; the service's reader (panels, alert rules,
+the spool's checks); and the users' (``/api/sql``), so a user's minute-long
+query never holds the service's reads. The two readers have ``readonly=1`` set
+for the whole session (ClickHouse refuses ``SET readonly=0`` in readonly mode).
+Each connection is used under its own lock: chDB resolves ``Python(name)``
+objects per session, and concurrent use of one session mixed up batches on
+this platform. After a failed query chDB hands the *next* query on that
+connection the failed one's output (seen: a query over ``max_result_rows``, then
+``SELECT 1`` answered with the first one's columns and no rows), so a
+connection whose query failed is closed and opened anew.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import threading
 
 import pyarrow as pa
 
-from tokenpulse.errors import ConfigError
+from tokenpulse.errors import ConfigError, QueryBusy
 from tokenpulse.storage.backend import INSERT_SETTINGS, READ_LIMITS, classify
 
 # Directories this process's engine has open (its own lock must not count as another's).
@@ -40,18 +45,40 @@ class EmbeddedBackend:
                 "(embedded ClickHouse allows one process per directory); query it through "
                 "that process's admin API, e.g. `tokenpulse sql`"
             )
+        self._database = ""
         try:
             self._rw = chdb.connect(self.data_dir)
-            self._ro = chdb.connect(self.data_dir)
-            for name, value in READ_LIMITS.items():
-                self._ro.query(f"SET {name} = {value}")
-            self._ro.query("SET readonly = 1")
+            self._ro = self._reader()
+            self._user = self._reader()
         except Exception as e:  # chDB raises RuntimeError subclasses
             raise ConfigError(f"cannot open embedded ClickHouse at {self.data_dir}: {e}") from None
         _OPENED_HERE.add(self.data_dir)
         self._rw_lock = threading.Lock()
         self._ro_lock = threading.Lock()
+        self._user_lock = threading.Lock()
         self._closed = False
+
+    def _reader(self):
+        import chdb
+
+        conn = chdb.connect(self.data_dir)
+        for name, value in READ_LIMITS.items():
+            conn.query(f"SET {name} = {value}")
+        conn.query("SET readonly = 1")
+        if self._database:
+            conn.query(f"USE {self._database}")
+        return conn
+
+    def _renew(self, attr: str) -> None:
+        """Replace a reader whose query failed (its next answer would be the failed one's; module doc)."""
+        try:
+            getattr(self, attr).close()
+        except Exception:
+            pass
+        try:
+            setattr(self, attr, self._reader())
+        except Exception as e:
+            raise classify(e, "cannot reopen the embedded reader") from None
 
     def command(self, sql: str) -> None:
         with self._rw_lock:
@@ -61,12 +88,28 @@ class EmbeddedBackend:
                 raise classify(e, "ClickHouse command failed") from None
 
     def query(self, sql: str, fmt: str = "JSONCompact", readonly: bool = True, params: dict | None = None) -> bytes:
-        conn, lock = (self._ro, self._ro_lock) if readonly else (self._rw, self._rw_lock)
-        with lock:
-            try:
-                res = conn.query(sql, fmt, params=params) if params else conn.query(sql, fmt)
-            except Exception as e:
-                raise classify(e, "ClickHouse query failed") from None
+        if not readonly:
+            with self._rw_lock:
+                return self._run(self._rw, sql, fmt, params, None)
+        with self._ro_lock:
+            return self._run(self._ro, sql, fmt, params, "_ro")
+
+    def user_query(self, sql: str, fmt: str = "JSONCompact", wait_s: float = 5.0) -> bytes:
+        if not self._user_lock.acquire(timeout=wait_s):
+            raise QueryBusy(f"another user query has been running for over {wait_s:g} s; retry later")
+        try:
+            return self._run(self._user, sql, fmt, None, "_user")
+        finally:
+            self._user_lock.release()
+
+    def _run(self, conn, sql: str, fmt: str, params: dict | None, renew: str | None) -> bytes:
+        try:
+            res = conn.query(sql, fmt, params=params) if params else conn.query(sql, fmt)
+        except Exception as e:
+            err = classify(e, "ClickHouse query failed")
+            if renew:
+                self._renew(renew)
+            raise err from None
         return res.bytes() if hasattr(res, "bytes") else bytes(res)
 
     def insert_arrow(self, table: str, data: pa.Table) -> None:
@@ -82,19 +125,20 @@ class EmbeddedBackend:
                 raise classify(e, f"insert into {table} failed") from None
 
     def use_database(self, database: str) -> None:
-        with self._rw_lock, self._ro_lock:
+        with self._rw_lock, self._ro_lock, self._user_lock:
             try:
-                self._rw.query(f"USE {database}")
-                self._ro.query(f"USE {database}")
+                for conn in (self._rw, self._ro, self._user):
+                    conn.query(f"USE {database}")
             except Exception as e:
                 raise classify(e, f"cannot use database {database}") from None
+            self._database = database
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        with self._rw_lock, self._ro_lock:
-            for conn in (self._ro, self._rw):
+        with self._rw_lock, self._ro_lock, self._user_lock:
+            for conn in (self._user, self._ro, self._rw):
                 try:
                     conn.close()
                 except Exception:

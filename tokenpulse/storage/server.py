@@ -3,6 +3,8 @@
 Same SQL as the embedded backend; inserts go as Arrow (``insert_arrow``), the
 same table the embedded backend inserts. Read-only queries pass
 ``readonly=1`` as a query setting, which the server then refuses to change.
+Users' queries (``/api/sql``) go through a client of their own, one at a time,
+so they never wait for, or hold up, the service's reads and inserts.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import threading
 
 import pyarrow as pa
 
-from tokenpulse.errors import ConfigError, RetryableStorageError
+from tokenpulse.errors import ConfigError, QueryBusy, RetryableStorageError
 from tokenpulse.storage.backend import INSERT_SETTINGS, READ_LIMITS, classify, redact_url
 from tokenpulse.storage.cluster import INSERT_SETTINGS as CLUSTER_INSERT_SETTINGS
 from tokenpulse.storage.cluster import QUERY_SETTINGS as CLUSTER_QUERY_SETTINGS
@@ -26,12 +28,14 @@ class ServerBackend:
         self.description = f"ClickHouse server at {redact_url(url)}"
         try:
             self._client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
+            self._user_client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
         except OperationalError as e:
             raise RetryableStorageError(f"cannot reach {redact_url(url)}: {type(e).__name__}") from None
         except Exception as e:
             raise ConfigError(f"cannot use ClickHouse URL {redact_url(url)}: {e}") from None
         # clickhouse-connect clients are not safe for concurrent queries.
         self._lock = threading.Lock()
+        self._user_lock = threading.Lock()
         self._query_settings = dict(CLUSTER_QUERY_SETTINGS) if cluster else {}
         self._insert_settings = {**INSERT_SETTINGS, **(CLUSTER_INSERT_SETTINGS if cluster else {})}
 
@@ -51,6 +55,18 @@ class ServerBackend:
             except Exception as e:
                 raise classify(e, "ClickHouse query failed") from None
 
+    def user_query(self, sql: str, fmt: str = "JSONCompact", wait_s: float = 5.0) -> bytes:
+        limits = {k: v.strip("'") if isinstance(v, str) else v for k, v in READ_LIMITS.items()}
+        if not self._user_lock.acquire(timeout=wait_s):
+            raise QueryBusy(f"another user query has been running for over {wait_s:g} s; retry later")
+        try:
+            return self._user_client.raw_query(sql, fmt=fmt, settings={**self._query_settings, **limits,
+                                                                         "readonly": 1})
+        except Exception as e:
+            raise classify(e, "ClickHouse query failed") from None
+        finally:
+            self._user_lock.release()
+
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         with self._lock:
             try:
@@ -60,10 +76,12 @@ class ServerBackend:
 
     def use_database(self, database: str) -> None:
         self._client.database = database
+        self._user_client.database = database
 
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._client.close()
-            except Exception:
-                pass
+        with self._lock, self._user_lock:
+            for client in (self._client, self._user_client):
+                try:
+                    client.close()
+                except Exception:
+                    pass
