@@ -37,8 +37,9 @@ SQL_FORMATS = {"json": ("JSONCompact", "application/json"),
 
 
 class AdminServer:
-    def __init__(self, service, host: str, port: int):
+    def __init__(self, service, host: str, port: int, ssl_context=None):
         self.service = service
+        self.ssl_context = ssl_context  # admin_tls: the OTLP receivers' certificate
         self.host = host
         self.port = port
         self.runner: web.AppRunner | None = None
@@ -66,7 +67,7 @@ class AdminServer:
         app.router.add_delete("/api/throttle/{tenant}", self._throttle_clear)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
         return self.port
@@ -240,11 +241,27 @@ class AdminServer:
         return web.json_response({**throttler.book.decision(tenant, time.time()), "released": bool(events)})
 
 
-def add_throttle_routes(router, service, auth=None) -> None:
+def add_throttle_routes(router, service, auth=None, otlp_port: bool = False) -> None:
     """The decision API agent services call: ``GET /v1/throttle`` and ``GET /v1/throttle/{tenant}``.
     Served from memory, on the OTLP/HTTP port and the admin port alike. On the OTLP port with API
-    keys configured, a key is needed, and a key bound to a tenant sees only that tenant."""
+    keys configured, a key is needed, and a key bound to a tenant sees only that tenant. Without
+    keys, the OTLP port (often public) serves the list of every throttled tenant only with the admin
+    token, unless ``throttle_list_open``; a tenant's own decision stays readable for its agents."""
+    import hashlib
+    import hmac
     import time
+
+    def list_allowed(request: web.Request) -> web.Response | None:
+        s = service.settings
+        if not otlp_port or (auth is not None and auth.enabled) or s.throttle_list_open:
+            return None
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if s.admin_token_sha256 and scheme.lower() == "bearer" and hmac.compare_digest(
+                hashlib.sha256(token.strip().encode()).hexdigest(), s.admin_token_sha256):
+            return None
+        return web.json_response({"error": "the list of throttled tenants is not served on the OTLP port without "
+                                           "an API key or the admin token; read it on the admin port, or set "
+                                           "throttle_list_open"}, status=403)
 
     def allowed(request: web.Request, tenant: str | None) -> web.Response | None:
         if auth is None or not auth.enabled:
@@ -270,7 +287,7 @@ def add_throttle_routes(router, service, auth=None) -> None:
         if throttler is None:
             return web.json_response({"error": "throttling is not available in this process"}, status=503)
         key = auth.check(request.headers.get("Authorization")) if auth is not None and auth.enabled else None
-        refused = allowed(request, key.tenant if key and key.tenant else None)
+        refused = list_allowed(request) or allowed(request, key.tenant if key and key.tenant else None)
         if refused:
             return refused
         decisions = throttler.book.all(time.time())

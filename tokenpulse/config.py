@@ -31,7 +31,10 @@ class Settings:
     data_dir: str = field(default="./tokenpulse-data", metadata={
         "doc": "embedded ClickHouse (chDB) data directory; used when no clickhouse_url is set"})
     clickhouse_url: str = field(default="", metadata={
-        "doc": "ClickHouse server URL, e.g. http://user:pass@host:8123; empty: embedded chDB"})
+        "doc": "ClickHouse server URL, e.g. http://user@host:8123; empty: embedded chDB. A password in a command-line "
+               "flag shows in `ps`: give it in TOKENPULSE_CLICKHOUSE_URL, the config file or clickhouse_password_file"})
+    clickhouse_password_file: str = field(default="", metadata={
+        "doc": "file holding the ClickHouse password (one line), used with clickhouse_url's user", "secret": True})
     clickhouse_cluster: str = field(default="", metadata={
         "doc": "ClickHouse cluster name (from the server's remote_servers): migrations run ON CLUSTER with "
                "Replicated tables and Distributed tables over them (README 'Deploying'); server only"})
@@ -48,9 +51,13 @@ class Settings:
         "doc": "attributes beyond this many on a span or resource are dropped (counted)", "min": 1})
     max_attribute_value_chars: int = field(default=65_536, metadata={
         "doc": "attribute values longer than this many characters are cut (counted)", "min": 1})
+    body_timeout_s: float = field(default=30.0, metadata={
+        "doc": "an OTLP/HTTP request body not received within this many seconds is answered 408 (a stalled "
+               "client holds no memory longer)", "min": 0.1})
     max_inflight_bytes: int = field(default=64 * MiB, metadata={
         "doc": "request bodies in progress (read, decoding, waiting for their write) beyond which new Exports "
-               "are answered 429 / UNAVAILABLE at once (overload shedding)", "min": 1024, "bytes": True})
+               "are answered 429 / UNAVAILABLE at once (overload shedding); a body counts as it arrives, and "
+               "again inflated", "min": 1024, "bytes": True})
     batch_max_spans: int = field(default=50_000, metadata={"doc": "flush an insert at this many spans", "min": 1})
     batch_eager_spans: int = field(default=20_000, metadata={
         "doc": "with this many spans queued, insert without waiting for requests still being decoded",
@@ -149,9 +156,15 @@ class Settings:
     admin_token_sha256: str = field(default="", metadata={
         "doc": "SHA-256 of the admin API token; when set, every admin route but /healthz needs "
                "Authorization: Bearer TOKEN (CLI: --admin-token or TOKENPULSE_ADMIN_TOKEN)", "secret": True})
+    throttle_list_open: bool = field(default=False, metadata={
+        "doc": "serve GET /v1/throttle (every throttled tenant) on the OTLP/HTTP port to anyone; off: there it "
+               "needs an API key (when keys are configured) or the admin token, as the admin API does. A "
+               "tenant's own decision (/v1/throttle/TENANT) is always served there for agents"})
     tls_cert_file: str = field(default="", metadata={
         "doc": "PEM certificate chain for TLS on both OTLP receivers (with tls_key_file); empty: plain text"})
     tls_key_file: str = field(default="", metadata={"doc": "PEM private key for tls_cert_file", "secret": True})
+    admin_tls: bool = field(default=False, metadata={
+        "doc": "serve the admin API (and the dashboard page) over TLS too, with tls_cert_file and tls_key_file"})
     rollups: str = field(default="on", metadata={
         "doc": "on: the evaluator rolls up settled hours for the panels that read rollups (README 'Queries, "
                "rollups and dashboards'); off: those panels compute everything live", "choices": ("on", "off")})
@@ -330,6 +343,10 @@ def _check(settings: "Settings") -> "Settings":
                           "is one node")
     if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
         raise ConfigError("tls_cert_file and tls_key_file go together")
+    if settings.admin_tls and not settings.tls_cert_file:
+        raise ConfigError("admin_tls needs tls_cert_file and tls_key_file")
+    if settings.clickhouse_password_file and not settings.clickhouse_url:
+        raise ConfigError("clickhouse_password_file needs clickhouse_url (a ClickHouse server)")
     if settings.admin_token_sha256 and not re.fullmatch(r"[0-9a-f]{64}", settings.admin_token_sha256):
         raise ConfigError("admin_token_sha256 must be the SHA-256 hex digest of the token "
                           "(`tokenpulse keys hash TOKEN`), not the token itself")

@@ -39,7 +39,7 @@ from tokenpulse.receiver.limits import Limits
 from tokenpulse.receiver.otlp_grpc import OtlpGrpcReceiver
 from tokenpulse.receiver.otlp_http import OtlpHttpReceiver
 from tokenpulse.receiver.reencode import Reencoder
-from tokenpulse.storage.backend import Backend, open_backend
+from tokenpulse.storage.backend import Backend, open_backend, with_password
 from tokenpulse.storage.migrate import migrate
 from tokenpulse.storage.writer import DedupCache, Sink, SpanTable, Writer, WriterSettings
 from tokenpulse.telemetry import Telemetry, parse_telemetry
@@ -121,7 +121,10 @@ class Service:
         self.telemetry = Telemetry(parse_telemetry(s.telemetry), self.metrics.registry,
                                    instance_id=f"{socket.gethostname()}:{os.getpid()}")
         if self.backend is None:
-            self.backend = open_backend(s.data_dir, s.clickhouse_url or None, s.clickhouse_cluster)
+            url = s.clickhouse_url
+            if url and s.clickhouse_password_file:
+                url = with_password(url, s.clickhouse_password_file)
+            self.backend = open_backend(s.data_dir, url or None, s.clickhouse_cluster)
         applied = migrate(self.backend, s.database, s.retention_days, s.clickhouse_cluster)
         if applied:
             log.info("applied schema migrations %s", applied)
@@ -310,9 +313,10 @@ class Service:
                                          tls[0] if tls else None)
             self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes,
                                          s.shutdown_timeout_s,
-                                         extra_routes=lambda router: add_throttle_routes(router, self, auth),
-                                         auth=auth, ssl_context=tls[1] if tls else None)
-        self.admin = AdminServer(self, s.admin_host, s.admin_port)
+                                         extra_routes=lambda router: add_throttle_routes(router, self, auth, otlp_port=True),
+                                         auth=auth, ssl_context=tls[1] if tls else None,
+                                         body_timeout_s=s.body_timeout_s)
+        self.admin = AdminServer(self, s.admin_host, s.admin_port, ssl_context=tls[1] if tls and s.admin_tls else None)
         try:
             if self.grpc is not None:
                 await self.grpc.start()

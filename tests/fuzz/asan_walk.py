@@ -1,4 +1,5 @@
-"""Mutated and random bodies straight into the C span walk, built with AddressSanitizer and UBSan.
+"""Mutated and random bodies straight into the C span walk (and keep_first, the span count and cut
+on the wire), built with AddressSanitizer and UBSan.
 
 The walk must be memory-safe on any bytes, not only on bodies upb accepted, so this feeds it
 without the upb parse in front. Run in a process with the sanitizer runtimes preloaded
@@ -34,7 +35,8 @@ def load(path: str):
 
 
 def main() -> None:
-    walk = load(sys.argv[1]).walk
+    module = load(sys.argv[1])
+    walk, keep_first = module.walk, module.keep_first
     runs = int(sys.argv[2])
     from tests.unit.test_decode_fast import CASES
 
@@ -59,6 +61,10 @@ def main() -> None:
             ok = False
         walked += 1
         declined += not ok
+        limit = rnd.randint(0, 6)
+        total, cut = keep_first(bytes(body), limit)
+        if cut is not None:  # a cut body is itself well formed, with exactly ``limit`` spans
+            assert total > limit and keep_first(cut, 1 << 40) == (limit, None), (bytes(body), limit)
     print(f"walked {walked} bodies ({declined} declined), no sanitizer finding")
 
 

@@ -80,7 +80,7 @@ def test_tokenpulse_sql_formats_and_read_only(serve_process):
 
     for write in ("DROP TABLE spans", "INSERT INTO spans (trace_id) VALUES ('x')", "SET readonly = 0"):
         out = _cli("sql", write, "--admin-url", proc.admin_url)
-        assert out.returncode == 1 and "readonly" in out.stderr.lower(), out.stderr
+        assert out.returncode == 1 and "refused: only read-only statements" in out.stderr.lower(), out.stderr
     assert proc.sql("SELECT count() FROM spans")[0][0] in (3, "3")
 
     out = _cli("sql", "SELEC nonsense", "--admin-url", proc.admin_url)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import grpc
 import pytest
 import requests
@@ -110,3 +112,37 @@ def test_tls_on_both_receivers(make_service, tmp_path):
         requests.post(f"http://127.0.0.1:{svc.http.port}/v1/traces", data=body, headers=PB, timeout=5)
     with pytest.raises(ConfigError, match="go together"):
         load_settings({"tls_cert_file": cert}, env={})
+
+
+def test_the_throttle_list_on_the_otlp_port_follows_the_admin_rules(make_service):
+    token = "admin-token-for-the-throttle-list"
+    svc = make_service(admin_token_sha256=hashlib.sha256(token.encode()).hexdigest())
+    base = f"http://127.0.0.1:{svc.http.port}/v1/throttle"
+    r = requests.get(base, timeout=5)
+    assert r.status_code == 403 and "throttle_list_open" in r.json()["error"]
+    assert requests.get(base, headers={"Authorization": "Bearer wrong"}, timeout=5).status_code == 403
+    assert requests.get(base, headers={"Authorization": f"Bearer {token}"}, timeout=5).json() == {"throttled": []}
+    assert requests.get(f"{base}/acme", timeout=5).json()["throttled"] is False  # an agent's own tenant
+    opened = make_service(throttle_list_open=True)
+    assert requests.get(f"http://127.0.0.1:{opened.http.port}/v1/throttle", timeout=5).status_code == 200
+
+
+def test_admin_api_over_tls_and_the_clickhouse_password_from_a_file(make_service, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    svc = make_service(tls_cert_file=cert, tls_key_file=key, admin_tls=True)
+    r = requests.get(f"https://127.0.0.1:{svc.admin.port}/api/sql", params={"q": "SELECT 1"}, verify=cert, timeout=10)
+    assert r.json()["data"] == [[1]]
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"http://127.0.0.1:{svc.admin.port}/healthz", timeout=5)
+    with pytest.raises(ConfigError, match="admin_tls needs"):
+        load_settings({"admin_tls": True}, env={})
+    # The password is read from a file and joined to the URL's user (never typed where ps shows it).
+    from tokenpulse.storage.backend import redact_url, with_password
+
+    pw = tmp_path / "pw"
+    pw.write_text("s3cr:t/pass\n")
+    url = with_password("https://reader@ch.example:8443/db?secure=1", str(pw))
+    assert url == "https://reader:s3cr%3At%2Fpass@ch.example:8443/db?secure=1"
+    assert "s3cr" not in redact_url(url)
+    with pytest.raises(ConfigError, match="clickhouse_password_file"):
+        with_password("http://h:8123", str(tmp_path / "missing"))

@@ -53,7 +53,7 @@ def test_spike_throttles_the_tenant_the_guard_raises_and_calm_releases_after_coo
     assert "spiky" in e.value.message and "Tenant spiky burns 80,000 tokens/min" in e.value.reason
     for calm in ("a", "b", "c", "never-seen"):
         guard.check(calm)  # other tenants are never throttled
-    listing = requests.get(f"http://127.0.0.1:{svc.http.port}/v1/throttle", timeout=5).json()
+    listing = requests.get(f"http://127.0.0.1:{svc.admin.port}/v1/throttle", timeout=5).json()
     assert [d["tenant"] for d in listing["throttled"]] == ["spiky"]
     # the operator heard about it (alert webhook, then the throttle notice)
     names = [b["alerts"][0]["labels"]["alertname"] for b in hook.bodies()]

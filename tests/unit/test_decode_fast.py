@@ -274,3 +274,48 @@ def test_the_c_walk_is_memory_safe_on_any_bytes_under_address_sanitizer(tmp_path
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "no sanitizer finding" in r.stdout
+
+
+def test_keep_first_cuts_on_the_wire_exactly_as_the_parsed_message_is_cut():
+    """keep_first (C, no per-span allocation) against _cut_message (upb's parsed message, cut):
+    same spans kept, same count; every resource and scope boundary tried."""
+    import random
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tokenpulse.receiver import decode
+    from tests.otlp import kv, span
+
+    if decode._c_keep_first is None:
+        pytest.skip("the C extension is not built (tests/unit/test_packaging.py fails on that)")
+    rnd = random.Random(7)
+    for trial in range(60):
+        req = ExportTraceServiceRequest()
+        for r in range(rnd.randint(1, 3)):
+            rs = req.resource_spans.add()
+            rs.resource.attributes.append(kv("service.name", f"s{r}"))
+            for q in range(rnd.randint(1, 3)):
+                ss = rs.scope_spans.add()
+                ss.scope.name = f"scope{q}"
+                ss.spans.extend(span(name=f"r{r}q{q}n{n}") for n in range(rnd.randint(0, 4)))
+                ss.schema_url = "after-the-spans"
+            rs.schema_url = "after-the-scopes"
+        body = req.SerializeToString()
+        total = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+        for limit in range(0, total + 2):
+            got_total, cut = decode._c_keep_first(body, limit)
+            assert got_total == total
+            if total <= limit:
+                assert cut is None
+                continue
+            expected = ExportTraceServiceRequest.FromString(body)
+            assert decode._cut_message(expected, limit) == total - limit
+            mine = ExportTraceServiceRequest.FromString(cut)
+            names = [s.name for rs in mine.resource_spans for ss in rs.scope_spans for s in ss.spans]
+            assert names == [s.name for rs in expected.resource_spans for ss in rs.scope_spans for s in ss.spans]
+            # resources and scopes of the kept spans are theirs (what follows the cut is dropped)
+            for got_rs, want_rs in zip(mine.resource_spans, expected.resource_spans):
+                assert got_rs.resource == want_rs.resource
+                assert [ss.scope for ss in got_rs.scope_spans] == \
+                    [ss.scope for ss in want_rs.scope_spans][:len(got_rs.scope_spans)]
+    assert decode._c_keep_first(b"\x0a\xff", 1) == (-1, None)  # malformed: upb decides

@@ -519,8 +519,188 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     return PyBool_FromLong(rc == OK);
 }
 
+/* ---------------------------------------------------------------- keep_first
+ * Count a request's spans without building anything per span, and, when there are more than
+ * ``max_spans``, the bytes of the same request cut after its first ``max_spans`` spans: whole
+ * ResourceSpans and ScopeSpans are copied as they are up to the one holding the cut, which is
+ * rebuilt with its fields up to the cut (its fields after it are dropped, as is everything
+ * after it). A bomb of millions of empty spans is refused before upb allocates millions of
+ * messages (measured: 8M empty spans, 15 MiB inflated from 15 KiB of gzip, cost upb 1.8 s and
+ * 1.35 GB to parse). Malformed bytes: (-1, None); upb then says what is wrong. */
+
+static int64_t count_ss(Buf ss) {
+    int64_t n = 0;
+    while (ss.p < ss.end) {
+        uint32_t f;
+        int wt;
+        if (read_tag(&ss, &f, &wt) != OK) return -1;
+        if (f == 2 && wt == 2) {
+            Buf sp;
+            if (read_len(&ss, &sp) != OK) return -1;
+            n++;
+        } else if (skip(&ss, wt) != OK) {
+            return -1;
+        }
+    }
+    return n;
+}
+
+static int64_t count_rs(Buf rs) {
+    int64_t n = 0;
+    while (rs.p < rs.end) {
+        uint32_t f;
+        int wt;
+        if (read_tag(&rs, &f, &wt) != OK) return -1;
+        if (f == 2 && wt == 2) {
+            Buf ss;
+            if (read_len(&rs, &ss) != OK) return -1;
+            int64_t k = count_ss(ss);
+            if (k < 0) return -1;
+            n += k;
+        } else if (skip(&rs, wt) != OK) {
+            return -1;
+        }
+    }
+    return n;
+}
+
+typedef struct {
+    uint8_t *p;
+} Out8;
+
+static void put_bytes(Out8 *o, const uint8_t *p, size_t n) {
+    memcpy(o->p, p, n);
+    o->p += n;
+}
+
+static void put_varint(Out8 *o, uint64_t v) {
+    while (v >= 0x80) {
+        *o->p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *o->p++ = (uint8_t)v;
+}
+
+/* Copy the fields of a ScopeSpans up to (not including) its (keep+1)-th span. */
+static size_t cut_ss(Buf ss, int64_t keep, uint8_t *dst) {
+    Out8 o = {dst};
+    while (ss.p < ss.end) {
+        const uint8_t *start = ss.p;
+        uint32_t f;
+        int wt;
+        read_tag(&ss, &f, &wt); /* counted before: well formed */
+        if (f == 2 && wt == 2) {
+            if (keep == 0) break;
+            keep--;
+        }
+        skip(&ss, wt);
+        put_bytes(&o, start, (size_t)(ss.p - start));
+    }
+    return (size_t)(o.p - dst);
+}
+
+/* Copy the fields of a ResourceSpans up to its cut ScopeSpans, rebuilt with ``keep`` spans. */
+static size_t cut_rs(Buf rs, int64_t keep, uint8_t *dst, uint8_t *scratch) {
+    Out8 o = {dst};
+    while (rs.p < rs.end) {
+        const uint8_t *start = rs.p;
+        uint32_t f;
+        int wt;
+        read_tag(&rs, &f, &wt);
+        if (f == 2 && wt == 2) {
+            Buf ss;
+            read_len(&rs, &ss);
+            int64_t k = count_ss(ss);
+            if (k > keep) {
+                size_t len = cut_ss(ss, keep, scratch);
+                put_varint(&o, (2 << 3) | 2);
+                put_varint(&o, len);
+                put_bytes(&o, scratch, len);
+                break;
+            }
+            keep -= k;
+        } else {
+            skip(&rs, wt);
+        }
+        put_bytes(&o, start, (size_t)(rs.p - start));
+    }
+    return (size_t)(o.p - dst);
+}
+
+PyDoc_STRVAR(keep_first_doc,
+"keep_first(body, max_spans) -> (spans, cut_body or None)\n\n"
+"The number of spans in an ExportTraceServiceRequest, counted on the wire; when it exceeds\n"
+"``max_spans``, also the request's bytes cut after its first ``max_spans`` spans. (-1, None)\n"
+"when the bytes are not a well-formed request.");
+
+static PyObject *keep_first(PyObject *self, PyObject *args) {
+    Py_buffer body;
+    long long max_spans;
+    if (!PyArg_ParseTuple(args, "y*L", &body, &max_spans)) return NULL;
+    Buf b = {(const uint8_t *)body.buf, (const uint8_t *)body.buf + body.len};
+    int64_t total = 0;
+    for (Buf c = b; c.p < c.end;) {
+        uint32_t f;
+        int wt;
+        if (read_tag(&c, &f, &wt) != OK) { total = -1; break; }
+        if (f == 1 && wt == 2) {
+            Buf rs;
+            if (read_len(&c, &rs) != OK) { total = -1; break; }
+            int64_t k = count_rs(rs);
+            if (k < 0) { total = -1; break; }
+            total += k;
+        } else if (skip(&c, wt) != OK) {
+            total = -1;
+            break;
+        }
+    }
+    if (total < 0 || total <= max_spans) {
+        PyBuffer_Release(&body);
+        return Py_BuildValue("(LO)", (long long)total, Py_None);
+    }
+    /* A cut body is never longer than the original plus a few varint bytes. */
+    uint8_t *out = PyMem_Malloc((size_t)body.len + 32), *scratch = PyMem_Malloc((size_t)body.len + 32);
+    uint8_t *rsbuf = PyMem_Malloc((size_t)body.len + 32);
+    if (!out || !scratch || !rsbuf) {
+        PyMem_Free(out); PyMem_Free(scratch); PyMem_Free(rsbuf);
+        PyBuffer_Release(&body);
+        return PyErr_NoMemory();
+    }
+    Out8 o = {out};
+    int64_t keep = max_spans;
+    for (Buf c = b; c.p < c.end;) {
+        const uint8_t *start = c.p;
+        uint32_t f;
+        int wt;
+        read_tag(&c, &f, &wt);
+        if (f == 1 && wt == 2) {
+            Buf rs;
+            read_len(&c, &rs);
+            int64_t k = count_rs(rs);
+            if (k > keep) {
+                size_t len = cut_rs(rs, keep, rsbuf, scratch);
+                put_varint(&o, (1 << 3) | 2);
+                put_varint(&o, len);
+                put_bytes(&o, rsbuf, len);
+                break;
+            }
+            keep -= k;
+        } else {
+            skip(&c, wt);
+        }
+        put_bytes(&o, start, (size_t)(c.p - start));
+    }
+    PyObject *cut = PyBytes_FromStringAndSize((const char *)out, o.p - out);
+    PyMem_Free(out); PyMem_Free(scratch); PyMem_Free(rsbuf);
+    PyBuffer_Release(&body);
+    if (!cut) return NULL;
+    PyObject *res = Py_BuildValue("(LN)", (long long)total, cut);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS, walk_doc},
+    {"keep_first", keep_first, METH_VARARGS, keep_first_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -33,13 +33,14 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tokenpulse.errors import InvalidRequest
+from tokenpulse.errors import InvalidRequest, RequestTooLarge
 from tokenpulse.record import SpanBatch
 
 try:
+    from tokenpulse.receiver._otlpwalk import keep_first as _c_keep_first
     from tokenpulse.receiver._otlpwalk import walk as _c_walk
 except ImportError:  # built without a C compiler: the Python walk below
-    _c_walk = None
+    _c_walk = _c_keep_first = None
 
 UNKNOWN_SERVICE = "unknown_service"
 _MAX_ERRORS_LISTED = 5
@@ -51,6 +52,7 @@ _ZERO_SPAN = bytes(8)
 class Decoded:
     batch: SpanBatch
     rejected: int = 0
+    listed: int = 0  # rejected spans that ``errors`` accounts for
     errors: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)  # kind -> count, for /metrics
     tenant: str = ""  # set by the receiver from an API key bound to a tenant: it wins over the spans' own
@@ -64,16 +66,22 @@ class Decoded:
 
     def reject(self, message: str, kind: str = "invalid_span") -> None:
         """Refuse one span: ``message`` goes to the client, ``kind`` to the metrics label."""
-        self.rejected += 1
-        self.reasons[kind] = self.reasons.get(kind, 0) + 1
-        if len(self.errors) < _MAX_ERRORS_LISTED:
-            self.errors.append(message)
+        self.reject_many(1, message, kind)
+
+    def reject_many(self, n: int, message: str, kind: str) -> None:
+        """Refuse ``n`` spans for one reason (listed once)."""
+        self.rejected += n
+        self.reasons[kind] = self.reasons.get(kind, 0) + n
+        # A reason for many spans at once is always listed (there are few such); single ones up to a cap.
+        if n > 1 or len(self.errors) < _MAX_ERRORS_LISTED:
+            self.errors.append(message if n == 1 else f"{n} spans: {message}")
+            self.listed += n
 
     @property
     def error_message(self) -> str:
         if not self.rejected:
             return ""
-        more = self.rejected - len(self.errors)
+        more = self.rejected - self.listed
         tail = f" (and {more} more)" if more > 0 else ""
         return f"rejected {self.rejected} span(s): " + "; ".join(self.errors) + tail
 
@@ -141,17 +149,46 @@ def _attrs_pb(kvs) -> dict[str, str]:
     return out
 
 
-def decode_protobuf(body: bytes, fast: bool = True) -> Decoded:
+def too_many_spans(limit: int) -> str:
+    return f"more than {limit} spans in one request: the rest were refused (send smaller batches)"
+
+
+def decode_protobuf(body: bytes, fast: bool = True, max_spans: int | None = None) -> Decoded:
+    """``max_spans``: spans past the first ``max_spans`` are refused (partial success) before
+    anything is built for them: counted on the wire first when the C extension is there."""
+    excess = 0
+    if max_spans is not None and _c_keep_first is not None:
+        total, cut = _c_keep_first(body, max_spans)
+        if cut is not None:
+            excess, body = total - max_spans, cut
     req = ExportTraceServiceRequest()
     try:
         req.ParseFromString(body)
     except (DecodeError, RecursionError, ValueError) as e:
         raise InvalidRequest(f"cannot decode ExportTraceServiceRequest protobuf: {e}") from None
-    if fast and _c_walk is not None:
-        out = _walk_bytes(body, req)
-        if out is not None:
-            return out
-    return decode_message(req)
+    if max_spans is not None and _c_keep_first is None:
+        excess = _cut_message(req, max_spans)
+        if excess:
+            body = req.SerializeToString()
+    out = _walk_bytes(body, req) if fast and _c_walk is not None else None
+    if out is None:
+        out = decode_message(req)
+    if excess:
+        out.reject_many(excess, too_many_spans(max_spans), "too_many_spans")
+    return out
+
+
+def _cut_message(req: ExportTraceServiceRequest, max_spans: int) -> int:
+    """Without the C extension: the parsed request cut to its first ``max_spans`` spans; the excess."""
+    keep, excess = max_spans, 0
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            n = len(ss.spans)
+            if n > keep:
+                excess += n - keep
+                del ss.spans[keep:]
+            keep -= min(n, keep)
+    return excess
 
 
 def _render_raw(raw: bytes) -> str:
@@ -357,7 +394,17 @@ def _no_lone_surrogates(v):
     return v
 
 
-def decode_json(body: bytes) -> Decoded:
+# json.loads builds a dict per object: a body of millions of `{}` costs ~40x its size in memory
+# before any span is looked at. An honest request of 100k spans with ~10 attributes each has ~2M
+# objects; a body with more than this many `{` is refused before parsing (413).
+MAX_JSON_OBJECTS = 4_000_000
+
+
+def decode_json(body: bytes, max_spans: int | None = None) -> Decoded:
+    objects = body.count(b"{")
+    if objects > MAX_JSON_OBJECTS:
+        raise RequestTooLarge(f"OTLP/JSON body with {objects} objects (more than {MAX_JSON_OBJECTS}): "
+                              "send smaller batches")
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as e:
@@ -373,6 +420,7 @@ def decode_json(body: bytes) -> Decoded:
 
     batch = SpanBatch()
     out = Decoded(batch, source=doc)
+    seen = 0
     for rs in resource_spans:
         try:
             if not isinstance(rs, dict):
@@ -395,7 +443,11 @@ def decode_json(body: bytes) -> Decoded:
             except (_SpanError, AttributeError) as e:
                 out.reject(f"scopeSpans entry: {e}")
                 continue
-            for span in spans:
+            for k, span in enumerate(spans):
+                if max_spans is not None and seen >= max_spans:
+                    out.reject_many(len(spans) - k, too_many_spans(max_spans), "too_many_spans")
+                    break
+                seen += 1
                 try:
                     _append_json_span(batch, span, service, scope_name, scope_version, res_attrs)
                 except (_SpanError, AttributeError, TypeError, RecursionError) as e:

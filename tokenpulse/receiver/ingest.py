@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -55,6 +56,27 @@ class Ingest:
         self.metrics = metrics
         self.ack_timeout_s = ack_timeout_s
         self.retention_ns = retention_days * 86_400 * 10**9
+        # Decoding and enrichment run on this one thread, never on the event loop: a request that
+        # costs seconds to decode (a gzip bomb of empty spans) must not keep the loop from answering
+        # other requests, shedding overload at once, and /healthz. One thread, so enrichment's
+        # memories (duplicate calls, trace tags) are touched by it alone.
+        self.cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenpulse-decode")
+
+    async def on_cpu(self, fn, *args):
+        """Run ``fn(*args)`` on the decode/enrich thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.cpu, fn, *args)
+
+    def close(self) -> None:
+        self.cpu.shutdown(wait=False)
+
+    def _limit(self, decoded: Decoded) -> None:
+        """Per-request limits and the retention window (on the decode thread)."""
+        cut = apply_limits(decoded, self.limits)
+        for kind, count in cut.items():
+            if count:
+                self.metrics.attributes_limited.labels(kind).inc(count)
+        if len(decoded.batch):
+            self._drop_expired(decoded)
 
     def _drop_expired(self, decoded: Decoded) -> None:
         """Refuse spans that started before the retention window, or more than a day from now.
@@ -96,17 +118,12 @@ class Ingest:
             decoded.source = None  # only forwarding re-reads the received message: free it now
         self.metrics.spans_received.labels(transport).inc(len(decoded.batch) + decoded.rejected)
         if len(decoded.batch):
-            cut = apply_limits(decoded, self.limits)
-            for kind, count in cut.items():
-                if count:
-                    self.metrics.attributes_limited.labels(kind).inc(count)
-        if len(decoded.batch):
-            self._drop_expired(decoded)
+            await self.on_cpu(self._limit, decoded)
         if len(decoded.batch) and self.trace_tags_lookup is not None:
             await self._warm_trace_tags(decoded)
         if len(decoded.batch):
             try:
-                self.enrich(decoded)  # may refuse spans (tag-or-reject): they join decoded.rejected
+                await self.on_cpu(self.enrich, decoded)  # may refuse spans (tag-or-reject): they join rejected
             except Exception as e:  # a bug of ours: this request fails clearly, the service goes on
                 return self._internal("enrichment", e, len(decoded.batch), transport)
         if decoded.tenant_overridden:
@@ -180,19 +197,27 @@ class Ingest:
 
     async def _warm_trace_tags(self, decoded: Decoded) -> None:
         """Several receivers without routing by trace id: before enrichment, fetch from storage the
-        tags of traces whose child spans arrive here but whose tagged span this process never saw."""
+        tags of traces whose child spans arrive here but whose tagged span this process never saw.
+        The memory is read and filled on the decode thread (its only user)."""
         memory = self.enrich.attributor.memory
         b = decoded.batch
-        unknown = {t for t, p in zip(b.trace_id, b.parent_span_id) if p and memory.trace(t) is None}
+
+        def unknown_traces():
+            return sorted({t for t, p in zip(b.trace_id, b.parent_span_id) if p and memory.trace(t) is None})
+
+        def learn(found):
+            for trace_id, tags in found.items():
+                memory.add_trace(trace_id, tags, is_root=True)
+
+        unknown = await self.on_cpu(unknown_traces)
         if not unknown:
             return
         try:
-            found = await asyncio.get_running_loop().run_in_executor(None, self.trace_tags_lookup, sorted(unknown))
+            found = await asyncio.get_running_loop().run_in_executor(None, self.trace_tags_lookup, unknown)
         except Exception as e:  # storage trouble: attribute from what this request says, as without the lookup
             log.warning("trace tag lookup failed: %s", e)
             return
-        for trace_id, tags in found.items():
-            memory.add_trace(trace_id, tags, is_root=True)
+        await self.on_cpu(learn, found)
 
     def admit(self, nbytes: int, transport: str) -> Answer | None:
         """Admission control before a body is read or decoded: decoding and enrichment run on one
@@ -205,6 +230,18 @@ class Ingest:
             return Answer("retry", message=f"overloaded: {self.inflight_bytes >> 20} MiB of requests in progress; "
                                            "retry", retry_after_s=self.writer.s.retry_after_s, reason="overloaded")
         self.inflight_bytes += nbytes
+        return None
+
+    def grow(self, held: int, extra: int, transport: str) -> Answer | None:
+        """A request already holding ``held`` bytes needs ``extra`` more: its body is still arriving
+        (chunked, or longer than declared) or it inflated. Shed like ``admit`` unless it is the
+        only request in progress. On None it holds ``held + extra``."""
+        if self.inflight_bytes > held and self.inflight_bytes + extra > self.max_inflight_bytes:
+            self.metrics.requests.labels(transport, "retry").inc()
+            self.metrics.requests_shed.labels(transport).inc()
+            return Answer("retry", message=f"overloaded: {self.inflight_bytes >> 20} MiB of requests in progress; "
+                                           "retry", retry_after_s=self.writer.s.retry_after_s, reason="overloaded")
+        self.inflight_bytes += extra
         return None
 
     def release(self, nbytes: int) -> None:

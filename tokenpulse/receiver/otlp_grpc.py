@@ -104,7 +104,7 @@ class OtlpGrpcReceiver:
                                     "missing or unknown API key (send metadata authorization: Bearer <key>)")
             tenant = key.tenant
         try:
-            decoded = decode_protobuf(body)
+            decoded = await self.ingest.on_cpu(decode_protobuf, body, True, self.ingest.limits.max_spans)
         except InvalidRequest as e:
             metrics.requests.labels("grpc", "invalid").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))

@@ -4,6 +4,11 @@
   uses the request's type. Anything else: 415.
 * ``Content-Encoding: gzip`` (or deflate). We inflate ourselves, with the same
   limit as the raw body, so a gzip bomb stops at the limit: 413.
+* Admission (``max_inflight_bytes``) counts what a request holds, not what it
+  declares: the body as it arrives (a chunked body declares nothing) and then
+  its inflated size. Over the budget, with other requests in progress: 429 with
+  ``Retry-After``, even mid-body. A body not received within ``body_timeout_s``:
+  408.
 * Success and partial success are 200 with ExportTraceServiceResponse; bad data
   is 400, too large 413, both with a google.rpc.Status body.
 * Retryable refusals: 429 when our queue is full, 503 when storage is failing
@@ -28,6 +33,15 @@ from tokenpulse.receiver.ingest import Answer, Ingest
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Shed(Exception):
+    def __init__(self, answer: Answer):
+        self.answer = answer
 
 
 def inflate(data: bytes, encoding: str, limit: int) -> bytes:
@@ -82,7 +96,8 @@ def _success(ctype: str, answer: Answer) -> web.Response:
 
 class OtlpHttpReceiver:
     def __init__(self, ingest: Ingest, host: str, port: int, max_request_bytes: int, shutdown_timeout_s: float,
-                 extra_routes=None, auth=None, ssl_context=None):
+                 extra_routes=None, auth=None, ssl_context=None, body_timeout_s: float = 30.0):
+        self.body_timeout_s = body_timeout_s
         self.auth = auth  # receiver/auth.py Authenticator, or None
         self.ssl_context = ssl_context
         self.extra_routes = extra_routes  # callable(router): the throttle decision API shares this port
@@ -139,31 +154,71 @@ class OtlpHttpReceiver:
             requests.labels("http", "unsupported").inc()
             return _error(JSON, 415, code_pb2.INVALID_ARGUMENT,
                           f"unsupported Content-Type {ctype!r}; use {PROTOBUF} or {JSON}")
-        size = request.content_length or 0  # known before the body is read (0 if chunked)
-        shed = self.ingest.admit(size, "http")
+        declared = request.content_length or 0  # known before the body is read (0 if chunked)
+        if declared > self.max_request_bytes:
+            requests.labels("http", "too_large").inc()
+            return _error(ctype, 413, code_pb2.RESOURCE_EXHAUSTED,
+                          f"request body exceeds the {self.max_request_bytes}-byte limit")
+        shed = self.ingest.admit(declared, "http")
         if shed is not None:
-            return _error(ctype, 429, code_pb2.UNAVAILABLE, shed.message,
-                          headers={"Retry-After": str(max(1, math.ceil(shed.retry_after_s)))})
+            return self._shed(ctype, shed)
+        held = [declared]  # bytes this request holds against max_inflight_bytes, as they grow
         try:
             try:
-                raw = await request.read()
-            except web.HTTPRequestEntityTooLarge:
+                raw = await asyncio.wait_for(self._read_body(request, held), self.body_timeout_s)
+            except _TooLarge:
                 requests.labels("http", "too_large").inc()
                 return _error(ctype, 413, code_pb2.RESOURCE_EXHAUSTED,
                               f"request body exceeds the {self.max_request_bytes}-byte limit")
+            except _Shed as e:
+                return self._shed(ctype, e.answer)
+            except asyncio.TimeoutError:
+                requests.labels("http", "timeout").inc()
+                return _error(ctype, 408, code_pb2.DEADLINE_EXCEEDED,
+                              f"request body not received within {self.body_timeout_s:g} s")
             with self.ingest.writer.arriving() as arrival:
                 # Yield once before decoding: every request already received announces itself too,
                 # so the writer knows they are coming and waits to insert them together.
                 await asyncio.sleep(0)
-                return await self._export(ctype, raw, request.headers.get("Content-Encoding", ""), arrival, tenant)
+                return await self._export(ctype, raw, request.headers.get("Content-Encoding", ""), arrival, tenant,
+                                          held)
         finally:
-            self.ingest.release(size)
+            self.ingest.release(held[0])
 
-    async def _export(self, ctype: str, raw: bytes, encoding: str, arrival, tenant: str = "") -> web.Response:
+    def _shed(self, ctype: str, answer: Answer) -> web.Response:
+        return _error(ctype, 429, code_pb2.UNAVAILABLE, answer.message,
+                      headers={"Retry-After": str(max(1, math.ceil(answer.retry_after_s)))})
+
+    async def _read_body(self, request: web.Request, held: list[int]) -> bytes:
+        """The body as it arrives, counted against ``max_inflight_bytes`` chunk by chunk: a chunked
+        body declares no length, and a client may stall mid-body (``body_timeout_s`` bounds that)."""
+        buf = bytearray()
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                return bytes(buf)
+            buf += chunk
+            if len(buf) > self.max_request_bytes:
+                raise _TooLarge()
+            if len(buf) > held[0]:
+                shed = self.ingest.grow(held[0], len(buf) - held[0], "http")
+                if shed is not None:
+                    raise _Shed(shed)
+                held[0] = len(buf)
+
+    async def _export(self, ctype: str, raw: bytes, encoding: str, arrival, tenant: str = "",
+                      held: list[int] | None = None) -> web.Response:
         requests = self.ingest.metrics.requests
         try:
-            body = inflate(raw, encoding, self.max_request_bytes)
-            decoded = decode_protobuf(body) if ctype == PROTOBUF else decode_json(body)
+            body = await self.ingest.on_cpu(inflate, raw, encoding, self.max_request_bytes)
+            if held is not None and body is not raw:  # the inflated body is held too
+                shed = self.ingest.grow(held[0], len(body), "http")
+                if shed is not None:
+                    return self._shed(ctype, shed)
+                held[0] += len(body)
+            max_spans = self.ingest.limits.max_spans
+            decoded = await self.ingest.on_cpu(decode_protobuf, body, True, max_spans) if ctype == PROTOBUF \
+                else await self.ingest.on_cpu(decode_json, body, max_spans)
         except RequestTooLarge as e:
             requests.labels("http", "too_large").inc()
             return _error(ctype, 413, code_pb2.RESOURCE_EXHAUSTED, str(e))

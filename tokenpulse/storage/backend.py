@@ -54,6 +54,25 @@ def classify(exc: BaseException, what: str) -> StorageError:
     return RetryableStorageError(message, code)
 
 
+def with_password(url: str, password_file: str) -> str:
+    """The URL with the password read from ``password_file`` (first line), for its user."""
+    from tokenpulse.errors import ConfigError
+
+    try:
+        with open(password_file, encoding="utf-8") as fh:
+            password = fh.readline().rstrip("\r\n")
+    except OSError as e:
+        raise ConfigError(f"cannot read clickhouse_password_file {password_file}: {e.strerror}") from None
+    from urllib.parse import quote
+
+    parts = urlsplit(url)
+    user = quote(parts.username or "default", safe="")
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{user}:{quote(password, safe='')}@{host}", parts.path, parts.query, ""))
+
+
 def redact_url(url: str) -> str:
     """A ClickHouse URL safe to log: no user or password."""
     parts = urlsplit(url)
