@@ -12,8 +12,11 @@ promised to keep). At the end it counts what is in ClickHouse.
             for --outage-s seconds; reports when the notification arrived after it came back
 * overload: --overload-senders (120) senders of 5,000-span requests, more in flight than the
             writer queue holds (500k spans by default)
+* stall:    60 clients start a chunked 15 MiB upload, send 1 MiB and stall, beside 2 honest senders
+* bombs:    4 clients send gzip bombs (4M empty spans from ~8 kB) for 20 s, beside 2 honest senders
+* mixed:    40 gRPC and 40 HTTP senders of 5,000-span requests for 30 s (gRPC outcomes counted)
 
-    python bench/faults.py [--outage-s 60] [--scenario outage,kill-9,overload]
+    python bench/faults.py [--outage-s 60] [--scenario outage,kill-9,overload,stall,bombs,mixed]
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ from detection import free_port  # noqa: E402
 from spans import make_request  # noqa: E402
 
 
+SERVE_EXTRA: tuple = ()  # flags for every `tokenpulse serve` started here (--serve-flag)
+
+
 class Server:
     def __init__(self, data_dir: str, env: dict | None = None, extra: tuple = ()):
-        self.extra = extra
+        self.extra = extra + SERVE_EXTRA
         self.data_dir = data_dir
         self.env = env or {}
         self.ports = {k: free_port() for k in ("grpc", "http", "admin")}
@@ -197,6 +203,137 @@ def overload(tmp: str, senders: int) -> dict:
             "retry": load.retry, "stored": stored, "rss": server.peak_rss_mb, "note": ""}
 
 
+def _empty_spans_gzip(n: int) -> bytes:
+    """A gzip bomb: an ExportTraceServiceRequest of ``n`` empty spans (2 bytes each on the wire)."""
+    import gzip
+
+    def varint(v: int) -> bytes:
+        out = bytearray()
+        while True:
+            b, v = v & 0x7F, v >> 7
+            out.append(b | 0x80 if v else b)
+            if not v:
+                return bytes(out)
+
+    spans = b"\x12\x00" * n
+    ss = b"\x12" + varint(len(spans)) + spans
+    return gzip.compress(b"\x0a" + varint(len(ss)) + ss)
+
+
+def stalled_uploads(tmp: str, clients: int = 60) -> dict:
+    """Clients that start a chunked 15 MiB upload, send 1 MiB of it and stall, beside an honest sender."""
+    import socket
+
+    server = Server(os.path.join(tmp, "stall"), extra=("--body-timeout-s", "10")).start()
+    outcomes: dict[str, int] = {}
+    try:
+        load = Load(server, "stall-honest", senders=2, spans_per_request=512, pause_s=0.1).start()
+
+        def stall():
+            try:
+                sock = socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=60)
+                sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+                chunk = b"\x00" * (1 << 20)
+                sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                status = sock.recv(64).split(b" ")[1].decode()
+            except (OSError, IndexError):
+                status = "closed"
+            outcomes[status] = outcomes.get(status, 0) + 1
+
+        threads = [threading.Thread(target=stall) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        load.finish()
+        stored = wait_count(server, "stall-honest", load.acked, timeout=120)
+    finally:
+        server.stop()
+    return {"scenario": f"{clients} stalled chunked uploads + 2 honest senders", "sent": load.sent,
+            "acked": load.acked, "retry": load.retry, "stored": stored, "rss": server.peak_rss_mb,
+            "note": "stalled uploads answered: " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))}
+
+
+def bombs(tmp: str, clients: int = 4) -> dict:
+    """Clients sending gzip bombs (4M empty spans from ~8 kB) for 20 s, beside an honest sender."""
+    server = Server(os.path.join(tmp, "bombs")).start()
+    bomb = _empty_spans_gzip(4_000_000)
+    answered: dict[int, int] = {}
+    stop = threading.Event()
+    try:
+        load = Load(server, "bomb-honest", senders=2, spans_per_request=512, pause_s=0.1).start()
+
+        def send():
+            s = requests.Session()
+            while not stop.is_set():
+                try:
+                    code = s.post(f"http://127.0.0.1:{server.ports['http']}/v1/traces", data=bomb, timeout=60,
+                                  headers={"Content-Type": "application/x-protobuf",
+                                           "Content-Encoding": "gzip"}).status_code
+                except requests.RequestException:
+                    code = 0
+                answered[code] = answered.get(code, 0) + 1
+
+        threads = [threading.Thread(target=send) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        time.sleep(20)
+        stop.set()
+        for t in threads:
+            t.join(90)
+        load.finish()
+        stored = wait_count(server, "bomb-honest", load.acked, timeout=120)
+    finally:
+        server.stop()
+    return {"scenario": f"{clients} gzip-bomb senders + 2 honest senders", "sent": load.sent, "acked": load.acked,
+            "retry": load.retry, "stored": stored, "rss": server.peak_rss_mb,
+            "note": "bombs answered: " + ", ".join(f"{k}: {v}" for k, v in sorted(answered.items()))}
+
+
+def mixed(tmp: str, each: int = 40) -> dict:
+    """``each`` gRPC and ``each`` HTTP senders of 5,000-span requests for 30 s."""
+    import grpc
+
+    server = Server(os.path.join(tmp, "mixed")).start()
+    codes: dict[str, int] = {}
+    stop = threading.Event()
+    try:
+        load = Load(server, "mixed", senders=each, spans_per_request=5000, pause_s=0.0).start()
+
+        def grpc_sender(seed: int):
+            with grpc.insecure_channel(f"127.0.0.1:{server.ports['grpc']}") as ch:
+                export = ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                                        request_serializer=None, response_deserializer=None)
+                i = 0
+                while not stop.is_set():
+                    body = make_request(5000, service="mixed-grpc", seed=seed * 1_000_000 + i).SerializeToString()
+                    i += 1
+                    try:
+                        export(body, timeout=30)
+                        code = "OK"
+                    except grpc.RpcError as e:
+                        retry = dict(e.trailing_metadata() or ()).get("google.rpc.retryinfo-bin")
+                        code = e.code().name + ("+RetryInfo" if retry else "")
+                        time.sleep(0.5)
+                    codes[code] = codes.get(code, 0) + 1
+
+        threads = [threading.Thread(target=grpc_sender, args=(k + 1000,), daemon=True) for k in range(each)]
+        for t in threads:
+            t.start()
+        time.sleep(30)
+        stop.set()
+        load.finish()
+        for t in threads:
+            t.join(90)
+        stored = wait_count(server, "mixed", load.acked, timeout=300)
+    finally:
+        server.stop()
+    return {"scenario": f"{each} gRPC + {each} HTTP senders of 5,000-span requests", "sent": load.sent,
+            "acked": load.acked, "retry": load.retry, "stored": stored, "rss": server.peak_rss_mb,
+            "note": "HTTP columns; gRPC calls: " + ", ".join(f"{k}: {v}" for k, v in sorted(codes.items()))}
+
+
 def webhook_down(tmp: str, down_s: float) -> dict:
     """An alert fires while its webhook endpoint refuses connections; ingestion must not notice,
     and the notification must arrive once the endpoint is back."""
@@ -264,14 +401,20 @@ def main() -> None:
     p.add_argument("--overload-senders", type=int, default=120,
                    help="concurrent senders of 5,000-span requests (120 keep 600k spans in flight, over the "
                         "500k queue bound)")
+    p.add_argument("--serve-flag", action="append", default=[],
+                   help="a flag for every server, e.g. --serve-flag=--memory-budget=1GiB")
     args = p.parse_args()
+    global SERVE_EXTRA
+    SERVE_EXTRA = tuple(args.serve_flag)
     tmp = tempfile.mkdtemp(prefix="tp-faults-")
     rows = []
     try:
         for name in args.scenario.split(","):
             row = {"outage": lambda: outage(tmp, args.outage_s), "kill-9": lambda: kill9(tmp),
                    "webhook-down": lambda: webhook_down(tmp, args.outage_s),
-                   "overload": lambda: overload(tmp, args.overload_senders)}[name]()
+                   "overload": lambda: overload(tmp, args.overload_senders),
+                   "stall": lambda: stalled_uploads(tmp), "bombs": lambda: bombs(tmp),
+                   "mixed": lambda: mixed(tmp)}[name]()
             rows.append(row)
             print(row, flush=True)
     finally:

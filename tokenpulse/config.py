@@ -68,7 +68,13 @@ class Settings:
         "doc": "while other requests are being decoded, wait for them at most until the oldest waiting "
                "request is this old (seconds); a request nobody follows is written at once", "min": 0.0})
     queue_max_spans: int = field(default=500_000, metadata={
-        "doc": "spans waiting for storage before Export answers 429 / UNAVAILABLE", "min": 1})
+        "doc": "spans waiting for storage before Export answers 429 / UNAVAILABLE (also capped by memory_budget)",
+        "min": 1})
+    memory_budget: int = field(default=2 * 1024 * MiB, metadata={
+        "doc": "memory for requests under load: caps max_inflight_bytes and queue_max_spans so that bodies in "
+               "progress, decoded spans and the write queue fit in it beside the idle process; the default held "
+               "peak RSS under every measured overload shape, a smaller one is not met yet (README 'Durability')",
+        "min": 512 * MiB, "bytes": True})
     retry_after_s: float = field(default=1.0, metadata={
         "doc": "retry delay sent with 429/503 (Retry-After) and UNAVAILABLE (RetryInfo)", "min": 0.0})
     ack_timeout_s: float = field(default=5.0, metadata={
@@ -181,6 +187,25 @@ class Settings:
                "service_name} (README 'Own telemetry')", "parse": "telemetry", "secret": True})
     log_level: str = field(default="info", metadata={
         "doc": "debug, info, warning or error", "choices": ("debug", "info", "warning", "error")})
+
+
+# Measured on this machine kind (README "Performance"): an idle `tokenpulse serve` with the embedded
+# engine holds ~360 MiB; a decoded and enriched span ~3.8 KiB of Python objects and ~1.3 KiB of Arrow
+# (bench spans, 640 bytes each on the wire, so ~6x their wire size while decoded).
+MEMORY_BASELINE = 400 * MiB
+MEMORY_PER_QUEUED_SPAN = 6 * 1024
+INFLIGHT_SHARE, QUEUE_SHARE = 0.04, 0.40  # the rest: spans being decoded (~6x their bodies), the engine's inserts
+
+
+def _memory_limits(self: "Settings") -> tuple[int, int]:
+    """(in-flight body bytes, queued spans) that fit in ``memory_budget``: the smaller of each and
+    what the budget leaves after the idle process."""
+    room = max(self.memory_budget - MEMORY_BASELINE, 64 * MiB)
+    return (min(self.max_inflight_bytes, max(1024, int(room * INFLIGHT_SHARE))),
+            min(self.queue_max_spans, max(1000, int(room * QUEUE_SHARE / MEMORY_PER_QUEUED_SPAN))))
+
+
+Settings.memory_limits = property(_memory_limits)
 
 
 def _required_tags(self: "Settings") -> tuple[str, ...]:

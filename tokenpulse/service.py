@@ -59,6 +59,7 @@ class Service:
         self.writer: Writer | None = None
         self.grpc: OtlpGrpcReceiver | None = None
         self.late: LateAttribution | None = None
+        self._ingest: Ingest | None = None
         self.http: OtlpHttpReceiver | None = None
         self.admin: AdminServer | None = None
         self.evaluator: Evaluator | None = None
@@ -142,7 +143,7 @@ class Service:
                 log.warning("spool holds %d batches from before; replaying them", self.spool.records)
         self.writer = Writer(sink, WriterSettings(
             max_rows=s.batch_max_spans, eager_rows=s.batch_eager_spans, max_bytes=s.batch_max_bytes, max_age_s=s.batch_max_age_s,
-            max_queue_spans=s.queue_max_spans, retry_after_s=s.retry_after_s,
+            max_queue_spans=s.memory_limits[1], retry_after_s=s.retry_after_s,
             dedup_window_s=s.dedup_window_s, dedup_max_keys=s.dedup_max_keys,
             dedup_storage_check=s.dedup_storage_check == "on",
         ), self.metrics, spool=self.spool)
@@ -305,10 +306,11 @@ class Service:
         if s.role != "evaluator":
             ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days,
                             Limits(s.max_spans_per_request, s.max_attributes_per_span, s.max_attribute_value_chars),
-                            s.max_inflight_bytes,
+                            s.memory_limits[0],
                             trace_tags_lookup=self._span_table.trace_tags if s.trace_tags_lookup == "on" else None,
                             forward=self.forwarder.offer if self.forwarder else None, telemetry=self.telemetry,
                             late=self.late.offer if self.late else None)
+            self._ingest = ingest
             self.grpc = OtlpGrpcReceiver(ingest, s.listen_host, s.grpc_port, s.max_request_bytes, auth,
                                          tls[0] if tls else None)
             self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes,
@@ -346,6 +348,8 @@ class Service:
         # 1. Receivers: refuse new requests, finish those in flight (they wait for their writes).
         if self.grpc is not None:
             await asyncio.gather(self.grpc.stop(max(deadline - time.monotonic(), 0)), self.http.stop())
+        if self._ingest is not None:  # no request is in flight any more: its decode thread can go
+            self._ingest.close()
         # 2. Writer: write whatever is still queued.
         loop = asyncio.get_running_loop()
         self.drained = await loop.run_in_executor(
@@ -391,7 +395,7 @@ class Service:
             "status": ("ok" if ok else "degraded") if self.ready else "starting",
             "storage": {"backend": self.backend.description if self.backend else None,
                         "writable": ok, "last_error": w.last_error if w else None},
-            "queue": {"spans": w.queued_spans if w else 0, "capacity": self.settings.queue_max_spans},
+            "queue": {"spans": w.queued_spans if w else 0, "capacity": self.settings.memory_limits[1]},
             "spool": ({"batches": self.spool.records, "bytes": self.spool.bytes,
                        "capacity_bytes": self.settings.spool_max_bytes} if self.spool else None),
         }

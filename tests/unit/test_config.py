@@ -58,3 +58,16 @@ def test_bad_files(tmp_path):
     env_bad = {"TOKENPULSE_ACK_TIMEOUT_S": "soon"}
     with pytest.raises(ConfigError, match="environment variable TOKENPULSE_ACK_TIMEOUT_S"):
         load_settings({}, env=env_bad)
+
+
+def test_the_memory_budget_caps_bodies_in_flight_and_the_write_queue():
+    from tokenpulse.config import MiB
+
+    default = load_settings({}, env={})
+    assert default.memory_limits == (64 * MiB, 112_503)  # 2 GiB: the in-flight default stands, the queue shrinks
+    small = load_settings({"memory_budget": "1GiB"}, env={})
+    assert small.memory_limits[0] < 64 * MiB and small.memory_limits[1] < default.memory_limits[1]
+    # an explicit smaller setting still wins
+    assert load_settings({"queue_max_spans": 1000}, env={}).memory_limits[1] == 1000
+    with pytest.raises(ConfigError, match="below the minimum"):
+        load_settings({"memory_budget": "100MiB"}, env={})
