@@ -72,9 +72,10 @@ class Settings:
         "min": 1})
     memory_budget: int = field(default=2 * 1024 * MiB, metadata={
         "doc": "memory for requests under load: caps max_inflight_bytes and queue_max_spans so that bodies in "
-               "progress, decoded spans and the write queue fit in it beside the idle process; the default held "
-               "peak RSS under every measured overload shape, a smaller one is not met yet (README 'Durability')",
-        "min": 512 * MiB, "bytes": True})
+               "progress, decoded spans and the write queue fit in it beside the idle process, and below 2 GiB "
+               "shrinks the dedup, duplicate-call and trace memories; the default held peak RSS under every "
+               "measured overload shape (README 'Durability')",
+        "min": 1024 * MiB, "bytes": True})
     retry_after_s: float = field(default=1.0, metadata={
         "doc": "retry delay sent with 429/503 (Retry-After) and UNAVAILABLE (RetryInfo)", "min": 0.0})
     ack_timeout_s: float = field(default=5.0, metadata={
@@ -189,12 +190,19 @@ class Settings:
         "doc": "debug, info, warning or error", "choices": ("debug", "info", "warning", "error")})
 
 
-# Measured on this machine kind (README "Performance"): an idle `tokenpulse serve` with the embedded
-# engine holds ~360 MiB; a decoded and enriched span ~3.8 KiB of Python objects and ~1.3 KiB of Arrow
-# (bench spans, 640 bytes each on the wire, so ~6x their wire size while decoded).
-MEMORY_BASELINE = 400 * MiB
+# Measured on this machine kind (README "Durability"): an idle `tokenpulse serve` with the embedded
+# engine holds ~360 MiB, and ~450 with the engine's merges under load; a decoded and enriched span
+# ~3.8 KiB of Python objects and ~1.3 KiB of Arrow (bench spans, 640 bytes each on the wire, so ~6x
+# their wire size while decoded).
+MEMORY_BASELINE = 450 * MiB
 MEMORY_PER_QUEUED_SPAN = 6 * 1024
 INFLIGHT_SHARE, QUEUE_SHARE = 0.04, 0.40  # the rest: spans being decoded (~6x their bodies), the engine's inserts
+# The bounded memories (the writer's dedup keys, duplicate calls, trace tags and roles) are sized for the
+# 2 GiB default, and account for most of what a loaded process holds beyond its queue (at 1 GiB with
+# them at full size, 120 HTTP senders pushed RSS past 1.38 GB in 40 s and still rising; at a third,
+# ~1.1 GB). A smaller budget shrinks them in proportion to what it leaves beyond MEMORY_FIXED.
+MEMORY_DEFAULT_ROOM = 2048 * MiB - MEMORY_BASELINE
+MEMORY_FIXED = 400 * MiB
 
 
 def _memory_limits(self: "Settings") -> tuple[int, int]:
@@ -205,7 +213,15 @@ def _memory_limits(self: "Settings") -> tuple[int, int]:
             min(self.queue_max_spans, max(1000, int(room * QUEUE_SHARE / MEMORY_PER_QUEUED_SPAN))))
 
 
+def _memory_scale(self: "Settings") -> float:
+    """The share of their default sizes the bounded memories get under ``memory_budget`` (1 at 2 GiB
+    and above)."""
+    room = self.memory_budget - MEMORY_BASELINE
+    return max(0.05, min(1.0, (room - MEMORY_FIXED) / (MEMORY_DEFAULT_ROOM - MEMORY_FIXED)))
+
+
 Settings.memory_limits = property(_memory_limits)
+Settings.memory_scale = property(_memory_scale)
 
 
 def _required_tags(self: "Settings") -> tuple[str, ...]:

@@ -27,7 +27,8 @@ from tokenpulse.config import Settings
 from tokenpulse.enrich import Pipeline
 from tokenpulse.enrich.content import Content
 from tokenpulse.storage.late_attribution import LateAttribution
-from tokenpulse.enrich.attribute import Attributor
+from tokenpulse.enrich.attribute import Attributor, TraceTags
+from tokenpulse.enrich.calls import DuplicateCalls
 from tokenpulse.enrich.price import PriceTable, load_overrides
 from tokenpulse.errors import ConfigError
 from tokenpulse.forward.config import parse_destinations
@@ -88,14 +89,17 @@ class Service:
         key = s.user_id_key.encode() if s.user_id_key else None
         if s.user_id_mode == "pseudonymize" and key is None:
             key = self._local_user_id_key()
+        scale = s.memory_scale  # the bounded memories shrink with a memory_budget under the 2 GiB default
         attributor = Attributor(keys=s.attribute_keys, user_id_mode=s.user_id_mode, user_id_key=key,
+                                memory=TraceTags(int(100_000 * scale), int(500_000 * scale)),
                                 require=s.required_tags, outcome_attribute=s.outcome_attribute,
                                 outcome_success_values=tuple(s.outcome_success_values.split(",")),
                                 personal_keys=tuple(k.strip() for k in s.personal_keys.split(",") if k.strip()))
         return Pipeline(PriceTable(overrides), attributor,
                         on_unknown_model=lambda model: self.metrics.unknown_model.labels(model).inc(),
                         on_excluded=lambda reason, n: self.metrics.excluded.labels(reason).inc(n),
-                        content=Content(s.capture_content, s.content_max_chars))
+                        content=Content(s.capture_content, s.content_max_chars),
+                        calls=DuplicateCalls(int(200_000 * scale)))
 
     def _local_user_id_key(self) -> bytes:
         """Embedded storage only: a key generated once and kept beside the data (mode 0600)."""
@@ -144,7 +148,7 @@ class Service:
         self.writer = Writer(sink, WriterSettings(
             max_rows=s.batch_max_spans, eager_rows=s.batch_eager_spans, max_bytes=s.batch_max_bytes, max_age_s=s.batch_max_age_s,
             max_queue_spans=s.memory_limits[1], retry_after_s=s.retry_after_s,
-            dedup_window_s=s.dedup_window_s, dedup_max_keys=s.dedup_max_keys,
+            dedup_window_s=s.dedup_window_s, dedup_max_keys=int(s.dedup_max_keys * s.memory_scale),
             dedup_storage_check=s.dedup_storage_check == "on",
         ), self.metrics, spool=self.spool)
         self.writer.telemetry = self.telemetry
@@ -241,7 +245,7 @@ class Service:
         raw = self.backend.query(
             f"SELECT trace_id, span_id FROM {s.database}.spans "
             f"WHERE ingested_at > now64(3) - toIntervalMillisecond({int(s.dedup_window_s * 1000)}) "
-            f"ORDER BY ingested_at DESC LIMIT {s.dedup_max_keys // 2}", "TSV", readonly=False)
+            f"ORDER BY ingested_at DESC LIMIT {int(s.dedup_max_keys * s.memory_scale) // 2}", "TSV", readonly=False)
         keys = []
         for line in raw.decode().splitlines():
             tid, _, sid = line.partition("\t")

@@ -28,10 +28,11 @@ from tokenpulse.receiver.decode import Decoded
 class Pipeline:
     def __init__(self, price_table: PriceTable | None = None, attributor: Attributor | None = None,
                  on_unknown_model: Callable[[str], None] = lambda model: None,
-                 on_excluded: Callable[[str, int], None] = lambda reason, n: None, content: Content | None = None):
+                 on_excluded: Callable[[str, int], None] = lambda reason, n: None, content: Content | None = None,
+                 calls: DuplicateCalls | None = None):
         self.price_table = price_table or PriceTable()
         self.attributor = attributor or Attributor(user_id_mode="raw")
-        self.calls = DuplicateCalls()
+        self.calls = calls or DuplicateCalls()
         self._price = make_price_step(self.price_table, on_unknown_model)
         self._on_excluded = on_excluded
         self.content = content or Content()
