@@ -402,7 +402,7 @@ def main() -> None:
                    help="concurrent senders of 5,000-span requests (120 keep 600k spans in flight, over the "
                         "500k queue bound)")
     p.add_argument("--serve-flag", action="append", default=[],
-                   help="a flag for every server, e.g. --serve-flag=--memory-budget=1GiB")
+                   help="a flag for every server, e.g. --serve-flag=--memory-budget=1536MiB")
     args = p.parse_args()
     global SERVE_EXTRA
     SERVE_EXTRA = tuple(args.serve_flag)
