@@ -34,8 +34,11 @@ import time
 import requests
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from detection import free_port  # noqa: E402
 from spans import make_request  # noqa: E402
+
+from tests.otlp import empty_spans_request  # noqa: E402
 
 
 SERVE_EXTRA: tuple = ()  # flags for every `tokenpulse serve` started here (--serve-flag)
@@ -207,17 +210,7 @@ def _empty_spans_gzip(n: int) -> bytes:
     """A gzip bomb: an ExportTraceServiceRequest of ``n`` empty spans (2 bytes each on the wire)."""
     import gzip
 
-    def varint(v: int) -> bytes:
-        out = bytearray()
-        while True:
-            b, v = v & 0x7F, v >> 7
-            out.append(b | 0x80 if v else b)
-            if not v:
-                return bytes(out)
-
-    spans = b"\x12\x00" * n
-    ss = b"\x12" + varint(len(spans)) + spans
-    return gzip.compress(b"\x0a" + varint(len(ss)) + ss)
+    return gzip.compress(empty_spans_request(n))
 
 
 def stalled_uploads(tmp: str, clients: int = 60) -> dict:

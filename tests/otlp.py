@@ -49,3 +49,19 @@ def request(spans: list[Span], service: str = "test-svc", resource: dict | None 
 
 def n_spans(n: int, service: str, **kw) -> ExportTraceServiceRequest:
     return request([span(**kw) for _ in range(n)], service=service)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def empty_spans_request(n: int) -> bytes:
+    """An ExportTraceServiceRequest of ``n`` empty spans, written on the wire (2 bytes a span)."""
+    spans = b"\x12\x00" * n
+    scope_spans = b"\x12" + _varint(len(spans)) + spans
+    return b"\x0a" + _varint(len(scope_spans)) + scope_spans

@@ -13,23 +13,7 @@ import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from tests.conftest import scalar
-from tests.otlp import n_spans
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def empty_spans_request(n: int) -> bytes:
-    """An ExportTraceServiceRequest of ``n`` empty spans, written on the wire (2 bytes a span)."""
-    spans = b"\x12\x00" * n
-    scope_spans = b"\x12" + _varint(len(spans)) + spans
-    return b"\x0a" + _varint(len(scope_spans)) + scope_spans
+from tests.otlp import empty_spans_request, n_spans
 
 
 class ChunkedUpload:

@@ -224,13 +224,7 @@ class Ingest:
         thread, so requests beyond ``max_inflight_bytes`` would only wait there until their
         exporters time out. They are answered retry at once instead. One request is always
         admitted when nothing is in flight. Call ``release`` with the same size when done."""
-        if self.inflight_bytes and self.inflight_bytes + nbytes > self.max_inflight_bytes:
-            self.metrics.requests.labels(transport, "retry").inc()
-            self.metrics.requests_shed.labels(transport).inc()
-            return Answer("retry", message=f"overloaded: {self.inflight_bytes >> 20} MiB of requests in progress; "
-                                           "retry", retry_after_s=self.writer.s.retry_after_s, reason="overloaded")
-        self.inflight_bytes += nbytes
-        return None
+        return self.grow(0, nbytes, transport)
 
     def grow(self, held: int, extra: int, transport: str) -> Answer | None:
         """A request already holding ``held`` bytes needs ``extra`` more: its body is still arriving
