@@ -39,8 +39,9 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         default = "{}" if f.type in (dict, "dict") else repr(f.default)
-        p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
-                       help=f"{f.metadata['doc']} (default: {default}; env TOKENPULSE_{f.name.upper()})")
+        # argparse %-formats help texts: a literal % in a setting's doc must be doubled
+        text = f"{f.metadata['doc']} (default: {default}; env TOKENPULSE_{f.name.upper()})".replace("%", "%%")
+        p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=text)
 
 
 def _add_admin_flags(p: argparse.ArgumentParser) -> None:
@@ -379,7 +380,8 @@ def _prices_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and its flags (main parses with it; the tests walk it)."""
     parser = argparse.ArgumentParser(prog="tokenpulse", description="Token and cost observability for LLM agents.")
     parser.add_argument("--version", action="version", version=f"tokenpulse {__version__}")
     parser.add_argument("--admin-token", default=None,
@@ -487,6 +489,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file")
     check.set_defaults(func=_prices_check)
 
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     token = args.admin_token or os.environ.get("TOKENPULSE_ADMIN_TOKEN", "")
     if token:  # every admin API call of this command carries it

@@ -163,7 +163,16 @@ class Service:
         self._thread.start()
         self._ready.wait()
         if self._start_error is not None:
+            # Close what did start (the engine last), so the process exits cleanly: an embedded engine
+            # left open at interpreter exit crashed it (exit 139).
             self.writer.shutdown(1)
+            if self.late is not None:
+                self.late.stop()
+            if self.spool is not None:
+                self.spool.close()
+            if self._own_backend and self.backend is not None:
+                self.backend.close()
+            self._stopped = True
             raise self._start_error
         if s.role != "receiver":
             self._start_alerts()
@@ -324,10 +333,17 @@ class Service:
                                          body_timeout_s=s.body_timeout_s)
         self.admin = AdminServer(self, s.admin_host, s.admin_port, ssl_context=tls[1] if tls and s.admin_tls else None)
         try:
-            if self.grpc is not None:
-                await self.grpc.start()
-                await self.http.start()
-            await self.admin.start()
+            for server, what, host, flag in (
+                    (self.grpc, "OTLP/gRPC", s.listen_host, "--grpc-port (grpc_port)"),
+                    (self.http, "OTLP/HTTP", s.listen_host, "--http-port (http_port)"),
+                    (self.admin, "the admin API", s.admin_host, "--admin-port (admin_port)")):
+                if server is None:
+                    continue
+                try:
+                    await server.start()
+                except (OSError, RuntimeError) as e:  # grpc raises RuntimeError when it cannot bind
+                    raise ConfigError(f"cannot listen on {host}:{server.port} for {what}: "
+                                      f"{getattr(e, 'strerror', None) or e}; choose another with {flag}") from None
         except BaseException as e:  # e.g. port in use: report to start()
             self._start_error = e
             self._ready.set()

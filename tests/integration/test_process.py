@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import pytest
 import requests
 
 from tests.otlp import n_spans
@@ -125,3 +126,34 @@ def test_pseudonymize_without_key_refused_for_a_server_and_generated_once_for_em
     proc.stop()
     serve_process(data_dir=proc.data_dir)  # a restart keeps the key, so pseudonyms stay stable
     assert open(key_file).read() == key
+
+
+def _serve_on(tmp_path, name: str, **ports) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "tokenpulse.cli", "serve", "--listen-host", "127.0.0.1", "--data-dir",
+            str(tmp_path / name)]
+    for flag in ("grpc_port", "http_port", "admin_port"):
+        args += [f"--{flag.replace('_', '-')}", str(ports.get(flag, 0))]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("flag", ["http_port", "grpc_port", "admin_port"])
+def test_a_port_in_use_fails_at_start_in_one_line_naming_the_flag(tmp_path, flag):
+    """A busy port (here held by a plain socket) ends the start with exit 2 and one line; before, a
+    busy HTTP port gave a traceback and a segmentation fault at exit, and gRPC shared the port."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        out = _serve_on(tmp_path, flag, **{flag: port})
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    line = [ln for ln in out.stderr.splitlines() if "configuration error" in ln]
+    assert len(line) == 1 and f"--{flag.replace('_', '-')}" in line[0] and str(port) in line[0], out.stderr
+
+
+def test_a_second_serve_cannot_share_the_grpc_port(serve_process, tmp_path):
+    first = serve_process()
+    out = _serve_on(tmp_path, "second", grpc_port=first.grpc_port)
+    assert out.returncode == 2 and "--grpc-port" in out.stderr and "Traceback" not in out.stderr, out.stderr

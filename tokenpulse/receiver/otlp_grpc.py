@@ -56,6 +56,9 @@ class OtlpGrpcReceiver:
 
     async def start(self) -> int:
         self.server = grpc.aio.server(options=[
+            # gRPC sets SO_REUSEPORT by default: a second tokenpulse on the same port would silently
+            # share it (spans landing in either process). Off: binding a port in use fails.
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", self.max_request_bytes),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ])
@@ -68,6 +71,8 @@ class OtlpGrpcReceiver:
             self.port = self.server.add_secure_port(f"{self.host}:{self.port}", creds)
         else:
             self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        if not self.port:  # older grpcio returns 0 instead of raising
+            raise OSError(98, "address already in use")
         await self.server.start()
         return self.port
 
