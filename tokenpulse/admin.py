@@ -219,10 +219,15 @@ class AdminServer:
         throttler = self._deciding_throttler()
         try:
             doc = await request.json() if request.can_read_body else {}
-            for_s = parse_duration(str(doc.get("for", "30m")))
-        except (ValueError, QueryError):
+            if not isinstance(doc, dict):
+                raise ValueError(doc)
+        except ValueError:
             return web.json_response({"error": 'body must be JSON {"for": "30m", "reason": "...", "actor": "..."}'},
                                      status=400)
+        try:
+            for_s = parse_duration(str(doc.get("for", "30m")))
+        except QueryError as e:  # name the bad duration ("for": "banana")
+            return web.json_response({"error": f'"for": {e}'}, status=400)
         tenant = request.match_info["tenant"]
         reason = str(doc.get("reason") or "throttled by hand")
         actor = str(doc.get("actor") or "operator")

@@ -104,6 +104,7 @@ def test_manual_override_through_the_cli_wins_and_is_audited(make_service, capsy
     assert "acme throttled for 1800 s: runaway batch job" in capsys.readouterr().out
     d = requests.get(f"http://127.0.0.1:{svc.http.port}/v1/throttle/acme", timeout=5).json()
     assert d["throttled"] and d["source"] == "manual" and 1790 <= d["retry_after_s"] <= 1800
+    assert "by the operator (runaway batch job)" in d["message"] and "rose far above" not in d["message"]
     assert main(["throttle", "list", *admin]) == 0
     assert "runaway batch job" in capsys.readouterr().out
     assert main(["throttle", "clear", "acme", "--actor", "bob", *admin]) == 0
@@ -113,6 +114,12 @@ def test_manual_override_through_the_cli_wins_and_is_audited(make_service, capsy
     assert audit == [["throttle", "manual", "alice", "runaway batch job"], ["release", "manual", "bob", "released by hand"]]
     r = requests.post(f"http://127.0.0.1:{svc.admin.port}/api/throttle/acme", data="not json", timeout=5)
     assert r.status_code == 400
+    # a bad duration is named, by the API and by the CLI (exit 1, one line)
+    r = requests.post(f"http://127.0.0.1:{svc.admin.port}/api/throttle/acme", json={"for": "banana"}, timeout=5)
+    assert r.status_code == 400 and "'banana'" in r.json()["error"]
+    assert main(["throttle", "set", "acme", "--for", "banana", *admin]) == 1
+    err = capsys.readouterr().err
+    assert "'banana'" in err and "Traceback" not in err
 
 
 def test_guard_fails_open_or_closed_when_tokenpulse_is_unreachable():

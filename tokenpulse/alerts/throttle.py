@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MESSAGE = ("Requests for ${tenant} are paused for about ${minutes} min because usage rose far above its "
                    "normal level (${reason_short}). Nothing is lost: retry after ${retry_after_s} s. If this is "
                    "unexpected, contact support and quote ${tenant}.")
+# A throttle set by hand says so: the customer is not told their usage rose when it may not have.
+MANUAL_MESSAGE = ("Requests for ${tenant} are paused for about ${minutes} min by the operator (${reason_short}). "
+                  "Nothing is lost: retry after ${retry_after_s} s. If this is unexpected, contact support and "
+                  "quote ${tenant}.")
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,8 @@ class ThrottleBook:
 
     def _message(self, t: Throttle, retry: int) -> str:
         short = t.reason if len(t.reason) <= 80 else t.reason[:79] + "…"
-        return string.Template(self.message).safe_substitute(
+        template = MANUAL_MESSAGE if t.source == "manual" and self.message == DEFAULT_MESSAGE else self.message
+        return string.Template(template).safe_substitute(
             tenant=t.tenant, minutes=max(1, round(retry / 60)), retry_after_s=retry, reason=t.reason,
             reason_short=short)
 
