@@ -3,7 +3,7 @@
 Starts `tokenpulse serve` (embedded chDB in a temporary directory, or
 --clickhouse-url) as a subprocess, then drives it from this separate process
 with pre-serialized ExportTraceServiceRequests (the OTel SDK exporter tops out
-near 9k spans/s per process, platform.md, so it cannot be the load). Each
+near 9k spans/s per process, docs/sources.md#platform, so it cannot be the load). Each
 request gets fresh trace ids patched into its bytes, so no span repeats and
 the dedup cache drops nothing.
 

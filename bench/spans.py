@@ -2,7 +2,7 @@
 
 Each span looks like what an instrumented agent emits: a chat span with
 gen_ai.* usage attributes, tenant/feature attribution and ~15 attributes
-(~500 bytes serialized, the size platform.md measured for GenAI spans).
+(~500 bytes serialized, the size docs/sources.md#platform measured for GenAI spans).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Shared fixtures.
 
-chDB allows one data directory per process (platform.md), so every in-process
+chDB allows one data directory per process (docs/sources.md#platform), so every in-process
 service in this test run shares one embedded backend at one path, and each
 test gets a database of its own. Tests that need a directory of their own run
 ``tokenpulse serve`` as a subprocess.

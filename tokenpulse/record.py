@@ -3,7 +3,7 @@
 One field list, ``FIELDS``, defines it. Two views share that list:
 
 * ``SpanBatch``: columnar, one Python list per field. The receiver appends to it
-  (touching each attribute once; platform.md measured column lists ~2x faster
+  (touching each attribute once; docs/sources.md#platform measured column lists ~2x faster
   than a dict per span) and storage turns it into one Arrow table per insert.
 * ``SpanRecord``: a frozen, slotted row, used where one span at a time is clearer
   (tests, small per-span enrichment functions).

@@ -55,3 +55,20 @@ def test_every_forwarded_attribute_is_documented_with_its_type():
 
     for key, typ, _ in ATTRIBUTES:
         assert f"| `{key}` | {typ} |" in README, key
+
+
+def test_the_repository_stands_alone():
+    """No file cites the workplace's shared notes: outside facts live in docs/sources.md, with
+    their upstream source, and every section cited exists."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    sources = (ROOT / "docs" / "sources.md").read_text()
+    for name in files:
+        path = ROOT / name
+        if path.suffix not in (".py", ".md", ".c", ".sql", ".toml", ".yaml", ".js") or not path.exists():
+            continue
+        text = path.read_text(errors="replace")
+        assert ("shared/" + "reference") not in text and ("shared/" + "STYLE") not in text, name
+        for anchor in re.findall(r"docs/sources\.md#([a-z-]+)", text):
+            assert f"## {anchor}\n" in sources, (name, anchor)

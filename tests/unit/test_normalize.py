@@ -1,5 +1,5 @@
 """Normalize, one table row per dialect (spans built as each library emits them,
-per ../shared/reference/genai-conventions.md §2)."""
+per docs/sources.md#genai-semconv and the recordings in tests/conformance/)."""
 
 from __future__ import annotations
 

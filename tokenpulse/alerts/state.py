@@ -1,7 +1,7 @@
 """The alert state machine: a pure function of (states, rows, now, rule).
 
 Modelled on Prometheus ``rules/alerting.go`` and Alertmanager's
-``notify/dedup_stage.go`` (see ../shared/STYLE.md):
+``notify/dedup_stage.go`` (docs/sources.md#webhooks):
 
     (no alert) --row--> pending --row for `for`--> firing --no row for `keep_firing_for`--> resolved
         pending --no row--> (dropped, never notified)

@@ -3,7 +3,7 @@
 Each dimension is read from an ordered list of attribute keys, resource
 attributes first, then span attributes; the first non-empty value wins. The
 defaults (``DEFAULT_KEYS``) cover the conventions in
-../shared/reference/genai-conventions.md §3: ``tenant.id``, ``app.feature``,
+docs/sources.md#genai-semconv: ``tenant.id``, ``app.feature``,
 ``user.id``/``enduser.id``, ``gen_ai.agent.name``, ``gen_ai.conversation.id``/
 ``session.id``, and the OpenLLMetry (``traceloop.association.properties.*``),
 Langfuse (``langfuse.*``) and Vercel (``ai.telemetry.metadata.*``) spellings.

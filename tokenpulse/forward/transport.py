@@ -1,6 +1,6 @@
 """Send ExportTraceServiceRequest bytes to one OTLP destination; classify the answer.
 
-Retryability is the OTLP specification's (../shared/reference/otlp.md):
+Retryability is the OTLP specification's (docs/sources.md#otlp):
 
 * gRPC: CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE,
   DATA_LOSS are retried, and RESOURCE_EXHAUSTED only when it carries a

@@ -3,7 +3,7 @@
  * decode.py parses every request with upb first (that is what validates it and what
  * forwarding keeps), then calls walk() on the same bytes instead of walking the parsed
  * message attribute by attribute from Python, which measured ~20 us of the ~21 us a span
- * cost to decode (../shared/reference/platform.md: "the attribute walk is the bottleneck").
+ * cost to decode (docs/sources.md#platform: the attribute walk is the bottleneck).
  *
  * walk() produces exactly what decode_message() produces from the parsed message; a
  * differential test (tests/unit/test_decode_fast.py) and the decoder fuzz target hold it to

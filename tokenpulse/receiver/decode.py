@@ -2,7 +2,7 @@
 
 The hot path is ``decode_protobuf``: parse once with upb (which validates the
 body and is what forwarding re-encodes), then walk the spans appending straight
-to column lists, touching each attribute once (../shared/reference/platform.md:
+to column lists, touching each attribute once (docs/sources.md#platform:
 the attribute walk is the bottleneck). The walk is done in C over the same
 bytes when the extension ``_otlpwalk`` is built (decode about twice as fast), and
 in Python over the parsed message otherwise or when the C walk declines a

@@ -78,6 +78,12 @@ class Ingest:
         if len(decoded.batch):
             self._drop_expired(decoded)
 
+    def _limit_and_enrich(self, decoded: Decoded, limit: bool) -> None:
+        if limit:
+            self._limit(decoded)
+        if len(decoded.batch):
+            self.enrich(decoded)
+
     def _drop_expired(self, decoded: Decoded) -> None:
         """Refuse spans that started before the retention window, or more than a day from now.
 
@@ -117,13 +123,15 @@ class Ingest:
         if self.forward is None:
             decoded.source = None  # only forwarding re-reads the received message: free it now
         self.metrics.spans_received.labels(transport).inc(len(decoded.batch) + decoded.rejected)
-        if len(decoded.batch):
-            await self.on_cpu(self._limit, decoded)
         if len(decoded.batch) and self.trace_tags_lookup is not None:
-            await self._warm_trace_tags(decoded)
+            await self.on_cpu(self._limit, decoded)
+            if len(decoded.batch):
+                await self._warm_trace_tags(decoded)
         if len(decoded.batch):
             try:
-                await self.on_cpu(self.enrich, decoded)  # may refuse spans (tag-or-reject): they join rejected
+                # One hop to the decode thread: limits (unless done above), then enrichment, which may
+                # refuse spans (tag-or-reject): they join decoded.rejected.
+                await self.on_cpu(self._limit_and_enrich, decoded, self.trace_tags_lookup is None)
             except Exception as e:  # a bug of ours: this request fails clearly, the service goes on
                 return self._internal("enrichment", e, len(decoded.batch), transport)
         if decoded.tenant_overridden:

@@ -1,7 +1,7 @@
 """Embedded ClickHouse: chDB in this process, data in a local directory.
 
 chDB allows one process per data directory (a second one fails to lock
-``status``) and, within a process, one path (platform.md). So the service owns
+``status``) and, within a process, one path (docs/sources.md#platform). So the service owns
 the directory; other processes read through the admin API (``tokenpulse sql``).
 
 Three connections: the writer's; the service's reader (panels, alert rules,

@@ -3,7 +3,7 @@
 The receivers ``submit`` a decoded, enriched batch and get a Future that
 resolves only once the batch is in ClickHouse (Vector's end-to-end ack; STYLE
 habit 6). Requests are merged into large inserts (chDB's fixed 10-60 ms per
-insert makes insert size dominate, platform.md), flushed when the pending
+insert makes insert size dominate, docs/sources.md#platform), flushed when the pending
 spans reach ``max_rows`` or ``max_bytes``, when ``eager_rows`` are queued or no other request is on its way
 (receivers announce requests they are decoding with ``arriving()``: waiting
 for companions that are not coming only adds latency, and exporters wait for

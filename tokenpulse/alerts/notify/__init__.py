@@ -1,7 +1,7 @@
 """Notifiers: one module per integration (slack, pagerduty, webhook), one HTTP sender.
 
 Retry policy (``post``), as Alertmanager's ``notify/util.go`` Retrier and the
-receivers' own docs (../shared/reference/webhooks.md):
+receivers' own docs (docs/sources.md#webhooks):
 
 * network errors and 5xx: retried with exponential back-off and full jitter;
 * 429: retried after ``Retry-After`` when it is short; a long one ends the

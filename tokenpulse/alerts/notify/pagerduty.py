@@ -1,6 +1,6 @@
 """PagerDuty Events API v2: one event per alert, ``trigger`` then ``resolve`` with the same keys.
 
-From PagerDuty/developer-docs ``docs/events-API-v2`` (../shared/reference/webhooks.md §5.2):
+From PagerDuty/developer-docs ``docs/events-API-v2`` (docs/sources.md#webhooks):
 required ``routing_key`` and ``event_action``; for a trigger, ``payload.summary``
 (≤ 1024 chars), ``payload.source`` and ``payload.severity`` (critical, error,
 warning, info: tokenpulse's severities are the same four). ``dedup_key`` (≤ 255)

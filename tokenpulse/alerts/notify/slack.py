@@ -1,7 +1,7 @@
 """Slack incoming webhooks: ``{"text", "blocks"}``; success is HTTP 200 with the body ``ok``.
 
 Format and answers from api.slack.com/messaging/webhooks (as summarised in
-../shared/reference/webhooks.md §5.1): ``text`` is the notification fallback
+docs/sources.md#webhooks): ``text`` is the notification fallback
 when ``blocks`` are present; a header is at most 150 characters, a section's
 text at most 3000, a message about 50 blocks; 429 carries Retry-After.
 Alertmanager checks the ``ok`` body the same way (notify/slack/slack.go).

@@ -1,7 +1,7 @@
 """Generic webhook in Alertmanager's v4 payload, so existing Alertmanager receivers work.
 
 Shape from prometheus/alertmanager v0.34 ``notify/webhook/webhook.go`` and
-``template/template.go`` (../shared/reference/webhooks.md §5.3). tokenpulse
+``template/template.go`` (docs/sources.md#webhooks). tokenpulse
 groups by rule, so ``groupLabels`` is ``{alertname}`` and ``groupKey`` is
 ``{}:{alertname="RULE"}``. With a ``secret`` the body is signed:
 ``X-Tokenpulse-Signature: sha256=<hex HMAC-SHA256(secret, body)>`` (GitHub's
