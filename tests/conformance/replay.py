@@ -14,9 +14,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tests.conformance.corpus import Recording, Tokens, expected, expected_cost
 from tests.conformance.fake_provider import RESPONSE_MODELS
+from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-INFERENCE = ("chat", "text_completion", "generate_content", "embeddings")
 
 
 def replay(rec: Recording, grpc_port: int, http_port: int) -> int:
@@ -94,7 +94,7 @@ def covers(s, call: dict) -> bool:
 
 def per_call(rec: Recording, spans: list[Stored]) -> list[CallResult]:
     """Each served call with the counted inference spans open when the provider received it."""
-    counted = [s for s in spans if s.counted and s.operation in INFERENCE]
+    counted = [s for s in spans if s.counted and s.operation in INFERENCE_OPERATIONS]
     out = []
     for c in rec.calls:
         exp, gap = expected(rec.library, c)

@@ -229,3 +229,17 @@ def test_quirks_keyed_by_instrumentation_scope():
     assert one("langfuse-sdk", "OpenAI-generation", lf) == ("openai", 10, 0)
     assert one("langfuse-sdk", "my-generation", lf) == ("", 10, 0)
     assert one("other", "OpenAI-generation", lf) == ("", 10, 0)
+
+
+def test_storage_sums_the_same_calls_normalize_counts():
+    """usage_minute's view (migration 0003) and late attribution's move name the inference
+    operations in SQL; they must be normalize's."""
+    import re
+    from pathlib import Path
+
+    from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS
+    from tokenpulse.storage import late_attribution
+
+    assert set(re.findall(r"'(\w+)'", late_attribution.INFERENCE)) == INFERENCE_OPERATIONS
+    view = (Path(late_attribution.__file__).parent / "migrations" / "0003_rollups.sql").read_text()
+    assert "s.operation IN ('chat', 'text_completion', 'generate_content', 'embeddings')" in view

@@ -29,6 +29,7 @@ from tokenpulse.storage.backend import Backend
 
 log = logging.getLogger(__name__)
 
+# The calls usage_minute sums: the same list as its view's WHERE (migration 0003).
 INFERENCE = "('chat', 'text_completion', 'generate_content', 'embeddings')"
 COUNTS = ("calls", "errors", "unpriced_calls", "no_usage_calls", "input_tokens", "output_tokens", "cache_read_tokens",
           "cache_write_tokens", "reasoning_tokens", "unpriced_tokens")
