@@ -7,11 +7,10 @@
      └── StorageError         a ClickHouse failure, classified where it happens
           ├── RetryableStorageError   network, overload, server-side trouble: try again later
           ├── DataError               the batch itself was refused (bad types or values)
-          ├── QueryBusy               user queries are all in use: try again later (503)
-          └── InternalWriteError      a bug of ours while writing one request (answered INTERNAL / 500)
+          └── QueryBusy               user queries are all in use: try again later (503)
 
-Expected outcomes of a write (accepted, retry later, rejected) are return values
-of the writer (``tokenpulse.storage.writer.WriteOutcome``), not exceptions.
+Expected outcomes of a write (stored, busy, refused) are return values of the writer
+(``tokenpulse.storage.writer``: ``Stored``, ``Busy``, ``Refused``), not exceptions.
 Messages never carry secrets (URLs are stripped of credentials before logging).
 """
 
@@ -43,10 +42,6 @@ class RetryableStorageError(StorageError):
 
 
 class DataError(StorageError):
-    pass
-
-
-class InternalWriteError(StorageError):
     pass
 
 

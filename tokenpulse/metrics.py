@@ -60,8 +60,8 @@ class Metrics:
             "tokenpulse_export_seconds", "Export request latency, receipt to answer (includes the durable write)",
             ["transport"], buckets=_LATENCY_BUCKETS, registry=r)
         self.unknown_model = Counter(
-            "tokenpulse_unknown_model_spans", "Counted spans with usage whose model has no price (cost left NULL)",
-            ["model"], registry=r)
+            "tokenpulse_unknown_model_spans", "Counted spans with usage whose model has no price (cost left NULL), by "
+            f"model (at most {MAX_MODEL_LABELS} values, the rest as _other)", ["model"], registry=r)
         self.late_attribution = Counter(
             "tokenpulse_late_attribution_traces", "Traces whose calls stored unattributed were moved in usage_minute "
             "to their root's tenant and feature (moved), could not be moved yet (failed: retried), or were given "
@@ -88,6 +88,16 @@ class Metrics:
             "tokenpulse_spans_replayed", "Spooled spans inserted into storage afterwards", registry=r)
         self.spool_refused = Counter(
             "tokenpulse_spool_refused_spans", "Spans answered retry because storage failed and the spool was full",
+            registry=r)
+        self.spans_dead_lettered = Counter(
+            "tokenpulse_spans_dead_lettered", "Acknowledged spooled spans set aside in a refused-*.arrow file, by "
+            "reason: refused (storage called them invalid), retries_exhausted (they kept failing while storage "
+            "answered)", ["reason"], registry=r)
+        self.spool_append_errors = Counter(
+            "tokenpulse_spool_append_errors", "Spool appends that failed (disk full, I/O error) and were undone; "
+            "their requests were answered retry", registry=r)
+        self.worker_restarts = Counter(
+            "tokenpulse_worker_restarts", "Background workers restarted after an unexpected error", ["worker"],
             registry=r)
         self.spool_records = Gauge("tokenpulse_spool_records", "Batches waiting in the spool", registry=r)
         self.spool_bytes = Gauge("tokenpulse_spool_bytes", "Bytes waiting in the spool", registry=r)

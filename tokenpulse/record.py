@@ -200,3 +200,10 @@ class SpanBatch:
         for b in batches:
             out.extend(b)
         return out
+
+
+def scoped_traces(tenant: str, trace_ids: list[str]) -> list[str]:
+    """Keys for per-trace memories (trace tags, duplicate calls) as seen by a sender bound to
+    ``tenant``: trace ids are chosen by clients and cross services in ``traceparent``, so one
+    tenant's spans must never learn from, or teach, another tenant's trace with the same id."""
+    return trace_ids if not tenant else [f"{tenant}/{t}" for t in trace_ids]

@@ -42,7 +42,8 @@ from tokenpulse.receiver.otlp_http import OtlpHttpReceiver
 from tokenpulse.receiver.reencode import Reencoder
 from tokenpulse.storage.backend import Backend, open_backend, with_password
 from tokenpulse.storage.migrate import migrate
-from tokenpulse.storage.writer import DedupCache, Sink, SpanTable, Writer, WriterSettings
+from tokenpulse.storage.writer import ShutdownReport, Sink, SpanTable, Writer, WriterSettings
+from tokenpulse.supervise import Supervisor
 from tokenpulse.telemetry import Telemetry, parse_telemetry
 
 log = logging.getLogger(__name__)
@@ -68,16 +69,19 @@ class Service:
         self.throttler: Throttler | None = None
         self.forwarder: Forwarder | None = None
         self.rollup_job = None
-        self._rollup_thread: threading.Thread | None = None
         self.telemetry = Telemetry(None)
         self.rule_errors: list[RuleError] = []
         self._alert_stop = threading.Event()
-        self._alert_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
+        self._auth: Authenticator | None = None
+        self._tls_pair = None
+        self._deadline = 0.0  # shutdown: the one deadline every step shares
+        self.supervisor = Supervisor(lambda name: self.metrics.worker_restarts.labels(name).inc())
+        self.shutdown_report: ShutdownReport | None = None
         self._stopped = False
         self.drained = False
         self.ready = False  # /healthz says "starting" (503) until every part has started
@@ -96,7 +100,7 @@ class Service:
                                 outcome_success_values=tuple(s.outcome_success_values.split(",")),
                                 personal_keys=tuple(k.strip() for k in s.personal_keys.split(",") if k.strip()))
         return Pipeline(PriceTable(overrides), attributor,
-                        on_unknown_model=lambda model: self.metrics.unknown_model.labels(model).inc(),
+                        on_unknown_model=lambda model: self.metrics.unknown_model.labels(self.metrics.model_label(model)).inc(),
                         on_excluded=lambda reason, n: self.metrics.excluded.labels(reason).inc(n),
                         content=Content(s.capture_content, s.content_max_chars),
                         calls=DuplicateCalls(int(200_000 * scale)))
@@ -120,29 +124,69 @@ class Service:
             return fh.read().strip().encode()
 
     def start(self) -> "Service":
+        """Start every part in order; on any error close what started (the engine last) and raise."""
+        try:
+            return self._start()
+        except BaseException:
+            self._abort_start()
+            raise
+
+    def _abort_start(self) -> None:
+        # An embedded engine left open at interpreter exit crashed it (exit 139).
+        deadline = time.monotonic() + 2.0
+        if self._loop is not None and self._stop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(2.0)
+        self._alert_stop.set()
+        if self.writer is not None:
+            self.writer.close(deadline)
+        if self.late is not None:
+            self.late.stop()
+        if self.forwarder is not None:
+            self.forwarder.shutdown(0.1)
+        if self.spool is not None:
+            self.spool.close()
+        if self._own_backend and self.backend is not None:
+            self.backend.close()
+        self._stopped = True
+
+    def _open_storage(self) -> None:
         s = self.settings
-        if self.enrich is None:
-            self.enrich = self._pipeline()
-        self.telemetry = Telemetry(parse_telemetry(s.telemetry), self.metrics.registry,
-                                   instance_id=f"{socket.gethostname()}:{os.getpid()}")
         if self.backend is None:
             url = s.clickhouse_url
             if url and s.clickhouse_password_file:
                 url = with_password(url, s.clickhouse_password_file)
-            self.backend = open_backend(s.data_dir, url or None, s.clickhouse_cluster)
+            try:
+                self.backend = open_backend(s.data_dir, url or None, s.clickhouse_cluster)
+            except OSError as e:  # e.g. a read-only or missing parent directory
+                raise ConfigError(f"cannot use data_dir {s.data_dir}: {e.strerror or e}") from None
         applied = migrate(self.backend, s.database, s.retention_days, s.clickhouse_cluster)
         if applied:
             log.info("applied schema migrations %s", applied)
         self.backend.use_database(s.database)
+
+    def _start(self) -> "Service":
+        s = self.settings
+        # Settings that can be wrong are read before anything opens: one clear line, nothing to undo.
+        self._auth = self._authenticator()
+        self._tls_pair = self._tls()
+        if self.enrich is None:
+            self.enrich = self._pipeline()
+        self.telemetry = Telemetry(parse_telemetry(s.telemetry), self.metrics.registry,
+                                   instance_id=f"{socket.gethostname()}:{os.getpid()}")
+        self._open_storage()
         self._span_table = SpanTable(self.backend, s.database)
         sink = self._sink or self._span_table
         if s.spool_max_bytes > 0 and s.role != "evaluator":  # an evaluator stores no spans
             from tokenpulse.storage.spool import Spool, SpoolInUse
 
+            spool_dir = s.spool_dir or os.path.join(s.data_dir, "spool")
             try:
-                self.spool = Spool(s.spool_dir or os.path.join(s.data_dir, "spool"), s.spool_max_bytes)
+                self.spool = Spool(spool_dir, s.spool_max_bytes)
             except SpoolInUse as e:
                 raise ConfigError(str(e)) from None
+            except OSError as e:
+                raise ConfigError(f"cannot use spool_dir {spool_dir}: {e.strerror or e}") from None
             if not self.spool.empty():
                 log.warning("spool holds %d batches from before; replaying them", self.spool.records)
         self.writer = Writer(sink, WriterSettings(
@@ -150,6 +194,7 @@ class Service:
             max_queue_spans=s.memory_limits[1], retry_after_s=s.retry_after_s,
             dedup_window_s=s.dedup_window_s, dedup_max_keys=int(s.dedup_max_keys * s.memory_scale),
             dedup_storage_check=s.dedup_storage_check == "on",
+            bound_tenants=tuple(sorted({k.tenant for k in self._auth.keys.values() if k.tenant})),
         ), self.metrics, spool=self.spool)
         self.writer.telemetry = self.telemetry
         self._warm_dedup()
@@ -163,16 +208,6 @@ class Service:
         self._thread.start()
         self._ready.wait()
         if self._start_error is not None:
-            # Close what did start (the engine last), so the process exits cleanly: an embedded engine
-            # left open at interpreter exit crashed it (exit 139).
-            self.writer.shutdown(1)
-            if self.late is not None:
-                self.late.stop()
-            if self.spool is not None:
-                self.spool.close()
-            if self._own_backend and self.backend is not None:
-                self.backend.close()
-            self._stopped = True
             raise self._start_error
         if s.role != "receiver":
             self._start_alerts()
@@ -226,9 +261,7 @@ class Service:
 
         self.evaluator = Evaluator(rules, traced_query, notifiers, store, metrics=self.metrics,
                                    on_change=self.throttler.on_alerts)
-        self._alert_thread = threading.Thread(target=self.evaluator.run, args=(self._alert_stop,),
-                                              name="tokenpulse-alerts", daemon=True)
-        self._alert_thread.start()
+        self.supervisor.start("alerts", self.evaluator.run, self._alert_stop)
         self._start_rollups()
 
     def _start_rollups(self) -> None:
@@ -242,9 +275,7 @@ class Service:
         from tokenpulse.storage.rollups import RollupJob
 
         self.rollup_job = RollupJob(self.backend, s.rollup_settle_s)
-        self._rollup_thread = threading.Thread(target=self.rollup_job.run, args=(self._alert_stop,),
-                                               name="tokenpulse-rollups", daemon=True)
-        self._rollup_thread.start()
+        self.supervisor.start("rollups", self.rollup_job.run, self._alert_stop)
 
     def _warm_dedup(self) -> None:
         """Remember spans stored in the last dedup window, so a restart does not forget them."""
@@ -252,15 +283,15 @@ class Service:
         if s.dedup_max_keys <= 0 or s.dedup_window_s <= 0:
             return
         raw = self.backend.query(
-            f"SELECT trace_id, span_id FROM {s.database}.spans "
+            f"SELECT tenant, trace_id, span_id FROM {s.database}.spans "
             f"WHERE ingested_at > now64(3) - toIntervalMillisecond({int(s.dedup_window_s * 1000)}) "
             f"ORDER BY ingested_at DESC LIMIT {int(s.dedup_max_keys * s.memory_scale) // 2}", "TSV", readonly=False)
-        keys = []
+        rows = []
         for line in raw.decode().splitlines():
-            tid, _, sid = line.partition("\t")
-            if len(tid) == 32 and len(sid) == 16:
-                keys.append(DedupCache.key(tid, sid))
-        self.writer.warm_dedup(keys)
+            parts = line.split("\t")
+            if len(parts) == 3 and len(parts[1]) == 32 and len(parts[2]) == 16:
+                rows.append(parts)
+        self.writer.warm_dedup(rows)
         self.metrics.dedup_keys.set(len(self.writer.dedup))
 
     def _authenticator(self) -> Authenticator:
@@ -297,15 +328,14 @@ class Service:
                                                 message=s.throttle_message or DEFAULT_MESSAGE),
                                    AlertStore(self.backend, s.database))
 
-        def loop():
-            while not self._alert_stop.wait(every_s):
+        def loop(stop: threading.Event) -> None:
+            while not stop.wait(every_s):
                 try:
                     self.throttler.refresh()
                 except Exception as e:  # storage down: keep serving the last decisions
                     log.warning("could not refresh throttle decisions: %s", e)
 
-        self._alert_thread = threading.Thread(target=loop, name="tokenpulse-throttle-refresh", daemon=True)
-        self._alert_thread.start()
+        self.supervisor.start("throttle-refresh", loop, self._alert_stop)
 
     def _run_loop(self) -> None:
         asyncio.run(self._main())
@@ -314,8 +344,7 @@ class Service:
         s = self.settings
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        auth = self._authenticator()
-        tls = self._tls()
+        auth, tls = self._auth, self._tls_pair
         if s.role != "evaluator":
             ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days,
                             Limits(s.max_spans_per_request, s.max_attributes_per_span, s.max_attribute_value_chars),
@@ -364,39 +393,41 @@ class Service:
                 pass
 
     async def _drain(self) -> None:
-        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        deadline = self._deadline or time.monotonic() + self.settings.shutdown_timeout_s
+        left = lambda: max(deadline - time.monotonic(), 0.0)  # noqa: E731
         # 1. Receivers: refuse new requests, finish those in flight (they wait for their writes).
         if self.grpc is not None:
-            await asyncio.gather(self.grpc.stop(max(deadline - time.monotonic(), 0)), self.http.stop())
+            await asyncio.gather(self.grpc.stop(left()), self.http.stop())
         if self._ingest is not None:  # no request is in flight any more: its decode thread can go
             self._ingest.close()
-        # 2. Writer: write whatever is still queued.
+        # 2. Writer: write whatever is still queued (to storage, or to the spool).
         loop = asyncio.get_running_loop()
-        self.drained = await loop.run_in_executor(
-            None, self.writer.shutdown, max(deadline - time.monotonic(), 0.1))
+        self.shutdown_report = await loop.run_in_executor(None, self.writer.close, max(deadline, time.monotonic() + 0.1))
+        self.drained = self.shutdown_report.drained
         # 3. Forwarding: what was stored goes on, for what time is left (at most 5 s; counted if not).
         if self.forwarder is not None:
-            await loop.run_in_executor(None, self.forwarder.shutdown, min(5.0, max(deadline - time.monotonic(), 0.1)))
+            await loop.run_in_executor(None, self.forwarder.shutdown, min(5.0, max(left(), 0.1)))
         # 4. Admin last, so /healthz answers while draining.
         await self.admin.stop()
 
     # ------------------------------------------------------------ stop
     def shutdown(self) -> bool:
-        """Idempotent. True when everything accepted was written."""
+        """Idempotent. Stop accepting, drain receivers -> writer -> spool, then the schedulers and
+        storage, all within ``shutdown_timeout_s``. True when everything accepted was written."""
         if self._stopped:
             return self.drained
         self._stopped = True
-        self._alert_stop.set()
-        if self._alert_thread is not None:
-            self._alert_thread.join(self.settings.shutdown_timeout_s)
-        if self._rollup_thread is not None:  # a chunk in progress is finished (or redone at the next start)
-            self._rollup_thread.join(self.settings.shutdown_timeout_s)
-        if self.evaluator is not None:
-            self.evaluator.close()
+        self._deadline = deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        self._alert_stop.set()  # the schedulers start no new tick; a tick in progress finishes below
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
-            self._thread.join(self.settings.shutdown_timeout_s + 5)
+            self._thread.join(max(deadline - time.monotonic(), 0.0) + 5)
+        for name in ("alerts", "rollups", "throttle-refresh"):
+            if not self.supervisor.join(name, deadline - time.monotonic()):
+                log.warning("shutdown: the %s worker did not finish in time", name)
+        if self.evaluator is not None:
+            self.evaluator.close(max(deadline - time.monotonic(), 0.1))
         if self.late is not None:  # after the writer: moves for the last stored roots are made
             self.late.stop()
         if self.spool is not None:
@@ -404,18 +435,34 @@ class Service:
         if self._own_backend and self.backend is not None:
             self.backend.close()
         self.telemetry.shutdown()
-        log.info("tokenpulse stopped (%s)", "drained" if self.drained else "NOT fully drained")
+        r = self.shutdown_report
+        if r is None or r.drained:
+            log.info("tokenpulse stopped: drained%s", f"; {r.spooled_records} batches stay in the spool "
+                     f"({self.spool.dir}) and are replayed at the next start" if r and r.spooled_records else "")
+        else:
+            log.error("tokenpulse stopped: NOT drained: %d accepted spans were neither stored nor spooled "
+                      "(their clients were answered retry)%s", r.unwritten_spans,
+                      f"; {r.spooled_records} batches stay in the spool ({self.spool.dir})" if r.spooled_records else "")
         return self.drained
 
     # ------------------------------------------------------------ state
     def health(self) -> dict:
         w = self.writer
-        ok = w is not None and w.last_error is None
+        writable = w is not None and w.last_error is None
+        workers_ok, workers = self.supervisor.health()
+        if w is not None:
+            writer_ok, writer_workers = w.supervisor.health()
+            workers_ok, workers = workers_ok and writer_ok, {**writer_workers, **workers}
+        broken = self.spool.broken if self.spool is not None else ""
+        ok = writable and workers_ok and not broken
         return {
             "status": ("ok" if ok else "degraded") if self.ready else "starting",
             "storage": {"backend": self.backend.description if self.backend else None,
-                        "writable": ok, "last_error": w.last_error if w else None},
+                        "writable": writable, "last_error": w.last_error if w else None,
+                        "mode": w.mode.value if w else None},
             "queue": {"spans": w.queued_spans if w else 0, "capacity": self.settings.memory_limits[1]},
             "spool": ({"batches": self.spool.records, "bytes": self.spool.bytes,
-                       "capacity_bytes": self.settings.spool_max_bytes} if self.spool else None),
+                       "capacity_bytes": self.settings.spool_max_bytes, "broken": broken or None}
+                      if self.spool else None),
+            "workers": workers,
         }

@@ -16,7 +16,7 @@ from tests.otlp import kv, request, span
 from tokenpulse.config import load_settings
 from tokenpulse.errors import ConfigError
 from tokenpulse.forward.config import parse_destinations
-from tokenpulse.forward.transport import _retry_after
+from tokenpulse.retry import parse_retry_after as _retry_after
 from tokenpulse.receiver.decode import decode_message
 from tokenpulse.receiver.reencode import Reencoder, parse_response, retry_delay, to_message
 from tokenpulse.telemetry import parse_telemetry

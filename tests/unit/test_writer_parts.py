@@ -12,7 +12,7 @@ from tokenpulse.errors import DataError, InvalidRequest, RequestTooLarge, Retrya
 from tokenpulse.receiver.decode import decode_protobuf
 from tokenpulse.receiver.otlp_http import inflate
 from tokenpulse.storage.backend import classify, redact_url
-from tokenpulse.storage.writer import DedupCache
+from tokenpulse.storage.dedup import DedupCache
 
 
 def _batch(spans):
@@ -22,33 +22,49 @@ def _batch(spans):
 def test_dedup_drops_repeats_within_and_across_batches():
     cache = DedupCache(window_s=60, max_keys=100)
     a, b = span(), span()
-    keep, keys = cache.filter(DedupCache.keys_of(_batch([a, b, a])))
+    keep, keys = cache.filter(cache.keys_of(_batch([a, b, a])))
     assert keep == [0, 1] and len(keys) == 2
     cache.add(keys)
-    keep, keys = cache.filter(DedupCache.keys_of(_batch([span(), b])))
+    keep, keys = cache.filter(cache.keys_of(_batch([span(), b])))
     assert keep == [0] and len(keys) == 1
+
+
+def test_dedup_keys_are_per_tenant():
+    """A tenant that learns another's trace and span ids (traceparent crosses services) cannot
+    make that tenant's spans look like repeats of its own."""
+    cache = DedupCache(window_s=60, max_keys=100)
+    s = span()
+    _, keys = cache.filter(cache.keys_of(_batch([s]), "evil"))
+    cache.add(keys)
+    assert cache.filter(cache.keys_of(_batch([s]), "acme"))[0] is None  # acme's own span is kept
+    assert cache.filter(cache.keys_of(_batch([s]), "evil"))[0] == []  # evil's retry is a repeat
+    ident = keys[0] & ((1 << 192) - 1)
+    assert cache.stored_elsewhere(cache.keys_of(_batch([s]), "acme"), {ident: {"evil"}}) == [False]
+    assert cache.stored_elsewhere(cache.keys_of(_batch([s]), "acme"), {ident: {"acme"}}) == [True]
+    assert cache.stored_elsewhere(cache.keys_of(_batch([s])), {ident: {"evil"}}) == [True]  # unbound: any
 
 
 def test_dedup_forgets_after_window_and_caps_memory():
     now = [0.0]
     cache = DedupCache(window_s=10, max_keys=1000, clock=lambda: now[0])
     s = span()
-    _, keys = cache.filter(DedupCache.keys_of(_batch([s])))
+    _, keys = cache.filter(cache.keys_of(_batch([s])))
     cache.add(keys)
     now[0] = 6  # rotation 1: s moves to the previous generation, still known
-    assert cache.filter(DedupCache.keys_of(_batch([s])))[0] == []
+    assert cache.filter(cache.keys_of(_batch([s])))[0] == []
     now[0] = 12  # rotation 2: forgotten
-    assert cache.filter(DedupCache.keys_of(_batch([s])))[0] is None
+    assert cache.filter(cache.keys_of(_batch([s])))[0] is None
 
     small = DedupCache(window_s=3600, max_keys=10)
     for _ in range(10):
-        _, keys = small.filter(DedupCache.keys_of(_batch([span() for _ in range(5)])))
+        _, keys = small.filter(small.keys_of(_batch([span() for _ in range(5)])))
         small.add(keys)
         assert len(small) <= 10
 
 
 def test_dedup_key_is_exact():
-    assert DedupCache.key("0" * 31 + "1", "0" * 16) != DedupCache.key("0" * 32, "0" * 15 + "1")
+    k = DedupCache(60, 10).key
+    assert k("0" * 31 + "1", "0" * 16) != k("0" * 32, "0" * 15 + "1")
 
 
 def test_inflate_limits():

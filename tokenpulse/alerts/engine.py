@@ -105,6 +105,7 @@ class Evaluator:
         self._save_lock = threading.Lock()
         self.delivery_wait_s = delivery_wait_s
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tokenpulse-notify")
+        self._inflight: set = set()  # delivery futures not done yet (close waits for them)
 
     # ------------------------------------------------------------ one rule
     def evaluate(self, rule: Rule, now: float, deliver: bool = True) -> StepResult | None:
@@ -163,7 +164,15 @@ class Evaluator:
                     if ch is not None else 60.0
                 self.states = mark_sending(self.states, note, now + budget)
         futures = [self._pool.submit(self._send, note, now, started) for note in notes]
+        for f in futures:
+            self._inflight.add(f)
+            f.add_done_callback(self._sent)
         wait(futures, timeout=self.delivery_wait_s)
+
+    def _sent(self, fut) -> None:
+        self._inflight.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:  # a bug of ours: say so, never silently
+            log.error("delivering a notification failed: %r", fut.exception())
 
     def _send(self, note: Notification, now: float, started: float) -> None:
         notifier = self.notifiers[note.channel]
@@ -244,8 +253,11 @@ class Evaluator:
                 log.exception("alert evaluation tick failed")
             stop.wait(max(0.0, self.next_tick(self.clock()) - self.clock()))
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop delivering: sends not started are dropped (their alerts stay pending delivery in
+        the stored state, so the next start sends them); those in progress get ``timeout``."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        wait(list(self._inflight), timeout=timeout)
 
     # ------------------------------------------------------------ views
     def active(self) -> list[Alert]:

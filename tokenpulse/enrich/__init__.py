@@ -39,7 +39,7 @@ class Pipeline:
 
     def __call__(self, decoded: Decoded) -> Decoded:
         batch, inferred = normalize_calls(decoded.batch)
-        batch = self.calls(batch, inferred)
+        batch = self.calls(batch, inferred, decoded.tenant)
         self._count_excluded(batch)
         batch = self._price(batch)
         batch, rejects = self.attributor(batch, decoded.tenant)

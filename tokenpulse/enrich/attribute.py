@@ -63,7 +63,7 @@ from typing import Callable
 
 from tokenpulse.enrich.keys import KeyIndex
 from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS
-from tokenpulse.record import SpanBatch
+from tokenpulse.record import SpanBatch, scoped_traces
 
 UNATTRIBUTED = "unattributed"
 DIMENSIONS = ("tenant", "feature", "user_id", "session_id", "route", "agent_role", "environment")
@@ -99,6 +99,8 @@ class TraceTags:
         self.max_spans = max_spans
         self.traces: OrderedDict[str, dict[str, str]] = OrderedDict()
         self.roles: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()  # (trace, span) -> (parent, role)
+
+    scope = staticmethod(scoped_traces)
 
     def trace(self, trace_id: str) -> dict[str, str] | None:
         return self.traces.get(trace_id)
@@ -234,21 +236,22 @@ class Attributor:
             own.append(tags)
         mem = self.memory
         trace_ids, span_ids, parents = batch.trace_id, batch.span_id, batch.parent_span_id
+        scoped = mem.scope(tenant, trace_ids)  # memory keys; trace_ids stay for storage
         # Pass 1: learn everything this request tells about its traces and agent roles.
         for i in range(n):
             tags = own[i]
             if tags:
                 trace_tags = {d: tags[d] for d in TRACE_LEVEL if d in tags}
                 if trace_tags:
-                    mem.add_trace(trace_ids[i], trace_tags, is_root=not parents[i])
-            mem.add_span(trace_ids[i], span_ids[i], parents[i], tags.get("agent_role", ""))
+                    mem.add_trace(scoped[i], trace_tags, is_root=not parents[i])
+            mem.add_span(scoped[i], span_ids[i], parents[i], tags.get("agent_role", ""))
         # A root whose trace had calls stored unattributed before: they can be moved now.
         self.late = []
         if self._unresolved:
             for i in range(n):
                 if not parents[i] and trace_ids[i] in self._unresolved:
                     del self._unresolved[trace_ids[i]]
-                    known = mem.trace(trace_ids[i])
+                    known = mem.trace(scoped[i])
                     if known and (known.get("tenant") or known.get("feature")):
                         self.late.append((trace_ids[i], batch.start_time_ns[i]))
         # Pass 2: fill.
@@ -256,13 +259,13 @@ class Attributor:
         keep: list[int] | None = None
         for i in range(n):
             tags = own[i]
-            known = mem.trace(trace_ids[i])
+            known = mem.trace(scoped[i])
             if known:
                 for d in TRACE_LEVEL:
                     if d not in tags and d in known:
                         tags[d] = known[d]
             if "agent_role" not in tags and parents[i]:
-                role = mem.ancestor_role(trace_ids[i], parents[i])
+                role = mem.ancestor_role(scoped[i], parents[i])
                 if role:
                     tags["agent_role"] = role
             if self.require:

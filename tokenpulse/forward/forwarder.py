@@ -26,7 +26,6 @@ a repeated field, so the bytes of several requests are one valid request.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -106,7 +105,7 @@ class DestinationQueue:
         if first > self._deadline:  # stopping, and out of time: do not start another attempt
             self.drop(n, "shutdown")
             return
-        backoff = self.d.retry_initial_s
+        backoff = Backoff(self.d.retry_initial_s, self.d.retry_max_s, self.d.retry_max_elapsed_s, started=first)
         while True:
             start = time.monotonic()
             try:
@@ -131,10 +130,9 @@ class DestinationQueue:
             self.m.forward_up.labels(name).set(0)
             self.m.forward_retries.labels(name).inc()
             # the downstream's own delay when it gave one, else exponential back-off with jitter
-            wait = out.retry_after_s if out.retry_after_s is not None else backoff * random.uniform(0.5, 1.5)
-            backoff = min(backoff * 2, self.d.retry_max_s)
+            wait = backoff.next_delay(out.retry_after_s)
             now = time.monotonic()
-            if now + wait - first > self.d.retry_max_elapsed_s:
+            if wait is None:
                 self.drop(n, "retries_exhausted")
                 log.warning("forward to %s: gave up on %d spans after %.0fs (%s)", name, n, now - first, out.message)
                 return

@@ -16,13 +16,13 @@ nothing is parsed or re-serialized here.
 
 from __future__ import annotations
 
-import email.utils
 import gzip
 import time
 from dataclasses import dataclass
 
 from tokenpulse.forward.config import Destination
 from tokenpulse.receiver.reencode import parse_response, retry_delay
+from tokenpulse.retry import parse_retry_after
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 HTTP_RETRYABLE = (429, 502, 503, 504)
@@ -113,25 +113,11 @@ class HttpSender:
         message = f"HTTP {r.status}"
         if r.status in HTTP_RETRYABLE:
             return Outcome("retry", message=message,
-                           retry_after_s=_retry_after(r.headers.get("Retry-After")) or retry_delay(r.data))
+                           retry_after_s=parse_retry_after(r.headers.get("Retry-After")) or retry_delay(r.data))
         return Outcome("drop", message=message)
 
     def close(self) -> None:
         self._pool.clear()
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After: delay-seconds or an HTTP-date (RFC 9110 section 10.2.3)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def make_sender(d: Destination):

@@ -13,11 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from tokenpulse.errors import DataError, InternalWriteError, RetryableStorageError
 from tokenpulse.metrics import Metrics
 from tokenpulse.receiver.decode import Decoded
 from tokenpulse.receiver.limits import Limits, apply_limits
-from tokenpulse.storage.writer import Arrival, Busy, Writer
+from tokenpulse.storage.writer import Arrival, Busy, Refused, Stored, Writer
 from tokenpulse.telemetry import Telemetry
 
 
@@ -143,7 +142,7 @@ class Ingest:
             # An empty request is a success (otlp.md); all-rejected is a partial success.
             return self._ok(decoded, transport)
         try:
-            got = self.writer.submit(decoded.batch, nbytes)
+            got = self.writer.submit(decoded.batch, nbytes, decoded.tenant)
         except Exception as e:
             return self._internal("encoding", e, n, transport)
         if isinstance(got, Busy):
@@ -155,10 +154,12 @@ class Ingest:
             # (its retry is then dropped as a duplicate, so this is the only forward of these spans).
             # Registered before this handler's next await: a cancelled call must not skip it.
             got.add_done_callback(lambda f, d=decoded: self._forward_stored(d, f))
+        # Counted once stored, even if this client stopped waiting: its retry is then dropped as a
+        # duplicate, so this is the only count of these spans.
+        got.add_done_callback(lambda f, b=decoded.batch: self._count_stored(b, f))
         if decoded.late_traces and self.late is not None:
             # Once the root is stored, its trace's earlier calls can be moved in the rollups.
-            got.add_done_callback(lambda f, t=decoded.late_traces: None if f.cancelled() or f.exception()
-                                  else self.late(t))
+            got.add_done_callback(lambda f, t=decoded.late_traces: self.late(t) if _stored(f) else None)
         if arrival is not None:
             # Queued: the writer need not wait for this one any more. Yield once first, so requests
             # already received announce themselves before this one stops counting: otherwise the
@@ -173,21 +174,26 @@ class Ingest:
             self.writer.cancel(got)
             return self._retry(n, "timeout", "storage is slow; the write did not finish in time, retry",
                                self.writer.s.retry_after_s, transport)
-        except RetryableStorageError as e:
-            return self._retry(n, "storage_unavailable", f"storage unavailable: {e}",
-                               self.writer.s.retry_after_s, transport)
-        except InternalWriteError as e:
-            self.metrics.requests.labels(transport, "internal").inc()
-            return Answer("internal", rejected=n, message=str(e))
-        except DataError as e:
-            self.metrics.requests.labels(transport, "invalid").inc()
-            return Answer("invalid", rejected=n, message=f"storage refused the spans: {e}")
-        # Count only what this request stored: spans dropped as retries were counted the first time.
-        self.metrics.count_usage(decoded.batch if stored.kept is None else decoded.batch.take(stored.kept))
+        if isinstance(stored, Refused):
+            if stored.retryable:
+                return self._retry(n, "storage_unavailable", stored.message, self.writer.s.retry_after_s, transport)
+            self.metrics.requests.labels(transport, stored.reason).inc()
+            return Answer(stored.reason, rejected=n, message=stored.message)
         return self._ok(decoded, transport)
 
+    def _count_stored(self, batch, fut) -> None:
+        """Token and cost counters: only what this request stored (spans dropped as retries were
+        counted the first time)."""
+        if not _stored(fut):
+            return
+        kept = fut.result().kept
+        try:
+            self.metrics.count_usage(batch if kept is None else batch.take(kept))
+        except Exception:  # counters must never disturb the writer
+            log.exception("counting %d stored spans failed", len(batch))
+
     def _forward_stored(self, decoded: Decoded, fut) -> None:
-        if fut.cancelled() or fut.exception() is not None:
+        if not _stored(fut):
             return
         try:
             self.forward(decoded.source, decoded.batch, fut.result().kept)
@@ -209,19 +215,21 @@ class Ingest:
         The memory is read and filled on the decode thread (its only user)."""
         memory = self.enrich.attributor.memory
         b = decoded.batch
+        tenant = decoded.tenant  # a bound sender learns only its own tenant's traces
 
         def unknown_traces():
-            return sorted({t for t, p in zip(b.trace_id, b.parent_span_id) if p and memory.trace(t) is None})
+            keys = memory.scope(tenant, b.trace_id)
+            return sorted({t for t, k, p in zip(b.trace_id, keys, b.parent_span_id) if p and memory.trace(k) is None})
 
         def learn(found):
             for trace_id, tags in found.items():
-                memory.add_trace(trace_id, tags, is_root=True)
+                memory.add_trace(memory.scope(tenant, [trace_id])[0], tags, is_root=True)
 
         unknown = await self.on_cpu(unknown_traces)
         if not unknown:
             return
         try:
-            found = await asyncio.get_running_loop().run_in_executor(None, self.trace_tags_lookup, unknown)
+            found = await asyncio.get_running_loop().run_in_executor(None, self.trace_tags_lookup, unknown, tenant)
         except Exception as e:  # storage trouble: attribute from what this request says, as without the lookup
             log.warning("trace tag lookup failed: %s", e)
             return
@@ -253,3 +261,7 @@ class Ingest:
         self.metrics.requests.labels(transport, "retry").inc()
         self.metrics.spans_refused_retry.labels(reason).inc(n)
         return Answer("retry", message=message, retry_after_s=after, reason=reason)
+
+
+def _stored(fut) -> bool:
+    return not fut.cancelled() and fut.exception() is None and isinstance(fut.result(), Stored)

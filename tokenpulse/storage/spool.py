@@ -14,13 +14,18 @@ and ``DIR/cursor``: ``SEGMENT OFFSET`` of the first record not yet in
 ClickHouse, replaced atomically (write, fsync, rename, fsync the directory).
 Fully replayed segments are deleted.
 
-Crash safety: a record is acknowledged only after its ``fsync``; a crash during
-an append leaves a torn tail, which ``open`` detects (short read or checksum
-mismatch on the last segment) and truncates: those spans were never
-acknowledged, so their clients retry. A corrupt record in the middle (disk
-damage) is moved aside to ``DIR/corrupt-*.tps`` and counted, never silently
-dropped. A crash between an insert and the cursor update replays that record
-again; the replay asks ClickHouse which of its spans are stored and drops those.
+Crash safety: a record is acknowledged only after its ``fsync``. An append that fails anywhere
+(ENOSPC midway, a short write, EIO from ``fsync``) is cut back to the offset where it started,
+the file is fsynced again and the batch is refused (retryable; it was never acknowledged), so a
+half record is never followed by later ones. If even the cut-back fails, the spool refuses every
+append from then on (``broken``) and says why; what it holds is replayed as usual. A crash during
+an append leaves a torn tail, which ``open`` detects (short read or checksum mismatch on the last
+segment) and truncates: those spans were never acknowledged, so their clients retry. A corrupt
+record in the middle (disk damage) is moved aside to ``DIR/corrupt-*.tps`` and counted, never
+silently dropped; so is the unreadable rest of a segment that is not the last. A crash between an
+insert and the cursor update replays that record again; the replay asks ClickHouse which of its
+spans are stored and drops those. A cursor that cannot be written (disk full) is kept in memory
+and written at the next commit.
 
 Full (``max_bytes``): new batches are refused with a retryable answer (429 /
 UNAVAILABLE), so exporters keep them; nothing already in the spool is dropped.
@@ -43,6 +48,9 @@ MAGIC = b"TPS1"
 # zstd-compressed Arrow buffers: spans are repetitive text, and the spool is disk-bound.
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 HEADER = struct.Struct("<4sII")
+# The appends' system calls, by name so the fault tests can make them fail (EIO, short writes).
+_write = os.write
+_fsync = os.fsync
 _SEG_RE = re.compile(r"^seg-(\d{8})\.tps$")
 
 
@@ -51,6 +59,10 @@ class SpoolFull(Exception):
 
 
 class SpoolInUse(Exception):
+    pass
+
+
+class SpoolBroken(OSError):
     pass
 
 
@@ -77,7 +89,11 @@ class Spool:
         if self._segments:
             self._repair_tail(self._segments[-1])
         self._drop_consumed()
-        self._write_fh = None
+        self._write_fd: int | None = None
+        self._write_seg = 0
+        self._write_size = 0
+        self.broken = ""  # why appends are refused for good (a failed append that could not be undone)
+        self.cursor_errors = 0  # cursor writes that failed (disk full); retried at the next commit
         self.records = self._count_records()
 
     # ------------------------------------------------------------ files
@@ -171,38 +187,59 @@ class Spool:
         return self.records == 0
 
     def append(self, table: pa.Table) -> None:
-        """Write one table durably (fsync) or raise SpoolFull / OSError."""
+        """Write one table durably (fsync) or raise SpoolFull / OSError, leaving the files as they were."""
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as w:
             w.write_table(table)
         payload = sink.getvalue().to_pybytes()
         record = HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
         with self._lock:
+            if self.broken:
+                raise SpoolBroken(f"the spool refuses appends: {self.broken}")
             if self.bytes + len(record) > self.max_bytes:
                 raise SpoolFull(f"spool full ({self.bytes} of {self.max_bytes} bytes)")
             self._ensure_writer()
-            self._write_fh.write(record)
-            self._write_fh.flush()
-            os.fsync(self._write_fh.fileno())
+            fd = self._write_fd
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                view = memoryview(record)
+                while view:  # a write may take less than asked (a short write): go on from there
+                    view = view[_write(fd, view):]
+                _fsync(fd)
+            except OSError:
+                self._cut_back(fd, start)
+                raise
+            self._write_size = start + len(record)
             self.records += 1
 
+    def _cut_back(self, fd: int, start: int) -> None:
+        """Undo a failed append: truncate to where it started and make that durable."""
+        try:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        except OSError as e:
+            self.broken = (f"a failed append could not be undone at {self._path(self._write_seg)} offset {start} "
+                           f"({e.strerror or e}); restart tokenpulse once the disk is healthy")
+            log.error("spool: %s", self.broken)
+
     def _ensure_writer(self) -> None:
-        if self._write_fh is not None and self._write_fh.tell() < self.segment_bytes:
+        if self._write_fd is not None and self._write_size < self.segment_bytes:
             return
         last = self._segments[-1] if self._segments else 0
-        if self._write_fh is None and last and os.path.getsize(self._path(last)) < self.segment_bytes:
+        if self._write_fd is None and last and os.path.getsize(self._path(last)) < self.segment_bytes:
             seg = last  # after a restart, keep appending to the last segment
         else:
             seg = last + 1
-        if self._write_fh is not None:
-            self._write_fh.close()
-        self._write_fh = open(self._path(seg), "ab")
+        fd = os.open(self._path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if self._write_fd is not None:
+            os.close(self._write_fd)
+        self._write_fd, self._write_seg, self._write_size = fd, seg, os.lseek(fd, 0, os.SEEK_END)
         if seg not in self._segments:
             self._segments.append(seg)
             self._fsync_dir()
             if len(self._segments) == 1:
                 self._cursor = (seg, 0)
-                self._write_cursor(seg, 0)
+                self._save_cursor()
 
     def peek(self) -> tuple[tuple[int, int], pa.Table] | None:
         """The oldest record not yet committed, as ((segment, next offset), table); None if empty."""
@@ -211,11 +248,13 @@ class Spool:
                 seg, off = self._cursor
                 for start, nxt, payload in self._scan(seg, off):
                     if nxt is None:
-                        break  # a torn tail (repaired at open) or a record being written: none yet
+                        if seg != self._segments[-1]:  # damage, not a tail being written: keep the rest aside
+                            self._quarantine(seg, start, os.path.getsize(self._path(seg)))
+                        break
                     if payload is None:  # damaged in place: set aside, count, go on
                         self._quarantine(seg, start, nxt)
                         self._cursor = (seg, nxt)
-                        self._write_cursor(seg, nxt)
+                        self._save_cursor()
                         self.records -= 1
                         continue
                     return (seg, nxt), pa.ipc.open_stream(payload).read_all()
@@ -223,7 +262,7 @@ class Spool:
                     return None
                 # this segment is used up and a later one exists: delete it, move on
                 self._cursor = (self._segments[1], 0)
-                self._write_cursor(*self._cursor)
+                self._save_cursor()
                 self._drop_consumed()
             return None
 
@@ -231,8 +270,18 @@ class Spool:
         """Mark the record ``peek`` returned (ending at ``position``) as stored in ClickHouse."""
         with self._lock:
             self._cursor = position
-            self._write_cursor(*position)
             self.records -= 1
+            self._save_cursor()
+
+    def _save_cursor(self) -> None:
+        """Write the cursor file; if the disk refuses, keep going from memory and try again next time:
+        a restart before then replays a few records, which the replay finds stored and drops."""
+        try:
+            self._write_cursor(*self._cursor)
+        except OSError as e:
+            self.cursor_errors += 1
+            log.warning("spool: cannot write the cursor (%s); kept in memory, retried at the next commit",
+                        e.strerror or e)
 
     def _quarantine(self, seg: int, start: int, end: int) -> None:
         self.corrupt_records += 1
@@ -246,8 +295,8 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
-            if self._write_fh is not None:
-                self._write_fh.close()
-                self._write_fh = None
+            if self._write_fd is not None:
+                os.close(self._write_fd)
+                self._write_fd = None
             if not self._dir_lock.closed:
                 self._dir_lock.close()  # releases the flock

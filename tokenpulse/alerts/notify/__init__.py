@@ -16,7 +16,6 @@ stored: log lines and the notification log name the channel, not its URL.
 from __future__ import annotations
 
 import logging
-import random
 import socket
 import time
 import urllib.error
@@ -26,6 +25,7 @@ from typing import Any, Callable, Mapping
 
 from tokenpulse.alerts.state import Notification
 from tokenpulse.errors import ConfigError
+from tokenpulse.retry import Backoff, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def post(channel: Channel, body: bytes, headers: Mapping[str, str], accept: Call
          sleep: Callable[[float], None] = time.sleep, backoff_s: float = 0.5) -> Response:
     """POST ``body`` with retries; ``accept(status, text)`` says whether the receiver took it."""
     status, text, error, retry_after = 0, "", "", None
+    backoff = Backoff(initial_s=backoff_s, max_s=backoff_s * 2 ** channel.max_attempts, jitter="full")
     for attempt in range(1, channel.max_attempts + 1):
         retry_after = None
         req = urllib.request.Request(channel.url, data=body, method="POST",
@@ -116,7 +117,7 @@ def post(channel: Channel, body: bytes, headers: Mapping[str, str], accept: Call
         except urllib.error.HTTPError as e:
             status = e.code
             text = e.read(4096).decode("utf-8", "replace") if e.fp else ""
-            retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
+            retry_after = parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
         except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as e:
             status, text = 0, ""
             reason = getattr(e, "reason", e)
@@ -137,22 +138,12 @@ def post(channel: Channel, body: bytes, headers: Mapping[str, str], accept: Call
                 return Response(False, status, text, attempt, error, retry_after)
             wait = retry_after
         else:
-            wait = random.uniform(0, backoff_s * 2 ** (attempt - 1))  # full jitter
+            wait = backoff.next_delay()
         log.info("channel %s: %s; retrying in %.2fs (attempt %d of %d)", channel.name, error, wait, attempt,
                  channel.max_attempts)
         sleep(wait)
     log.warning("channel %s: giving up after %d attempts: %s", channel.name, channel.max_attempts, error)
     return Response(False, status, text, channel.max_attempts, error, retry_after)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (the delay-seconds form; an HTTP date counts as a minute)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return 60.0
 
 
 @dataclass(frozen=True)
