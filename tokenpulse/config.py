@@ -90,6 +90,10 @@ class Settings:
     spool_max_bytes: int = field(default=1024 * MiB, metadata={
         "doc": "spool size cap; when full, Exports are answered retry (nothing spooled is dropped); "
                "0 disables the spool", "min": 0, "bytes": True})
+    spool_replay_max_attempts: int = field(default=10, metadata={
+        "doc": "attempts at one spooled batch while ClickHouse answers but refuses it; then it is set aside in "
+               "SPOOL_DIR/refused-*.arrow (counted, logged) and the replay goes on. An outage is waited out however "
+               "long it lasts", "min": 1})
     dedup_storage_check: str = field(default="off", metadata={
         "doc": "on: before each insert, also drop spans ClickHouse already has (one indexed query per insert); "
                "for several receivers without routing by trace id (README 'Deploying')", "choices": ("off", "on")})

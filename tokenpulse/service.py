@@ -113,13 +113,16 @@ class Service:
                               "(the same on every receiver), or choose user_id_mode raw or drop")
         import secrets
 
-        os.makedirs(s.data_dir, exist_ok=True)
         path = os.path.join(s.data_dir, "user-id.key")
-        if not os.path.exists(path):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32))
-            log.warning("generated a user-id pseudonymization key at %s; keep it to keep pseudonyms stable", path)
+        try:
+            os.makedirs(s.data_dir, exist_ok=True)
+            if not os.path.exists(path):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secrets.token_hex(32))
+                log.warning("generated a user-id pseudonymization key at %s; keep it to keep pseudonyms stable", path)
+        except OSError as e:
+            raise ConfigError(f"cannot use data_dir {s.data_dir}: {e.strerror or e}") from None
         with open(path, encoding="ascii") as fh:
             return fh.read().strip().encode()
 
@@ -127,6 +130,9 @@ class Service:
         """Start every part in order; on any error close what started (the engine last) and raise."""
         try:
             return self._start()
+        except OSError as e:  # a file or directory the settings name cannot be used: one line, not a traceback
+            self._abort_start()
+            raise ConfigError(f"cannot start: {e.strerror or e}" + (f": {e.filename}" if e.filename else "")) from None
         except BaseException:
             self._abort_start()
             raise
@@ -194,6 +200,7 @@ class Service:
             max_queue_spans=s.memory_limits[1], retry_after_s=s.retry_after_s,
             dedup_window_s=s.dedup_window_s, dedup_max_keys=int(s.dedup_max_keys * s.memory_scale),
             dedup_storage_check=s.dedup_storage_check == "on",
+            replay_max_attempts=s.spool_replay_max_attempts,
             bound_tenants=tuple(sorted({k.tenant for k in self._auth.keys.values() if k.tenant})),
         ), self.metrics, spool=self.spool)
         self.writer.telemetry = self.telemetry
@@ -262,6 +269,12 @@ class Service:
         self.evaluator = Evaluator(rules, traced_query, notifiers, store, metrics=self.metrics,
                                    on_change=self.throttler.on_alerts)
         self.supervisor.start("alerts", self.evaluator.run, self._alert_stop)
+
+        def expire(stop: threading.Event) -> None:  # manual throttles end on time, rules evaluated or not
+            while not stop.wait(1.0):
+                self.throttler.advance(time.time())
+
+        self.supervisor.start("throttle-expiry", expire, self._alert_stop)
         self._start_rollups()
 
     def _start_rollups(self) -> None:
@@ -423,11 +436,13 @@ class Service:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(max(deadline - time.monotonic(), 0.0) + 5)
-        for name in ("alerts", "rollups", "throttle-refresh"):
+        for name in ("alerts", "rollups", "throttle-refresh", "throttle-expiry"):
             if not self.supervisor.join(name, deadline - time.monotonic()):
                 log.warning("shutdown: the %s worker did not finish in time", name)
         if self.evaluator is not None:
             self.evaluator.close(max(deadline - time.monotonic(), 0.1))
+        if self.throttler is not None:
+            self.throttler.close(max(deadline - time.monotonic(), 0.1))
         if self.late is not None:  # after the writer: moves for the last stored roots are made
             self.late.stop()
         if self.spool is not None:

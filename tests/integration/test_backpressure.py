@@ -132,7 +132,9 @@ def test_queue_full_answers_429_and_unavailable(faulty):
 def test_slow_storage_ack_timeout_then_retry_is_not_double_counted(faulty):
     svc, sink = faulty(ack_timeout_s=0.5, batch_max_age_s=0.0)
     sink.delay_s = 1.5
-    body = n_spans(20, "slow").SerializeToString()
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.response.model": "gpt-4o-timeout", "gen_ai.usage.input_tokens": 100,
+            "gen_ai.usage.output_tokens": 10}
+    body = n_spans(20, "slow", attrs=chat).SerializeToString()
     r = post(svc, body)  # the write is under way but not done in time
     assert r.status_code == 503
     time.sleep(1.5)  # ...it finishes anyway
@@ -141,6 +143,10 @@ def test_slow_storage_ack_timeout_then_retry_is_not_double_counted(faulty):
     assert r.status_code == 200
     assert [int(x) for x in sql(svc, "SELECT count(), uniqExact(span_id) FROM spans WHERE service = 'slow'")[0]] \
         == [20, 20]
+    # the token counters count the stored spans once: when the late write landed (the retry was a repeat)
+    metrics = requests.get(f"http://127.0.0.1:{svc.admin.port}/metrics", timeout=5).text
+    assert 'tokenpulse_tokens_total{model="gpt-4o-timeout",type="input"} 2000.0' in metrics, \
+        [ln for ln in metrics.splitlines() if "gpt-4o-timeout" in ln]
 
 
 def test_retried_request_is_stored_once_even_after_restart(make_service, backend, database):

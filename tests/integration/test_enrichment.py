@@ -85,6 +85,8 @@ def test_out_of_order_trace_attribution_resolves_in_clickhouse(make_service):
     resolved = sql(svc, "SELECT name, tenant, feature, user_id FROM spans_attributed WHERE service = 'ooo' ORDER BY name")
     assert [r[1:3] for r in resolved] == [["acme", "triage"]] * 4
     assert len({r[3] for r in resolved}) == 1 and resolved[0][3] not in ("", "u-1")  # pseudonymized, same for all
+    # the view's trace id column is named as in spans (it was `s.trace_id`, and this query failed)
+    assert sql(svc, f"SELECT count() FROM spans_attributed WHERE trace_id = '{tid.hex()}'") == [[4]]
 
 
 def test_tag_or_reject_through_a_real_exporter(make_service):

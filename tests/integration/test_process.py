@@ -55,7 +55,7 @@ def test_sigterm_drains_everything_accepted(serve_process, tmp_path):
     for w in workers:
         w.join(30)
     assert acked["n"] > 0
-    assert "stopped (drained)" in proc.read_log()
+    assert "tokenpulse stopped: drained" in proc.read_log()
 
     again = serve_process(data_dir=proc.data_dir)
     count, unique = (int(x) for x in again.sql("SELECT count(), uniqExact(span_id) FROM spans WHERE service='drain'")[0])
@@ -128,12 +128,48 @@ def test_pseudonymize_without_key_refused_for_a_server_and_generated_once_for_em
     assert open(key_file).read() == key
 
 
-def _serve_on(tmp_path, name: str, **ports) -> subprocess.CompletedProcess:
+def _serve_on(tmp_path, name: str, *extra: str, data_dir=None, timeout=120, **ports) -> subprocess.CompletedProcess:
     args = [sys.executable, "-m", "tokenpulse.cli", "serve", "--listen-host", "127.0.0.1", "--data-dir",
-            str(tmp_path / name)]
+            str(data_dir or tmp_path / name), *extra]
     for flag in ("grpc_port", "http_port", "admin_port"):
         args += [f"--{flag.replace('_', '-')}", str(ports.get(flag, 0))]
-    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line_exit_2(out: subprocess.CompletedProcess, *words: str) -> None:
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("tokenpulse:")]
+    assert len(lines) == 1 and all(w in lines[0] for w in words), out.stderr[-2000:]
+
+
+def test_a_missing_api_keys_file_ends_the_start_in_one_line(tmp_path):
+    """It printed a traceback and kept running with no admin port, ignoring SIGTERM."""
+    out = _serve_on(tmp_path, "keys", "--api-keys-file", str(tmp_path / "nonexistent.yaml"), timeout=60)
+    _one_line_exit_2(out, "api_keys_file", "nonexistent.yaml")
+
+
+def test_a_certificate_given_as_the_tls_key_ends_the_start_in_one_line(tmp_path):
+    from tests.certs import self_signed
+
+    cert, _key = self_signed(tmp_path)
+    out = _serve_on(tmp_path, "tls", "--tls-cert-file", str(cert), "--tls-key-file", str(cert), timeout=60)
+    _one_line_exit_2(out, "TLS")
+
+
+def test_a_read_only_data_directory_ends_the_start_in_one_line(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a read-only mount needs root (CI runs as root); chmod does not stop root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        out = _serve_on(tmp_path, "ro", data_dir=ro / "data", timeout=60)
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+    _one_line_exit_2(out, "data_dir", "Read-only")
 
 
 @pytest.mark.parametrize("flag", ["http_port", "grpc_port", "admin_port"])

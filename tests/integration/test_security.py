@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import hashlib
 
 import grpc
@@ -65,6 +67,46 @@ def test_api_keys_required_and_a_tenant_key_cannot_write_another_tenant(make_ser
     assert requests.get(f"{base}/globex", headers=bearer(ACME_KEY), timeout=5).status_code == 403
     assert requests.get(f"{base}/acme", headers=bearer(ACME_KEY), timeout=5).json()["throttled"] is False
     assert requests.get(base, headers=bearer(COLLECTOR_KEY), timeout=5).status_code == 200
+
+
+EVIL_KEY = "tp_evil-key-0123456789"
+
+
+def test_a_tenant_that_learns_another_tenants_span_ids_cannot_erase_or_steer_its_spans(make_service):
+    """Trace and span ids travel in traceparent across services. A tenant that sends another's ids
+    first gets its own copy stored; the owner's spans are still stored, counted and attributed."""
+    svc = make_service(api_keys={**KEYS, hash_key(EVIL_KEY): {"name": "evil", "tenant": "evil"}})
+    trace = os.urandom(16)
+    root, child = span(name="root", trace_id=trace), span(name="llm", trace_id=trace)
+    child.parent_span_id = root.span_id
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", "gen_ai.response.id": "chatcmpl-1",
+            "gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 10}
+    for k, v in chat.items():
+        kv = child.attributes.add()
+        kv.key = k
+        if isinstance(v, int):
+            kv.value.int_value = v
+        else:
+            kv.value.string_value = v
+    # evil learned the ids and sends them first, with a root that claims a feature
+    forged_root = span(name="root", trace_id=trace)
+    forged_root.span_id = root.span_id
+    kv = forged_root.attributes.add()
+    kv.key, kv.value.string_value = "app.feature", "evil-feature"
+    forged_child = span(name="llm", trace_id=trace)
+    forged_child.CopyFrom(child)
+    body = request([forged_root, forged_child], service="ids").SerializeToString()
+    assert post(svc, body, bearer(EVIL_KEY)).status_code == 200
+    kv = root.attributes.add()
+    kv.key, kv.value.string_value = "app.feature", "search"
+    assert post(svc, request([child], service="ids").SerializeToString(), bearer(ACME_KEY)).status_code == 200
+    assert post(svc, request([root], service="ids").SerializeToString(), bearer(ACME_KEY)).status_code == 200
+    rows = sql(svc, "SELECT tenant, name, counted, feature FROM spans WHERE service = 'ids' ORDER BY tenant, name")
+    assert rows == [["acme", "llm", 1, "unattributed"], ["acme", "root", 1, "search"],
+                    ["evil", "llm", 1, "evil-feature"], ["evil", "root", 1, "evil-feature"]]
+    # an honest retry of acme's is still a repeat
+    assert post(svc, request([root], service="ids").SerializeToString(), bearer(ACME_KEY)).status_code == 200
+    assert sql(svc, "SELECT count() FROM spans WHERE service = 'ids' AND tenant = 'acme'") == [[2]]
 
 
 def test_keys_file_and_hashed_only(tmp_path):

@@ -4,6 +4,7 @@ the client guard, operator webhooks, restarts and manual overrides. Time is step
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 import requests
@@ -175,3 +176,24 @@ def test_disabling_the_rule_that_throttles_releases_after_the_cooldown(make_serv
     assert book.advance(cur + 160)  # released 60 s after the orphan was resolved
     assert not book.decision("spiky", cur + 160)["throttled"]
     assert sql(svc, "SELECT state FROM alerts ORDER BY at DESC LIMIT 1") == [["resolved"]]
+
+
+def test_a_manual_throttle_ends_on_time_with_no_rule_evaluated(make_service):
+    """ThrottleBook.advance was never called: a manual throttle outlived its end unless some rule
+    happened to be evaluated. No rules here; the release is published (audit) within seconds."""
+    from tokenpulse.alerts.rules import load_rules
+
+    svc = make_service(alert_rules={name: {"enabled": False} for name in load_rules()[0]})
+    assert not svc.evaluator.rules
+    admin = f"http://127.0.0.1:{svc.admin.port}"
+    assert requests.post(f"{admin}/api/throttle/acme", json={"for": "2s", "reason": "short pause"},
+                         timeout=5).status_code == 200
+    assert requests.get(f"http://127.0.0.1:{svc.http.port}/v1/throttle/acme", timeout=5).json()["throttled"]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        audit = sql(svc, "SELECT action, reason FROM throttle_audit WHERE tenant = 'acme' ORDER BY at")
+        if len(audit) == 2:
+            break
+        time.sleep(0.3)
+    assert audit == [["throttle", "short pause"], ["release", "manual throttle expired"]]
+    assert not requests.get(f"http://127.0.0.1:{svc.http.port}/v1/throttle/acme", timeout=5).json()["throttled"]

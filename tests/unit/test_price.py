@@ -194,3 +194,17 @@ def test_cli_prices_lookup_and_check(tmp_path, capsys):
     bad.write_text("prices:\n  - {id: x, match: m, input: 1}\n")
     assert main(["prices", "check", str(bad)]) == 1
     assert f"{bad}:2: output price is required" in capsys.readouterr().err
+
+
+def test_the_lookup_memory_is_bounded_by_distinct_model_names():
+    """Model names come from clients: a sender inventing names must not grow memory without end."""
+    from datetime import datetime, timezone
+
+    from tokenpulse.enrich import price
+
+    table = price.PriceTable()
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for i in range(price.MAX_RESOLVED + 50):
+        table.lookup("openai", f"made-up-model-{i}", at)
+    assert len(table._resolved) <= price.MAX_RESOLVED
+    assert table.lookup("openai", "gpt-4o", at) is not None  # still prices

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import string
 import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
@@ -85,6 +86,8 @@ class ThrottleBook:
     # ------------------------------------------------------------ reads
     def decision(self, tenant: str, now: float) -> dict:
         t = self.throttles.get(tenant)
+        if t is not None and t.source == "manual" and t.until is not None and now >= t.until:
+            t = None  # over, even if ``advance`` has not run since (it publishes the release)
         if t is None:
             return {"tenant": tenant, "throttled": False, "reason": "", "since": None, "retry_after_s": 0,
                     "message": ""}
@@ -93,7 +96,7 @@ class ThrottleBook:
                 "since": t.since, "retry_after_s": retry, "message": self._message(t, retry)}
 
     def all(self, now: float) -> list[dict]:
-        return [self.decision(tenant, now) for tenant in sorted(self.throttles)]
+        return [d for d in (self.decision(tenant, now) for tenant in sorted(self.throttles)) if d["throttled"]]
 
     def _retry_after(self, t: Throttle, now: float) -> int:
         if t.until is not None:
@@ -200,6 +203,10 @@ class Throttler:
         self.store = store
         self.notifiers = dict(notifiers or {})
         self.channels = tuple(c for c in channels if c in self.notifiers)
+        # Notifications go out in the background: a slow receiver (up to ~30 s with retries) must not
+        # hold the evaluator's tick or an operator's API call.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenpulse-throttle-notify")
+        self._inflight: set = set()
         if store is not None:
             throttles, suppressed = store.load_throttles()
             book.load(throttles, suppressed)
@@ -212,6 +219,15 @@ class Throttler:
 
     def clear(self, tenant: str, actor: str, now: float) -> list[Event]:
         return self._publish(self.book.clear(tenant, actor, now), now)
+
+    def advance(self, now: float) -> list[Event]:
+        """Release what has expired (manual throttles past their ``until``, cooled-down ones);
+        the service calls it every second, whether or not any rule is evaluated."""
+        return self._publish(self.book.advance(now), now)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        wait(list(self._inflight), timeout=timeout)
 
     def refresh(self) -> None:
         """Reload from storage (a receiver-role process serving decisions an evaluator makes)."""
@@ -252,7 +268,11 @@ class Throttler:
             for ch in self.channels:
                 note = Notification("tenant_throttled", ch, "first notification" if firing else "all alerts resolved",
                                     (alert,))
-                try:
-                    self.notifiers[ch].send(note)
-                except Exception:  # a notifier bug must not stop throttling
-                    log.exception("throttle notification to %s failed", ch)
+                fut = self._pool.submit(self.notifiers[ch].send, note)
+                self._inflight.add(fut)
+                fut.add_done_callback(lambda f, ch=ch: self._sent(f, ch))
+
+    def _sent(self, fut, channel: str) -> None:
+        self._inflight.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:  # a notifier bug must not stop throttling
+            log.error("throttle notification to %s failed: %r", channel, fut.exception())

@@ -273,6 +273,9 @@ def split_model_ref(provider: str, model: str) -> tuple[str, str]:
     return provider, model
 
 
+MAX_RESOLVED = 10_000  # (provider, model) lookups remembered; cleared when full
+
+
 class PriceTable:
     def __init__(self, overrides: list[Override] | None = None, use_genai_prices: bool = True):
         self.overrides = overrides or []
@@ -300,6 +303,8 @@ class PriceTable:
                     found = self._snapshot.find_provider_model(m, None, gp_provider, None)
                 except LookupError:
                     found = None
+            if len(self._resolved) >= MAX_RESOLVED:  # model names come from clients: bounded
+                self._resolved.clear()
             got = self._resolved[key] = (overrides, found)
         return got
 

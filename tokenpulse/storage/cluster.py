@@ -118,6 +118,12 @@ def rewrite(statement: str, db: str, cluster: str) -> list[str]:
         return [f"CREATE VIEW IF NOT EXISTS {vdb}.{view}_local {on} AS\n{_local_refs(select, db)}",
                 f"CREATE TABLE IF NOT EXISTS {vdb}.{view} {on} AS {vdb}.{view}_local "
                 f"ENGINE = Distributed({cluster}, {vdb}, {view}_local)"]
+    m = re.match(r"^DROP VIEW IF EXISTS (\w+)\.(\w+)$", s)
+    if m:
+        vdb, view = m.groups()
+        if view not in VIEWS_ON_SHARDS:
+            raise ClusterDDLError(f"view {view}: say whether it runs per shard in storage/cluster.py")
+        return [f"DROP TABLE IF EXISTS {vdb}.{view} {on}", f"DROP VIEW IF EXISTS {vdb}.{view}_local {on}"]
     if s.startswith("INSERT INTO"):
         return [s]
     m = re.match(r"^ALTER TABLE (\w+)\.(\w+)\s+(.*)$", s, re.S)

@@ -29,13 +29,16 @@ class ServerBackend:
         try:
             self._client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
             self._user_client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
+            # Inserts have a client of their own: the writer never waits behind a panel or a rule's query.
+            self._insert_client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
         except OperationalError as e:
             raise RetryableStorageError(f"cannot reach {redact_url(url)}: {type(e).__name__}") from None
         except Exception as e:
             raise ConfigError(f"cannot use ClickHouse URL {redact_url(url)}: {e}") from None
-        # clickhouse-connect clients are not safe for concurrent queries.
+        # clickhouse-connect clients are not safe for concurrent queries: one lock per client.
         self._lock = threading.Lock()
         self._user_lock = threading.Lock()
+        self._insert_lock = threading.Lock()
         self._query_settings = dict(CLUSTER_QUERY_SETTINGS) if cluster else {}
         self._insert_settings = {**INSERT_SETTINGS, **(CLUSTER_INSERT_SETTINGS if cluster else {})}
 
@@ -68,19 +71,19 @@ class ServerBackend:
             self._user_lock.release()
 
     def insert_arrow(self, table: str, data: pa.Table) -> None:
-        with self._lock:
+        with self._insert_lock:
             try:
-                self._client.insert_arrow(table, data, settings=self._insert_settings)
+                self._insert_client.insert_arrow(table, data, settings=self._insert_settings)
             except Exception as e:
                 raise classify(e, f"insert into {table} failed") from None
 
     def use_database(self, database: str) -> None:
-        self._client.database = database
-        self._user_client.database = database
+        for client in (self._client, self._user_client, self._insert_client):
+            client.database = database
 
     def close(self) -> None:
-        with self._lock, self._user_lock:
-            for client in (self._client, self._user_client):
+        with self._lock, self._user_lock, self._insert_lock:
+            for client in (self._client, self._user_client, self._insert_client):
                 try:
                     client.close()
                 except Exception:
