@@ -1,4 +1,4 @@
-"""The one C extension: the OTLP span walk (tokenpulse/receiver/_otlpwalk.c).
+"""The one C extension: the OTLP span walk (tokenpulse/otlp/_otlpwalk.c).
 
 Optional: without a C compiler the install still succeeds and decode.py walks the parsed
 message in Python (decode takes about twice as long; README "Performance"). Everything else is in
@@ -7,5 +7,5 @@ pyproject.toml.
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("tokenpulse.receiver._otlpwalk", ["tokenpulse/receiver/_otlpwalk.c"],
+setup(ext_modules=[Extension("tokenpulse.otlp._otlpwalk", ["tokenpulse/otlp/_otlpwalk.c"],
                              extra_compile_args=["-O2", "-std=c11"], optional=True)])

@@ -30,7 +30,7 @@ from tokenpulse.enrich import Pipeline  # noqa: E402
 from tokenpulse.enrich.attribute import Attributor  # noqa: E402
 from tokenpulse.enrich.normalize import normalize_calls  # noqa: E402
 from tokenpulse.enrich.price import PriceTable  # noqa: E402
-from tokenpulse.receiver import decode  # noqa: E402
+from tokenpulse.otlp import decode  # noqa: E402
 from tokenpulse.storage.schema import batch_to_arrow  # noqa: E402
 
 STEPS = ("decode", "normalize", "calls", "price", "attribute", "content", "arrow")

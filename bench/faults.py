@@ -17,6 +17,7 @@ promised to keep). At the end it counts what is in ClickHouse.
 * mixed:    40 gRPC and 40 HTTP senders of 5,000-span requests for 30 s (gRPC outcomes counted)
 
     python bench/faults.py [--outage-s 60] [--scenario outage,kill-9,overload,stall,bombs,mixed]
+    python bench/faults.py --scenario disk-full,disk-full-kill-9     # as root: mounts a 16 MiB tmpfs
 """
 
 from __future__ import annotations
@@ -191,6 +192,55 @@ def kill9(tmp: str) -> dict:
     again.stop()
     return {"scenario": "kill -9 mid-load, restart", "sent": load.sent, "acked": load.acked, "retry": load.retry,
             "stored": stored, "rss": max(rss, again.peak_rss_mb), "note": "stored counts the acked requests"}
+
+
+class Tmpfs:
+    """A small real filesystem that fills up (root only); unmounted on exit."""
+
+    def __init__(self, path: str, size: str):
+        self.path, self.size = path, size
+
+    def __enter__(self) -> str:
+        os.makedirs(self.path, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs", self.path], check=True)
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["umount", "-l", self.path], check=False)
+
+
+def disk_full(tmp: str, kill: bool) -> dict:
+    """Storage down and the spool's disk (16 MiB tmpfs) filled: appends fail midway with ENOSPC.
+    Then storage comes back (with ``kill``: after a kill -9 and a restart on the full disk)."""
+    flag = os.path.join(tmp, "storage-down-full")
+    env = {"TOKENPULSE_FAILPOINT_STORAGE_DOWN_FILE": flag}
+    name = "disk-full-kill" if kill else "disk-full"
+    with Tmpfs(os.path.join(tmp, f"spoolfs-{name}"), "16m") as spool:
+        data, extra = os.path.join(tmp, name), ("--spool-dir", spool)
+        open(flag, "w").close()
+        server = Server(data, env, extra).start()
+        load = Load(server, name, senders=4, spans_per_request=200, pause_s=0.0).start()
+        while load.retry < 20_000:  # until the full disk has refused plenty
+            time.sleep(0.5)
+        time.sleep(5)
+        load.finish()
+        rss = server.peak_rss_mb
+        if kill:
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait(30)
+            os.remove(flag)
+            server = Server(data, env, extra).start()
+        else:
+            os.remove(flag)
+        stored = wait_count(server, name, load.acked, timeout=120)
+        health = requests.get(server.admin + "/healthz", timeout=5).json()
+        corrupt = len([f for f in os.listdir(spool) if f.startswith("corrupt-")])
+        server.stop()
+    return {"scenario": f"spool disk full (16 MiB tmpfs), storage down{', kill -9 on the full disk' if kill else ''}",
+            "sent": load.sent, "acked": load.acked, "retry": load.retry, "stored": stored,
+            "rss": max(rss, server.peak_rss_mb),
+            "note": f"spool after: {health['spool']['batches']} batches, broken={health['spool'].get('broken')}, "
+                    f"{corrupt} corrupt files"}
 
 
 def overload(tmp: str, senders: int) -> dict:
@@ -407,7 +457,8 @@ def main() -> None:
                    "webhook-down": lambda: webhook_down(tmp, args.outage_s),
                    "overload": lambda: overload(tmp, args.overload_senders),
                    "stall": lambda: stalled_uploads(tmp), "bombs": lambda: bombs(tmp),
-                   "mixed": lambda: mixed(tmp)}[name]()
+                   "mixed": lambda: mixed(tmp), "disk-full": lambda: disk_full(tmp, kill=False),
+                   "disk-full-kill-9": lambda: disk_full(tmp, kill=True)}[name]()
             rows.append(row)
             print(row, flush=True)
     finally:

@@ -31,7 +31,7 @@ from spans import make_request  # noqa: E402
 from tokenpulse.enrich import Pipeline  # noqa: E402
 from tokenpulse.enrich.attribute import Attributor  # noqa: E402
 from tokenpulse.enrich.price import PriceTable  # noqa: E402
-from tokenpulse.receiver.decode import decode_protobuf  # noqa: E402
+from tokenpulse.otlp.decode import decode_protobuf  # noqa: E402
 from tokenpulse.storage.embedded import EmbeddedBackend  # noqa: E402
 from tokenpulse.storage.migrate import migrate  # noqa: E402
 from tokenpulse.storage.schema import batch_to_arrow  # noqa: E402
@@ -78,7 +78,7 @@ def main() -> None:
                    help="rows per insert for the 'as stored' case, comma-separated (multiples of 5,000)")
     args = p.parse_args()
     pipe = Pipeline(PriceTable(), Attributor(user_id_mode="pseudonymize", user_id_key=b"k" * 32))
-    requests = [batch_to_arrow(pipe(decode_protobuf(make_request(5000, seed=i).SerializeToString())).batch)
+    requests = [batch_to_arrow(pipe(decode_protobuf(make_request(5000, seed=i).SerializeToString()).batch).batch)
                 for i in range(max(4, args.rows // 5000))]
 
     def inserts_of(rows: int) -> list[pa.Table]:

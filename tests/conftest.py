@@ -86,7 +86,7 @@ def make_service(backend, database, tmp_path_factory):
         }, env={})
         sink = None
         if sink_wrapper is not None:
-            from tokenpulse.storage.writer import SpanTable
+            from tokenpulse.storage.sink import SpanTable
 
             sink = sink_wrapper(SpanTable(backend, database))
         svc = Service(settings, backend=backend, sink=sink)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.otlp import request, span
-from tokenpulse.receiver.decode import decode_protobuf
+from tokenpulse.otlp.decode import decode_protobuf
 
 CLIENT, INTERNAL = Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_INTERNAL
 

@@ -78,7 +78,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     # errors only: the demo's progress display tells what happens
     logging.basicConfig(level="ERROR", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(args)
+    return run(args, main)
 
 
 def _render(columns: list[str], rows: list[list], fmt: str) -> str:

@@ -90,17 +90,20 @@ class Settings:
     spool_max_bytes: int = field(default=1024 * MiB, metadata={
         "doc": "spool size cap; when full, Exports are answered retry (nothing spooled is dropped); "
                "0 disables the spool", "min": 0, "bytes": True})
+    insert_fsync: bool = field(default=False, metadata={
+        "doc": "on: ClickHouse fsyncs every inserted part before the insert returns (fsync_after_insert, "
+               "fsync_part_directory on every table an insert writes), so an acknowledgement survives power loss, "
+               "not only a crash of tokenpulse or ClickHouse; costs insert time (README 'Durability')"})
     spool_replay_max_attempts: int = field(default=10, metadata={
         "doc": "attempts at one spooled batch while ClickHouse answers but refuses it; then it is set aside in "
                "SPOOL_DIR/refused-*.arrow (counted, logged) and the replay goes on. An outage is waited out however "
                "long it lasts", "min": 1})
-    dedup_storage_check: str = field(default="off", metadata={
+    dedup_storage_check: bool = field(default=False, metadata={
         "doc": "on: before each insert, also drop spans ClickHouse already has (one indexed query per insert); "
-               "for several receivers without routing by trace id (README 'Deploying')", "choices": ("off", "on")})
-    trace_tags_lookup: str = field(default="off", metadata={
+               "for several receivers without routing by trace id (README 'Deploying')"})
+    trace_tags_lookup: bool = field(default=False, metadata={
         "doc": "on: for child spans of traces this process has not seen, fetch the trace's tags from "
-               "ClickHouse before attributing them; for several receivers without routing by trace id",
-        "choices": ("off", "on")})
+               "ClickHouse before attributing them; for several receivers without routing by trace id"})
     shutdown_timeout_s: float = field(default=30.0, metadata={
         "doc": "time allowed on SIGTERM to finish requests in flight and flush", "min": 0.0})
     price_file: str = field(default="", metadata={
@@ -176,9 +179,9 @@ class Settings:
     tls_key_file: str = field(default="", metadata={"doc": "PEM private key for tls_cert_file", "secret": True})
     admin_tls: bool = field(default=False, metadata={
         "doc": "serve the admin API (and the dashboard page) over TLS too, with tls_cert_file and tls_key_file"})
-    rollups: str = field(default="on", metadata={
+    rollups: bool = field(default=True, metadata={
         "doc": "on: the evaluator rolls up settled hours for the panels that read rollups (README 'Queries, "
-               "rollups and dashboards'); off: those panels compute everything live", "choices": ("on", "off")})
+               "rollups and dashboards'); off: those panels compute everything live (on/off, true/false)"})
     rollup_settle_s: float = field(default=900.0, metadata={
         "doc": "an hour is rolled up once it ended this long ago; spans arriving later than that are "
                "left out of the scheduled rollups", "min": 0.0})

@@ -32,6 +32,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from typing import Callable
 
 TENANTS = {"acme": 1.0, "globex": 0.9, "initech": 0.7, "umbrella": 0.6, "hooli": 0.5}  # relative traffic
 FEATURES = {"acme": ["support-bot", "search"], "globex": ["research", "search"], "initech": ["crm-sync", "summarize"],
@@ -312,7 +313,8 @@ def _serve_in_process(args):
         f"http://127.0.0.1:{svc.http.port}"
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
+    """``cli``: the command line's entry point, for the closing report."""
     svc = None
     if args.otlp_endpoint:
         endpoint, admin = args.otlp_endpoint, args.admin_url
@@ -353,8 +355,6 @@ def run(args: argparse.Namespace) -> int:
         live.join(5)
         refused = ", ".join(f"{t}: {n}" for t, n in traffic.refused.items()) or "none"
         print(f"\n{traffic.runs} live agent runs; runs refused by ThrottleGuard while throttled: {refused}\n")
-        from tokenpulse.cli import main as cli
-
         cli(["report", "--since", "1h", "--admin-url", admin])
         print(f"""
 What to try next:

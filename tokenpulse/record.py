@@ -17,6 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields as dc_fields
 from typing import Any, Iterator
 
+# The explicit bucket for spend no tenant or feature could be found for (enrich/attribute.py).
+UNATTRIBUTED = "unattributed"
+
 # (name, python type, default). Order is the record's order, not storage's.
 # The first block is filled by the receiver from OTLP; the second block holds
 # the typed fields that enrichment fills (GenAI usage, price, attribution).

@@ -24,7 +24,7 @@ class Backoff:
     initial_s: float = 0.5
     max_s: float = 10.0
     max_elapsed_s: float | None = None  # None: retry for as long as the caller wants
-    jitter: str = "equal"  # "equal": a delay in [d/2, d]; "full": in [0, d]
+    jitter: str = "equal"  # "equal": a delay in [d/2, d]; "full": in [0, d]; "up": in [d, 1.5 d]
     clock: Callable[[], float] = time.monotonic
     rand: Callable[[float, float], float] = random.uniform
     started: float | None = None  # when the first attempt began (default: the first next_delay call)
@@ -42,6 +42,8 @@ class Backoff:
             delay = max(0.0, asked_s)
         elif self.jitter == "full":
             delay = self.rand(0.0, ceiling)
+        elif self.jitter == "up":
+            delay = self.rand(ceiling, ceiling * 1.5)
         else:
             delay = self.rand(ceiling / 2, ceiling)
         if self.max_elapsed_s is not None and now + delay - self.started > self.max_elapsed_s:

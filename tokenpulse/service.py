@@ -39,10 +39,12 @@ from tokenpulse.receiver.ingest import Ingest
 from tokenpulse.receiver.limits import Limits
 from tokenpulse.receiver.otlp_grpc import OtlpGrpcReceiver
 from tokenpulse.receiver.otlp_http import OtlpHttpReceiver
-from tokenpulse.receiver.reencode import Reencoder
-from tokenpulse.storage.backend import Backend, open_backend, with_password
-from tokenpulse.storage.migrate import migrate
-from tokenpulse.storage.writer import ShutdownReport, Sink, SpanTable, Writer, WriterSettings
+from tokenpulse.otlp.reencode import Reencoder
+from tokenpulse.storage.backend import Backend, with_password
+from tokenpulse.storage.connect import open_backend
+from tokenpulse.storage.migrate import apply_insert_fsync, migrate
+from tokenpulse.storage.sink import Sink, SpanTable
+from tokenpulse.storage.writer import ShutdownReport, Writer, WriterSettings
 from tokenpulse.supervise import Supervisor
 from tokenpulse.telemetry import Telemetry, parse_telemetry
 
@@ -170,6 +172,10 @@ class Service:
         if applied:
             log.info("applied schema migrations %s", applied)
         self.backend.use_database(s.database)
+        if s.role != "evaluator":
+            changed = apply_insert_fsync(self.backend, s.database, s.insert_fsync, s.clickhouse_cluster)
+            if changed:
+                log.info("insert_fsync %s: set on %s", "on" if s.insert_fsync else "off", ", ".join(changed))
 
     def _start(self) -> "Service":
         s = self.settings
@@ -199,7 +205,7 @@ class Service:
             max_rows=s.batch_max_spans, eager_rows=s.batch_eager_spans, max_bytes=s.batch_max_bytes, max_age_s=s.batch_max_age_s,
             max_queue_spans=s.memory_limits[1], retry_after_s=s.retry_after_s,
             dedup_window_s=s.dedup_window_s, dedup_max_keys=int(s.dedup_max_keys * s.memory_scale),
-            dedup_storage_check=s.dedup_storage_check == "on",
+            dedup_storage_check=s.dedup_storage_check,
             replay_max_attempts=s.spool_replay_max_attempts,
             bound_tenants=tuple(sorted({k.tenant for k in self._auth.keys.values() if k.tenant})),
         ), self.metrics, spool=self.spool)
@@ -280,7 +286,7 @@ class Service:
     def _start_rollups(self) -> None:
         """The evaluator also rolls up settled hours for the panels that read rollups (storage/rollups.py)."""
         s = self.settings
-        if s.rollups != "on":
+        if not s.rollups:
             return
         if s.clickhouse_cluster:  # not tried on a cluster yet: the panels compute live there
             log.info("scheduled rollups are off in cluster mode; the panels compute live")
@@ -362,7 +368,7 @@ class Service:
             ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days,
                             Limits(s.max_spans_per_request, s.max_attributes_per_span, s.max_attribute_value_chars),
                             s.memory_limits[0],
-                            trace_tags_lookup=self._span_table.trace_tags if s.trace_tags_lookup == "on" else None,
+                            trace_tags_lookup=self._span_table.trace_tags if s.trace_tags_lookup else None,
                             forward=self.forwarder.offer if self.forwarder else None, telemetry=self.telemetry,
                             late=self.late.offer if self.late else None)
             self._ingest = ingest

@@ -22,12 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.otlp import request, span  # noqa: E402
-from tokenpulse.receiver.decode import UNKNOWN_SERVICE, _render_raw, walk_columns  # noqa: E402
+from tokenpulse.otlp.decode import UNKNOWN_SERVICE, _render_raw, walk_columns  # noqa: E402
 from tokenpulse.record import SpanBatch  # noqa: E402
 
 
 def load(path: str):
-    loader = importlib.machinery.ExtensionFileLoader("tokenpulse.receiver._otlpwalk", path)
+    loader = importlib.machinery.ExtensionFileLoader("tokenpulse.otlp._otlpwalk", path)
     spec = importlib.util.spec_from_loader(loader.name, loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)

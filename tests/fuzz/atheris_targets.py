@@ -18,7 +18,7 @@ with atheris.instrument_imports():
     from tokenpulse.enrich import Pipeline
     from tokenpulse.enrich.attribute import Attributor
     from tokenpulse.errors import InvalidRequest
-    from tokenpulse.receiver.decode import decode_json, decode_protobuf
+    from tokenpulse.otlp.decode import decode_json, decode_protobuf
     from tokenpulse.receiver.limits import Limits, apply_limits
     from tokenpulse.record import FIELD_NAMES
 
@@ -33,7 +33,7 @@ def _target(decoder):
             return
         if len(d.batch):
             apply_limits(d, Limits())
-            PIPELINE(d)
+            PIPELINE(d.batch)
         n = len(d.batch)
         assert all(len(getattr(d.batch, f)) == n for f in FIELD_NAMES)
 

@@ -215,10 +215,10 @@ def test_a_bug_in_enrichment_fails_that_request_only(make_service):
     svc = make_service()
     real = svc.enrich
 
-    def flaky(decoded):
-        if "poison" in decoded.batch.service:
+    def flaky(batch, ctx):
+        if "poison" in batch.service:
             raise ValueError("simulated enrichment bug")
-        return real(decoded)
+        return real(batch, ctx)
 
     svc.grpc.ingest.enrich = flaky  # the receivers' ingest step; the same object serves HTTP
     assert post(svc, n_spans(2, "poison").SerializeToString()).status_code == 500

@@ -16,8 +16,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tests.conftest import scalar
 from tests.integration.test_bad_input import grpc_export
 from tests.otlp import n_spans, request, span
-from tokenpulse.receiver.decode import decode_protobuf
-from tokenpulse.storage.writer import SpanTable, Writer, WriterSettings
+from tokenpulse.otlp.decode import decode_protobuf
+from tokenpulse.storage.sink import SpanTable
+from tokenpulse.storage.writer import Writer, WriterSettings
 
 
 class RecordingSink:

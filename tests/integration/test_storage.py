@@ -8,8 +8,8 @@ import pytest
 
 from tests.otlp import request, span
 from tokenpulse.errors import StorageError
-from tokenpulse.receiver.decode import decode_protobuf
-from tokenpulse.storage.migrate import applied_versions, current_ttl_days, load_migrations, migrate
+from tokenpulse.otlp.decode import decode_protobuf
+from tokenpulse.storage.migrate import apply_insert_fsync, applied_versions, current_ttl_days, load_migrations, migrate
 from tokenpulse.storage.schema import DEFAULT_COLUMNS, SPAN_COLUMNS, batch_to_arrow
 
 
@@ -40,6 +40,27 @@ def test_per_span_tables_keep_parts_compact_up_to_100_mb(backend, database):
     parts = backend.query(f"SELECT part_type, bytes_on_disk > 0 FROM system.parts WHERE database = '{database}' "
                           "AND table = 'spans' AND active", "TSV").decode().split()
     assert parts == ["Compact", "1"]
+
+
+def test_insert_fsync_makes_every_table_an_insert_writes_fsync_its_parts(backend, database):
+    """insert_fsync on: an acknowledgement survives power loss (README 'What an acknowledgement means')."""
+    migrate(backend, database, 30)
+
+    def fsynced() -> dict[str, bool]:
+        rows = json.loads(backend.query(f"SELECT name, engine_full FROM system.tables WHERE database = '{database}' "
+                                        "AND engine LIKE '%MergeTree'", "JSONCompact"))["data"]
+        return {name: "fsync_after_insert = 1" in e and "fsync_part_directory = 1" in e for name, e in rows}
+
+    assert not any(fsynced().values())  # off by default
+    changed = apply_insert_fsync(backend, database, True)
+    assert {"spans", "usage_minute", "trace_tags"} <= set(changed)
+    now = fsynced()
+    assert all(v for name, v in now.items() if name != "schema_migrations"), now
+    assert apply_insert_fsync(backend, database, True) == []  # idempotent
+    backend.insert_arrow(f"{database}.spans", batch_to_arrow(decode_protobuf(request([span()]).SerializeToString()).batch))
+    assert backend.query(f"SELECT count() FROM {database}.spans", "TSV").strip() == b"1"
+    apply_insert_fsync(backend, database, False)
+    assert not any(fsynced().values())
 
 
 def test_retention_follows_settings(backend, database):

@@ -158,7 +158,7 @@ def _two_scopes(*spans_by_scope):
     """One request whose spans come from several instrumentation scopes: [(scope, [span, ...]), ...]."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from tokenpulse.receiver.decode import decode_protobuf
+    from tokenpulse.otlp.decode import decode_protobuf
 
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()

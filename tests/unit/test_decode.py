@@ -10,7 +10,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 
 from tests.otlp import kv, request, span
 from tokenpulse.errors import InvalidRequest
-from tokenpulse.receiver.decode import UNKNOWN_SERVICE, decode_json, decode_protobuf
+from tokenpulse.otlp.decode import UNKNOWN_SERVICE, decode_json, decode_protobuf
 from tokenpulse.record import FIELD_NAMES, SpanBatch
 
 

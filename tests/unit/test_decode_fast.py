@@ -1,4 +1,4 @@
-"""The C span walk (receiver/_otlpwalk.c) decodes every request exactly as the Python walk over
+"""The C span walk (otlp/_otlpwalk.c) decodes every request exactly as the Python walk over
 the parsed message does: random requests of every value kind, mutated bytes, and hand-written
 wire forms that protobuf parses in subtle ways (merged messages, fields out of order, unknown
 fields, wrong wire types, switched oneofs)."""
@@ -17,7 +17,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.otlp import request, span
 from tokenpulse.errors import InvalidRequest
-from tokenpulse.receiver import decode
+from tokenpulse.otlp import decode
 from tokenpulse.record import FIELD_NAMES
 
 _DICTS = ("attributes", "resource_attributes")
@@ -265,7 +265,7 @@ def test_the_c_walk_is_memory_safe_on_any_bytes_under_address_sanitizer(tmp_path
     so = tmp_path / "_otlpwalk_asan.so"
     subprocess.run([gcc, "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
                     "-fno-omit-frame-pointer", "-std=c11", "-fPIC", "-shared",
-                    f"-I{sysconfig.get_paths()['include']}", str(root / "tokenpulse/receiver/_otlpwalk.c"),
+                    f"-I{sysconfig.get_paths()['include']}", str(root / "tokenpulse/otlp/_otlpwalk.c"),
                     "-o", str(so)], check=True, capture_output=True)
     # PYTHONMALLOC=malloc: every object its own malloc block, so ASan sees a read past a body's end
     env = {**os.environ, "LD_PRELOAD": ":".join(runtimes), "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
@@ -283,7 +283,7 @@ def test_keep_first_cuts_on_the_wire_exactly_as_the_parsed_message_is_cut():
 
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from tokenpulse.receiver import decode
+    from tokenpulse.otlp import decode
     from tests.otlp import kv, span
 
     if decode._c_keep_first is None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.otlp import request, span
 from tokenpulse.errors import InvalidRequest
-from tokenpulse.receiver.decode import decode_json, decode_protobuf
+from tokenpulse.otlp.decode import decode_json, decode_protobuf
 from tokenpulse.record import FIELD_NAMES
 
 VALID = request([span(attrs={"gen_ai.usage.input_tokens": 5, "k": "v"}) for _ in range(3)]).SerializeToString()
@@ -77,8 +77,7 @@ def test_enrichment_any_attribute_values(attr_maps):
     from tokenpulse.enrich.normalize import MAX_TOKENS
 
     d = decode_protobuf(request([span(attrs=a) for a in attr_maps]).SerializeToString())
-    Pipeline(attributor=Attributor(user_id_mode="pseudonymize", user_id_key=b"k" * 16))(d)
-    b = d.batch
+    b = Pipeline(attributor=Attributor(user_id_mode="pseudonymize", user_id_key=b"k" * 16))(d.batch).batch
     assert all(len(getattr(b, f)) == len(b) for f in FIELD_NAMES)
     for i in range(len(b)):
         for f in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):

@@ -51,7 +51,7 @@ def test_every_builtin_rule_is_documented():
 
 
 def test_every_forwarded_attribute_is_documented_with_its_type():
-    from tokenpulse.receiver.reencode import ATTRIBUTES
+    from tokenpulse.otlp.reencode import ATTRIBUTES
 
     for key, typ, _ in ATTRIBUTES:
         assert f"| `{key}` | {typ} |" in README, key
@@ -72,3 +72,30 @@ def test_the_repository_stands_alone():
         assert ("shared/" + "reference") not in text and ("shared/" + "STYLE") not in text, name
         for anchor in re.findall(r"docs/sources\.md#([a-z-]+)", text):
             assert f"## {anchor}\n" in sources, (name, anchor)
+
+
+def test_readme_layout_names_every_module():
+    """The Layout block drifted; it must name every source file of the package, under its folder."""
+    layout = _code_block_after("## Layout")
+    missing = []
+    for path in sorted((ROOT / "tokenpulse").rglob("*")):
+        if path.suffix not in (".py", ".c") or path.name == "__init__.py":
+            continue
+        rel = path.relative_to(ROOT / "tokenpulse")
+        if rel.parts[0] == "queries" and path.parent.name in ("panels", "rules", "rollups"):
+            continue  # one file per panel/rule/rollup: named as panels/*.sql etc.
+        folder_named = len(rel.parts) == 1 or f"{rel.parts[0]}/" in layout
+        if not (folder_named and re.search(rf"(?<!\w){re.escape(path.name)}\b", layout)):
+            missing.append(str(rel))
+    assert not missing, f"README 'Layout' does not name: {missing}"
+
+
+def test_every_relative_link_in_the_docs_resolves():
+    broken = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+                continue
+            if not (doc.parent / target.split("#", 1)[0]).exists():
+                broken.append(f"{doc.name}: {target}")
+    assert not broken, broken

@@ -17,8 +17,8 @@ from tokenpulse.config import load_settings
 from tokenpulse.errors import ConfigError
 from tokenpulse.forward.config import parse_destinations
 from tokenpulse.retry import parse_retry_after as _retry_after
-from tokenpulse.receiver.decode import decode_message
-from tokenpulse.receiver.reencode import Reencoder, parse_response, retry_delay, to_message
+from tokenpulse.otlp.decode import decode_message
+from tokenpulse.otlp.reencode import Reencoder, parse_response, retry_delay, to_message
 from tokenpulse.telemetry import parse_telemetry
 
 
@@ -163,7 +163,7 @@ def test_bad_telemetry_settings_fail_at_start(spec, error):
 def test_added_attributes_encode_as_the_protobuf_library_would(value):
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-    from tokenpulse.receiver.reencode import _Encoded
+    from tokenpulse.otlp.reencode import _Encoded
 
     enc = _Encoded()
     by_hand = Span()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.otlp import request, span
-from tokenpulse.receiver.decode import decode_protobuf
+from tokenpulse.otlp.decode import decode_protobuf
 from tokenpulse.receiver.limits import Limits, apply_limits
 
 

@@ -212,7 +212,7 @@ def test_quirks_keyed_by_instrumentation_scope():
     """OpenLIT's Anthropic spans carry Anthropic's cache-exclusive input even when the cache is smaller
     than the input; Langfuse's OpenAI-* observations name their provider. Another scope: neither."""
     from tests.otlp import request, span
-    from tokenpulse.receiver.decode import decode_protobuf
+    from tokenpulse.otlp.decode import decode_protobuf
 
     def one(scope, name, attrs):
         body = request([span(name=name, kind=INTERNAL, attrs=attrs)], scope=scope).SerializeToString()

@@ -39,8 +39,8 @@ def test_every_non_python_file_of_the_package_is_package_data():
 def test_the_c_extension_is_built():
     """Optional at install (setup.py), required here: without it the receiver decodes about twice
     as slowly, and tests/unit/test_decode_fast.py skips everything it checks."""
-    from tokenpulse.receiver import decode
+    from tokenpulse.otlp import decode
 
     assert decode._c_walk is not None, (
-        "tokenpulse/receiver/_otlpwalk.c was not compiled (no C compiler at install time?); "
+        "tokenpulse/otlp/_otlpwalk.c was not compiled (no C compiler at install time?); "
         "install gcc and the Python headers, then `pip install -e .` again")

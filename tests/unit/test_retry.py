@@ -27,6 +27,8 @@ def test_backoff_doubles_to_its_cap_with_jitter_and_honours_the_deadline():
     assert [low.next_delay() for _ in range(4)] == [0.5, 1.0, 2.0, 4.0]  # equal jitter: at least half
     full = Backoff(initial_s=1.0, max_s=8.0, jitter="full", rand=lambda lo, hi: lo)
     assert full.next_delay() == 0.0
+    up = Backoff(initial_s=1.0, max_s=8.0, jitter="up", rand=lambda lo, hi: (lo, hi))
+    assert up.next_delay() == (1.0, 1.5)  # never shorter than the doubling schedule
     assert b.next_delay(asked_s=3.0) == 3.0  # the other side's own delay wins
     clock[0] = 25.0
     assert b.next_delay() is None  # 25 + 8 > 30: give up rather than sleep past the deadline

@@ -9,7 +9,7 @@ import pytest
 
 from tests.otlp import request, span
 from tokenpulse.errors import DataError, InvalidRequest, RequestTooLarge, RetryableStorageError
-from tokenpulse.receiver.decode import decode_protobuf
+from tokenpulse.otlp.decode import decode_protobuf
 from tokenpulse.receiver.otlp_http import inflate
 from tokenpulse.storage.backend import classify, redact_url
 from tokenpulse.storage.dedup import DedupCache

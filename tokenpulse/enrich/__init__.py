@@ -7,14 +7,16 @@
                 tag-or-reject)
     content    (prompt and completion attributes dropped, or capped when captured)
 
-Each step is a plain function of the batch and its loaded tables, with no I/O,
-tested with tables of cases. ``calls`` and ``attribute`` keep bounded memories
+The pipeline takes a batch and the request's context (``RequestContext``) and returns an
+``Enriched`` result; it knows nothing of OTLP or of the receivers. Each step is a plain function
+of the batch and its loaded tables, with no I/O, tested with tables of cases. ``calls`` and ``attribute`` keep bounded memories
 of recent traces (see their modules). A step may refuse spans: the pipeline
 reports them to the client as OTLP partial success.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 from tokenpulse.enrich.attribute import Attributor
@@ -22,7 +24,22 @@ from tokenpulse.enrich.calls import DuplicateCalls
 from tokenpulse.enrich.content import Content
 from tokenpulse.enrich.normalize import normalize_calls
 from tokenpulse.enrich.price import PriceTable, make_price_step
-from tokenpulse.receiver.decode import Decoded
+from tokenpulse.record import SpanBatch
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What enrichment needs to know about the request a batch came in."""
+
+    tenant: str = ""  # the sender's bound tenant (receiver/auth.py): it wins over the spans' own
+
+
+@dataclass
+class Enriched:
+    batch: SpanBatch
+    rejects: list[str] = field(default_factory=list)  # one message per refused span (tag-or-reject)
+    tenant_overridden: int = 0  # spans whose own tenant lost to the bound one
+    late_traces: list = field(default_factory=list)  # (trace id, start ns) whose late root resolves earlier calls
 
 
 class Pipeline:
@@ -37,18 +54,13 @@ class Pipeline:
         self._on_excluded = on_excluded
         self.content = content or Content()
 
-    def __call__(self, decoded: Decoded) -> Decoded:
-        batch, inferred = normalize_calls(decoded.batch)
-        batch = self.calls(batch, inferred, decoded.tenant)
+    def __call__(self, batch: SpanBatch, ctx: RequestContext = RequestContext()) -> Enriched:
+        batch, inferred = normalize_calls(batch)
+        batch = self.calls(batch, inferred, ctx.tenant)
         self._count_excluded(batch)
         batch = self._price(batch)
-        batch, rejects = self.attributor(batch, decoded.tenant)
-        decoded.tenant_overridden = self.attributor.overridden
-        decoded.late_traces = self.attributor.late
-        for reason in rejects:
-            decoded.reject(reason, "missing_tags")
-        decoded.batch = self.content(batch)
-        return decoded
+        batch, rejects = self.attributor(batch, ctx.tenant)
+        return Enriched(self.content(batch), rejects, self.attributor.overridden, self.attributor.late)
 
     def _count_excluded(self, batch) -> None:
         """Spans that carried usage and are not counted, by reason kind (aggregate, duplicate_of,

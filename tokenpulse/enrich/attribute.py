@@ -63,9 +63,8 @@ from typing import Callable
 
 from tokenpulse.enrich.keys import KeyIndex
 from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS
-from tokenpulse.record import SpanBatch, scoped_traces
+from tokenpulse.record import UNATTRIBUTED, SpanBatch, scoped_traces
 
-UNATTRIBUTED = "unattributed"
 DIMENSIONS = ("tenant", "feature", "user_id", "session_id", "route", "agent_role", "environment")
 TRACE_LEVEL = ("tenant", "feature", "user_id", "session_id", "route", "environment")
 REQUIRED_CHOICES = ("tenant", "feature", "user_id", "session_id", "route", "agent_role", "environment")

@@ -2,5 +2,5 @@
 
 config.py (the ``forward`` setting) -> forwarder.py (queues, retries, metrics) -> transport.py
 (gRPC / HTTP senders). The protobuf side, re-encoding the received request with the added
-attributes, is tokenpulse/receiver/reencode.py.
+attributes, is tokenpulse/otlp/reencode.py.
 """

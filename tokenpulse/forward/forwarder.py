@@ -34,7 +34,8 @@ from typing import Callable
 from tokenpulse.forward.config import Destination
 from tokenpulse.forward.transport import Outcome, make_sender
 from tokenpulse.metrics import Metrics
-from tokenpulse.receiver.reencode import Reencoder
+from tokenpulse.retry import Backoff
+from tokenpulse.otlp.reencode import Reencoder
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,10 @@ nothing is parsed or re-serialized here.
 from __future__ import annotations
 
 import gzip
-import time
 from dataclasses import dataclass
 
 from tokenpulse.forward.config import Destination
-from tokenpulse.receiver.reencode import parse_response, retry_delay
+from tokenpulse.otlp.reencode import parse_response, retry_delay
 from tokenpulse.retry import parse_retry_after
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"

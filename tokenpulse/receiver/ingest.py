@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+from tokenpulse.enrich import RequestContext
 from tokenpulse.metrics import Metrics
-from tokenpulse.receiver.decode import Decoded
+from tokenpulse.otlp.decode import Decoded
 from tokenpulse.receiver.limits import Limits, apply_limits
 from tokenpulse.storage.writer import Arrival, Busy, Refused, Stored, Writer
 from tokenpulse.telemetry import Telemetry
@@ -81,7 +82,12 @@ class Ingest:
         if limit:
             self._limit(decoded)
         if len(decoded.batch):
-            self.enrich(decoded)
+            got = self.enrich(decoded.batch, RequestContext(decoded.tenant))
+            decoded.batch = got.batch
+            decoded.tenant_overridden = got.tenant_overridden
+            decoded.late_traces = got.late_traces
+            for reason in got.rejects:
+                decoded.reject(reason, "missing_tags")
 
     def _drop_expired(self, decoded: Decoded) -> None:
         """Refuse spans that started before the retention window, or more than a day from now.
@@ -176,7 +182,8 @@ class Ingest:
                                self.writer.s.retry_after_s, transport)
         if isinstance(stored, Refused):
             if stored.retryable:
-                return self._retry(n, "storage_unavailable", stored.message, self.writer.s.retry_after_s, transport)
+                return self._retry(n, "storage_unavailable", stored.message,
+                                   max(stored.retry_after_s or 0.0, self.writer.s.retry_after_s), transport)
             self.metrics.requests.labels(transport, stored.reason).inc()
             return Answer(stored.reason, rejected=n, message=stored.message)
         return self._ok(decoded, transport)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokenpulse.receiver.decode import Decoded
+from tokenpulse.otlp.decode import Decoded
 
 # Attributes that enrichment reads are kept first when a span has too many.
 KEPT_FIRST = ("gen_ai.", "llm.", "ai.", "traceloop.", "langfuse.", "openinference.", "session.", "user.", "enduser.",

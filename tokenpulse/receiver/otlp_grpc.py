@@ -25,7 +25,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from tokenpulse.errors import InvalidRequest
-from tokenpulse.receiver.decode import decode_protobuf
+from tokenpulse.otlp.decode import decode_protobuf
 from tokenpulse.receiver.ingest import Ingest
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"

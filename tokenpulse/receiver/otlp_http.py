@@ -28,7 +28,7 @@ from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from tokenpulse.errors import InvalidRequest, RequestTooLarge
-from tokenpulse.receiver.decode import decode_json, decode_protobuf
+from tokenpulse.otlp.decode import decode_json, decode_protobuf
 from tokenpulse.receiver.ingest import Answer, Ingest
 
 PROTOBUF = "application/x-protobuf"
@@ -122,7 +122,7 @@ class OtlpHttpReceiver:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # the bound port when 0 was asked
+        self.port = self.runner.addresses[0][1]  # the bound port when 0 was asked
         return self.port
 
     async def stop(self) -> None:

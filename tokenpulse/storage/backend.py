@@ -119,13 +119,3 @@ INSERT_SETTINGS = {"max_partitions_per_insert_block": 0, "optimize_on_insert": 0
 # service down. Set before readonly=1 on the embedded reader, per query on a server.
 READ_LIMITS = {"max_execution_time": 60, "max_result_rows": 1_000_000, "result_overflow_mode": "'throw'",
                "max_memory_usage": 4 * 1024**3}
-
-
-def open_backend(data_dir: str, clickhouse_url: str | None, cluster: str = "") -> Backend:
-    if clickhouse_url:
-        from tokenpulse.storage.server import ServerBackend
-
-        return ServerBackend(clickhouse_url, cluster)
-    from tokenpulse.storage.embedded import EmbeddedBackend
-
-    return EmbeddedBackend(data_dir)

@@ -103,6 +103,28 @@ def migrate(backend: Backend, db: str, ttl_days: int, cluster: str = "") -> list
     return applied
 
 
+def apply_insert_fsync(backend: Backend, db: str, on: bool, cluster: str = "") -> list[str]:
+    """Make every MergeTree table an insert writes (``spans`` and the views' targets) fsync each new
+    part and its directory (ClickHouse's ``fsync_after_insert`` and ``fsync_part_directory``), or
+    stop doing so. Returns the tables changed."""
+    raw = backend.query(
+        f"SELECT name, engine_full FROM system.tables WHERE database = '{db}' AND engine LIKE '%MergeTree'",
+        "JSONCompact", readonly=False)
+    want = "1" if on else "0"
+    changed = []
+    for name, engine_full in json.loads(raw)["data"]:
+        if name == "schema_migrations":
+            continue
+        now = re.search(r"fsync_after_insert = (\d)", engine_full)
+        if (now.group(1) if now else "0") == want:
+            continue
+        on_cluster = f" ON CLUSTER {cluster}" if cluster else ""  # every node's local tables
+        backend.command(f"ALTER TABLE {db}.{name}{on_cluster} MODIFY SETTING "
+                        f"fsync_after_insert = {want}, fsync_part_directory = {want}")
+        changed.append(name)
+    return changed
+
+
 def current_ttl_days(backend: Backend, db: str, table: str = "spans") -> int | None:
     raw = backend.query(
         f"SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = '{table}'",

@@ -80,14 +80,14 @@ class Replayer:
             got = self.step()
             if isinstance(got, Idle):
                 self.on_empty()
-                self._metrics()
+                self.publish_metrics()
                 self.wake.wait(1.0)
                 self.wake.clear()
             elif isinstance(got, Retry):
                 self.wake.wait(got.delay_s)
                 self.wake.clear()
             else:
-                self._metrics()
+                self.publish_metrics()
 
     def step(self) -> Idle | Replayed | Retry | DeadLettered:
         got = self.spool.peek()
@@ -162,6 +162,6 @@ class Replayer:
         self.backoff.reset()
         return DeadLettered(table.num_rows, path, reason)
 
-    def _metrics(self) -> None:
+    def publish_metrics(self) -> None:
         self.m.spool_records.set(self.spool.records)
         self.m.spool_bytes.set(self.spool.bytes)

@@ -40,7 +40,7 @@ from tokenpulse.retry import Backoff
 from tokenpulse.storage.batching import BatchSettings, Flush, Progress, Queue, next_flush
 from tokenpulse.storage.dedup import DedupCache
 from tokenpulse.storage.replay import Replayer
-from tokenpulse.storage.sink import Sink, SpanTable  # noqa: F401  (SpanTable: the usual sink)
+from tokenpulse.storage.sink import Sink
 from tokenpulse.supervise import Supervisor
 from tokenpulse.telemetry import Telemetry
 
@@ -76,6 +76,7 @@ class Refused:
 
     reason: str  # "storage_unavailable" | "invalid" | "internal"
     message: str
+    retry_after_s: float | None = None  # storage_unavailable: when storage will be tried again
 
     @property
     def retryable(self) -> bool:
@@ -157,7 +158,9 @@ class Writer:
         self._incoming = 0
         self._closing = False
         self._stop = threading.Event()  # set once the queue is drained: the workers return
-        self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+        # Clients are told the remaining delay: never shorter than the doubling schedule, or an exporter's
+        # few retries (the Python SDK's six) are spent inside one outage.
+        self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s, jitter="up")
         self._backoff_until = 0.0
         self.last_error: str | None = None
         # Appends to the spool and the switch back to DIRECT happen under this lock, so no batch is
@@ -176,7 +179,7 @@ class Writer:
         self.supervisor.start("writer", self._run, self._stop)
         if self.replayer is not None:
             self.supervisor.start("spool-replay", self.replayer.run, self._stop)
-            self.replayer._metrics()
+            self.replayer.publish_metrics()
 
     def shutdown(self, timeout: float = 30.0, deadline: float | None = None) -> bool:
         """Refuse new batches, write what is queued, stop. True if fully drained."""
@@ -358,9 +361,9 @@ class Writer:
                     self._degraded(e)
                     self._to_spool(items, to_store, keys, keep, duplicates)
                 return
-            self._failed(e)
+            delay = self._failed(e)
             for p in items:
-                p.future.set_result(Refused("storage_unavailable", f"storage unavailable: {e}"))
+                p.future.set_result(Refused("storage_unavailable", f"storage unavailable: {e}", delay))
             return
         except DataError as e:
             self.metrics.write_errors.labels("data").inc()
@@ -412,14 +415,14 @@ class Writer:
                 self.metrics.spool_append_errors.inc()
             reason = str(e) if isinstance(e, SpoolFull) else f"{e.strerror or e}"
             self.metrics.spool_refused.inc(table.num_rows)
-            self._failed(RetryableStorageError(f"{self.last_error}; the spool cannot take more: {reason}"))
+            delay = self._failed(RetryableStorageError(f"{self.last_error}; the spool cannot take more: {reason}"))
             for p in items:
-                p.future.set_result(Refused("storage_unavailable",
-                                            f"storage unavailable ({self.last_error}); retry"))
+                p.future.set_result(Refused("storage_unavailable", f"storage unavailable ({self.last_error}); retry",
+                                            delay))
             return
         self.dedup.add(keys)
         self.metrics.spans_spooled.inc(table.num_rows)
-        self.replayer._metrics()
+        self.replayer.publish_metrics()
         self.replayer.wake.set()
         self._resolve(items, keep, duplicates)
 
@@ -441,13 +444,16 @@ class Writer:
             log.warning("storage write failed; spooling accepted spans to disk: %s", e)
         self.metrics.storage_up.set(0)
 
-    def _failed(self, e: Exception) -> None:
+    def _failed(self, e: Exception) -> float:
+        """Back off; returns the delay, which the refused requests are told (so a retry does not
+        arrive while the writer still backs off, spending one of the exporter's few attempts)."""
         with self._cond:
             delay = self._backoff.next_delay() or self.s.backoff_max_s
             self._backoff_until = time.monotonic() + delay
             self.last_error = str(e)
         self.metrics.storage_up.set(0)
         log.warning("storage write failed, backing off %.1fs: %s", delay, e)
+        return delay
 
     def _succeeded(self) -> None:
         with self._cond:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from tokenpulse.alerts.notify import Notifier, Sent, iso
+from tokenpulse.alerts.notify.base import Notifier, Sent, iso
 from tokenpulse.alerts.state import Alert, Notification
 
 SEVERITY = {"critical": "critical", "error": "error", "warning": "warning", "info": "info"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from tokenpulse.alerts.notify import Notifier, Sent
+from tokenpulse.alerts.notify.base import Notifier, Sent
 from tokenpulse.alerts.state import Alert, Notification
 
 MAX_ALERT_BLOCKS = 20  # leaves room under Slack's ~50 blocks per message

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 
-from tokenpulse.alerts.notify import Notifier, Sent, iso
+from tokenpulse.alerts.notify.base import Notifier, Sent, iso
 from tokenpulse.alerts.state import Notification
 
 SIGNATURE_HEADER = "X-Tokenpulse-Signature"

@@ -29,9 +29,8 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
                                                                        ExportTraceServiceResponse)
 
-from tokenpulse.enrich.attribute import UNATTRIBUTED
-from tokenpulse.receiver.decode import _render_pb
-from tokenpulse.record import SpanBatch
+from tokenpulse.otlp.decode import _render_pb
+from tokenpulse.record import UNATTRIBUTED, SpanBatch
 
 NAMESPACE = "tokenpulse."
 

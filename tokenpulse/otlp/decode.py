@@ -37,8 +37,8 @@ from tokenpulse.errors import InvalidRequest, RequestTooLarge
 from tokenpulse.record import SpanBatch
 
 try:
-    from tokenpulse.receiver._otlpwalk import keep_first as _c_keep_first
-    from tokenpulse.receiver._otlpwalk import walk as _c_walk
+    from tokenpulse.otlp._otlpwalk import keep_first as _c_keep_first
+    from tokenpulse.otlp._otlpwalk import walk as _c_walk
 except ImportError:  # built without a C compiler: the Python walk below
     _c_walk = _c_keep_first = None
 
@@ -58,7 +58,7 @@ class Decoded:
     tenant: str = ""  # set by the receiver from an API key bound to a tenant: it wins over the spans' own
     tenant_overridden: int = 0  # spans that claimed another tenant (counted by enrichment)
     # The request as received (an ExportTraceServiceRequest, or the OTLP/JSON document), for
-    # forwarding enriched spans downstream (receiver/reencode.py). Opaque outside this package.
+    # forwarding enriched spans downstream (otlp/reencode.py). Opaque outside this package.
     source: object = None
     # Traces whose earlier calls were stored unattributed and whose root is in this request, with a
     # start time of each (enrichment fills it; storage/late_attribution.py moves their rollup rows).
