@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -36,9 +38,23 @@ SQL_FORMATS = {"json": ("JSONCompact", "application/json"),
                "tsv": ("TSVWithNames", "text/tab-separated-values")}
 
 
+@dataclass(frozen=True)
+class AdminView:
+    """What the admin API may see of the service: narrow, read-only views. Getters, because the
+    evaluator and the throttler start after the admin port (which answers /healthz meanwhile)."""
+
+    settings: Any  # tokenpulse.config.Settings (the admin token, the role, the throttle list setting)
+    health: Callable[[], dict]
+    metrics_text: Callable[[], bytes]
+    backend: Callable[[], Any]  # storage.backend.Backend: query, user_query
+    evaluator: Callable[[], Any]  # alerts.engine.Evaluator | None
+    rule_errors: Callable[[], list]
+    throttler: Callable[[], Any]  # alerts.throttle.Throttler | None
+
+
 class AdminServer:
-    def __init__(self, service, host: str, port: int, ssl_context=None):
-        self.service = service
+    def __init__(self, view: AdminView, host: str, port: int, ssl_context=None):
+        self.view = view
         self.ssl_context = ssl_context  # admin_tls: the OTLP receivers' certificate
         self.host = host
         self.port = port
@@ -62,7 +78,7 @@ class AdminServer:
         app.router.add_get("/api/alerts/rules", self._alert_rules)
         app.router.add_get("/api/alerts/history", self._alert_history)
         app.router.add_post("/api/alerts/rules/{name}/test", self._alert_test)
-        add_throttle_routes(app.router, self.service)
+        add_throttle_routes(app.router, self.view)
         app.router.add_post("/api/throttle/{tenant}", self._throttle_set)
         app.router.add_delete("/api/throttle/{tenant}", self._throttle_clear)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
@@ -75,7 +91,7 @@ class AdminServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler):
         """With admin_token_sha256 set, every route but /healthz needs ``Authorization: Bearer TOKEN``."""
-        digest = self.service.settings.admin_token_sha256
+        digest = self.view.settings.admin_token_sha256
         # The page and its static files hold no data: the page asks for the token for its API calls.
         public = request.path in ("/healthz", "/") or request.path.startswith("/static/")
         if digest and not public:
@@ -99,11 +115,11 @@ class AdminServer:
         return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        health = self.service.health()
+        health = self.view.health()
         return web.json_response(health, status=200 if health["status"] == "ok" else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.service.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=self.view.metrics_text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _sql(self, request: web.Request) -> web.Response:
         sql = request.query.get("q")
@@ -121,7 +137,7 @@ class AdminServer:
             return web.json_response({"error": f"refused: {e}"}, status=400)
         loop = asyncio.get_running_loop()
         try:
-            body = await loop.run_in_executor(None, self.service.backend.user_query, sql, ch_format,
+            body = await loop.run_in_executor(None, self.view.backend().user_query, sql, ch_format,
                                               self.user_query_wait_s)
         except QueryBusy as e:
             return web.json_response({"error": str(e)}, status=503,
@@ -141,7 +157,7 @@ class AdminServer:
         values = dict(request.query)
         loop = asyncio.get_running_loop()
         try:
-            columns, rows = await loop.run_in_executor(None, run_panel, self.service.backend, query, values)
+            columns, rows = await loop.run_in_executor(None, run_panel, self.view.backend(), query, values)
         except QueryError as e:
             return web.json_response({"error": str(e)}, status=400)
         except StorageError as e:
@@ -152,11 +168,11 @@ class AdminServer:
 
     # ------------------------------------------------------------ alerts
     def _evaluator(self):
-        ev = self.service.evaluator
+        ev = self.view.evaluator()
         if ev is None:
             raise web.HTTPServiceUnavailable(
                 text=json.dumps({"error": f"alerts are not evaluated by this process (role "
-                                          f"{self.service.settings.role})"}), content_type="application/json")
+                                          f"{self.view.settings.role})"}), content_type="application/json")
         return ev
 
     async def _alerts(self, request: web.Request) -> web.Response:
@@ -164,12 +180,12 @@ class AdminServer:
         rule = request.query.get("rule")
         alerts = [alert_json(a) for a in ev.active() if rule in (None, a.rule)]
         return web.json_response({"alerts": alerts,
-                                  "rule_errors": [str(e) for e in self.service.rule_errors] + list(ev.errors.values())})
+                                  "rule_errors": [str(e) for e in self.view.rule_errors()] + list(ev.errors.values())})
 
     async def _alert_rules(self, request: web.Request) -> web.Response:
         ev = self._evaluator()
         return web.json_response({"rules": [r.describe() for r in ev.rules.values()],
-                                  "rule_errors": [str(e) for e in self.service.rule_errors]})
+                                  "rule_errors": [str(e) for e in self.view.rule_errors()]})
 
     async def _alert_history(self, request: web.Request) -> web.Response:
         try:
@@ -183,7 +199,7 @@ class AdminServer:
                "ORDER BY at DESC, rule LIMIT {limit:UInt32}")
         loop = asyncio.get_running_loop()
         try:
-            body = await loop.run_in_executor(None, lambda: self.service.backend.query(sql, "JSONCompact", True, params))
+            body = await loop.run_in_executor(None, lambda: self.view.backend().query(sql, "JSONCompact", True, params))
         except StorageError as e:
             return web.json_response({"error": str(e), "code": e.code}, status=500)
         columns, rows = parse_sql_json(body)
@@ -206,8 +222,8 @@ class AdminServer:
 
 
     def _deciding_throttler(self):
-        throttler = self.service.throttler
-        if throttler is None or self.service.settings.role == "receiver":
+        throttler = self.view.throttler()
+        if throttler is None or self.view.settings.role == "receiver":
             raise web.HTTPServiceUnavailable(
                 text=json.dumps({"error": "throttle decisions are made by the evaluator process"}),
                 content_type="application/json")
@@ -246,7 +262,7 @@ class AdminServer:
         return web.json_response({**throttler.book.decision(tenant, time.time()), "released": bool(events)})
 
 
-def add_throttle_routes(router, service, auth=None, otlp_port: bool = False) -> None:
+def add_throttle_routes(router, view: AdminView, auth=None, otlp_port: bool = False) -> None:
     """The decision API agent services call: ``GET /v1/throttle`` and ``GET /v1/throttle/{tenant}``.
     Served from memory, on the OTLP/HTTP port and the admin port alike. On the OTLP port with API
     keys configured, a key is needed, and a key bound to a tenant sees only that tenant. Without
@@ -257,7 +273,7 @@ def add_throttle_routes(router, service, auth=None, otlp_port: bool = False) -> 
     import time
 
     def list_allowed(request: web.Request) -> web.Response | None:
-        s = service.settings
+        s = view.settings
         if not otlp_port or (auth is not None and auth.enabled) or s.throttle_list_open:
             return None
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -280,7 +296,7 @@ def add_throttle_routes(router, service, auth=None, otlp_port: bool = False) -> 
         return None
 
     async def one(request: web.Request) -> web.Response:
-        throttler = service.throttler
+        throttler = view.throttler()
         if throttler is None:
             return web.json_response({"error": "throttling is not available in this process"}, status=503)
         tenant = request.match_info["tenant"]
@@ -288,7 +304,7 @@ def add_throttle_routes(router, service, auth=None, otlp_port: bool = False) -> 
         return refused or web.json_response(throttler.book.decision(tenant, time.time()))
 
     async def every(request: web.Request) -> web.Response:
-        throttler = service.throttler
+        throttler = view.throttler()
         if throttler is None:
             return web.json_response({"error": "throttling is not available in this process"}, status=503)
         key = auth.check(request.headers.get("Authorization")) if auth is not None and auth.enabled else None

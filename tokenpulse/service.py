@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 
-from tokenpulse.admin import AdminServer, add_throttle_routes
+from tokenpulse.admin import AdminServer, AdminView, add_throttle_routes
 from tokenpulse.alerts.throttle import DEFAULT_MESSAGE, ThrottleBook, Throttler
 from tokenpulse.alerts.engine import Evaluator, backend_query, check_rule
 from tokenpulse.alerts.notify import Context, build_notifiers, parse_channels
@@ -364,6 +364,7 @@ class Service:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         auth, tls = self._auth, self._tls_pair
+        view = self.admin_view()
         if s.role != "evaluator":
             ingest = Ingest(self.writer, self.enrich, self.metrics, s.ack_timeout_s, s.retention_days,
                             Limits(s.max_spans_per_request, s.max_attributes_per_span, s.max_attribute_value_chars),
@@ -376,10 +377,10 @@ class Service:
                                          tls[0] if tls else None)
             self.http = OtlpHttpReceiver(ingest, s.listen_host, s.http_port, s.max_request_bytes,
                                          s.shutdown_timeout_s,
-                                         extra_routes=lambda router: add_throttle_routes(router, self, auth, otlp_port=True),
+                                         extra_routes=lambda router: add_throttle_routes(router, view, auth, otlp_port=True),
                                          auth=auth, ssl_context=tls[1] if tls else None,
                                          body_timeout_s=s.body_timeout_s)
-        self.admin = AdminServer(self, s.admin_host, s.admin_port, ssl_context=tls[1] if tls and s.admin_tls else None)
+        self.admin = AdminServer(view, s.admin_host, s.admin_port, ssl_context=tls[1] if tls and s.admin_tls else None)
         try:
             for server, what, host, flag in (
                     (self.grpc, "OTLP/gRPC", s.listen_host, "--grpc-port (grpc_port)"),
@@ -467,6 +468,11 @@ class Service:
         return self.drained
 
     # ------------------------------------------------------------ state
+    def admin_view(self) -> AdminView:
+        return AdminView(settings=self.settings, health=self.health, metrics_text=self.metrics.render,
+                         backend=lambda: self.backend, evaluator=lambda: self.evaluator,
+                         rule_errors=lambda: self.rule_errors, throttler=lambda: self.throttler)
+
     def health(self) -> dict:
         w = self.writer
         writable = w is not None and w.last_error is None

@@ -193,3 +193,27 @@ def test_a_second_serve_cannot_share_the_grpc_port(serve_process, tmp_path):
     first = serve_process()
     out = _serve_on(tmp_path, "second", grpc_port=first.grpc_port)
     assert out.returncode == 2 and "--grpc-port" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_sigterm_while_storage_is_down_leaves_the_spool_for_the_next_start(serve_process, tmp_path):
+    """Shutdown order: receivers stop, the writer drains to the spool (storage is down), the log's
+    last line says what stays and where, exit 0; the next start replays it."""
+    down = tmp_path / "storage-down"
+    down.touch()
+    env = {"TOKENPULSE_FAILPOINT_STORAGE_DOWN_FILE": str(down)}
+    proc = serve_process("--batch-max-age-s", "0.05", "--shutdown-timeout-s", "10", data_dir=tmp_path / "d", env=env)
+    for _ in range(5):
+        r = requests.post(f"http://127.0.0.1:{proc.http_port}/v1/traces", data=n_spans(20, "at-stop").SerializeToString(),
+                          headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+        assert r.status_code == 200  # spooled
+    started = time.monotonic()
+    assert proc.stop(15, timeout=30) == 0, proc.read_log()
+    assert time.monotonic() - started < 15
+    log = proc.read_log()
+    assert "tokenpulse stopped: drained" in log and "stay in the spool" in log, log[-1500:]
+    down.unlink()
+    again = serve_process(data_dir=tmp_path / "d", env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and again.sql("SELECT count() FROM spans WHERE service = 'at-stop'") != [[100]]:
+        time.sleep(0.3)
+    assert again.sql("SELECT count() FROM spans WHERE service = 'at-stop'") == [[100]]
