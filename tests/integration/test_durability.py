@@ -82,8 +82,9 @@ def test_full_spool_answers_retry_and_keeps_what_it_has(make_service):
     assert "tokenpulse_spool_refused_spans_total" in metrics
 
 
-def _load(proc, stop: threading.Event, acked: set, prefix: str):
-    """Send requests of unique spans until stopped; remember the span ids acknowledged with 200."""
+def _load(proc, stop: threading.Event, acked: set, prefix: str, refused: list | None = None):
+    """Send requests of unique spans until stopped; remember the span ids acknowledged with 200
+    (and, given ``refused``, the retry answers, after which it backs off briefly)."""
     session = requests.Session()
     n = 0
     while not stop.is_set():
@@ -97,6 +98,10 @@ def _load(proc, stop: threading.Event, acked: set, prefix: str):
             return  # the server is gone
         if r.status_code == 200:
             acked.update(s.span_id.hex() for s in spans)
+        elif refused is not None:
+            assert r.status_code in (429, 503), r.text
+            refused.append(r.status_code)
+            time.sleep(0.05)
 
 
 def _kill_mid_load(proc, prefix: str, seconds: float) -> set:
@@ -176,31 +181,11 @@ def small_tmpfs(path, size: str):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def _load_until(proc, prefix: str, stop: threading.Event, acked: set, refused: list):
-    session = requests.Session()
-    n = 0
-    while not stop.is_set():
-        spans = [span(name=f"{prefix}-{n}-{i}", trace_id=os.urandom(16)) for i in range(50)]
-        n += 1
-        try:
-            r = session.post(f"http://127.0.0.1:{proc.http_port}/v1/traces",
-                             data=request(spans, service=prefix).SerializeToString(),
-                             headers={"Content-Type": "application/x-protobuf"}, timeout=10)
-        except requests.RequestException:
-            return
-        if r.status_code == 200:
-            acked.update(s.span_id.hex() for s in spans)
-        else:
-            assert r.status_code in (429, 503), r.text
-            refused.append(r.status_code)
-            time.sleep(0.05)
-
-
 def _fill_the_disk(proc, prefix: str, min_refused: int = 20) -> set:
     acked: set = set()
     refused: list = []
     stop = threading.Event()
-    threads = [threading.Thread(target=_load_until, args=(proc, prefix, stop, acked, refused)) for _ in range(3)]
+    threads = [threading.Thread(target=_load, args=(proc, stop, acked, prefix, refused)) for _ in range(3)]
     for t in threads:
         t.start()
     assert _wait(lambda: len(refused) >= min_refused, timeout=90), "the disk never filled"
