@@ -17,6 +17,7 @@ POST /api/alerts/rules/{name}/test[?send=1]   evaluate a rule now (state untouch
 GET /v1/throttle[/{tenant}]   throttle decisions (also on the OTLP/HTTP port, for agent services)
 POST /api/throttle/{tenant}   {"for": "30m", "reason": "...", "actor": "..."}: throttle by hand
 DELETE /api/throttle/{tenant}?actor=NAME   release by hand
+POST /api/prices/reload   re-read the price file now (422 and the prices in force kept when it is invalid)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class AdminView:
     evaluator: Callable[[], Any]  # alerts.engine.Evaluator | None
     rule_errors: Callable[[], list]
     throttler: Callable[[], Any]  # alerts.throttle.Throttler | None
+    prices: Callable[[], Any] = lambda: None  # enrich.reload.PriceReloader | None
 
 
 class AdminServer:
@@ -81,6 +83,7 @@ class AdminServer:
         add_throttle_routes(app.router, self.view)
         app.router.add_post("/api/throttle/{tenant}", self._throttle_set)
         app.router.add_delete("/api/throttle/{tenant}", self._throttle_clear)
+        app.router.add_post("/api/prices/reload", self._prices_reload)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
@@ -220,6 +223,15 @@ class AdminServer:
             return web.json_response({"error": str(e)}, status=500)
         return web.json_response(result)
 
+
+    async def _prices_reload(self, request: web.Request) -> web.Response:
+        reloader = self.view.prices()
+        if reloader is None:
+            return web.json_response({"error": "this process does not price spans (role evaluator) or is starting"},
+                                     status=503)
+        got = await asyncio.get_running_loop().run_in_executor(None, reloader.reload, "POST /api/prices/reload")
+        body = {"ok": got.ok, "message": got.message, "overrides": got.overrides}
+        return web.json_response(body if got.ok else {**body, "error": got.message}, status=200 if got.ok else 422)
 
     def _deciding_throttler(self):
         throttler = self.view.throttler()

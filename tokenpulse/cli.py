@@ -66,6 +66,8 @@ def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     service.start()
+    if service.prices is not None:  # SIGHUP: re-read the price file (done by its worker, not in the handler)
+        signal.signal(signal.SIGHUP, lambda *_: service.prices.requested.set())
     gc.freeze()
     while not stop.wait(1.0):
         pass
@@ -347,7 +349,8 @@ def _prices_lookup(args: argparse.Namespace) -> int:
         at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
     table = PriceTable(load_overrides(args.price_file) if args.price_file else [])
     provider = normalize_provider(args.provider) if args.provider else ""
-    entry = table.lookup(provider, args.model, at)
+    got = table.price(provider, args.model, at, (args.tier or "").lower(), args.server_address or "")
+    entry = got.entry if got else None
     if entry is None:
         print(f"no price for model {args.model!r}" + (f" (provider {provider})" if provider else "")
               + f" at {at.date()}: spans with it are stored with price_status 'unknown_model' and cost NULL")
@@ -355,15 +358,29 @@ def _prices_lookup(args: argparse.Namespace) -> int:
     print(f"model     {args.model}" + (f"  (provider {provider})" if provider else ""))
     print(f"at        {at.isoformat()}")
     print(f"entry     {entry.id}")
+    if got.status != "priced":
+        print(f"status    {got.status} (the provider does not list this model: matched by its name alone)")
     print("prices    $ per 1M tokens")
+    fallbacks = {"reasoning": "output", "cache_write_1h": "cache_write"}
     for kind in PRICE_KINDS:
         t = getattr(entry, kind)
         if t is None:
-            fallback = "output" if kind == "reasoning" else "input"
-            print(f"  {kind:<12} (the {fallback} price)")
+            print(f"  {kind:<14} (the {fallbacks.get(kind, 'input')} price)")
             continue
         tiers = "".join(f", {p:g} above {start:,} input tokens" for start, p in t.tiers)
-        print(f"  {kind:<12} {t.base:g}{tiers}")
+        print(f"  {kind:<14} {t.base:g}{tiers}")
+    if entry.per_request:
+        print(f"  {'per request':<14} ${entry.per_request:g} per call")
+    return 0
+
+
+def _prices_reload(args: argparse.Namespace) -> int:
+    try:
+        got = _admin(args, "/api/prices/reload", "POST")
+    except ReportError as e:
+        print(f"tokenpulse: {e}", file=sys.stderr)
+        return 1
+    print(got["message"])
     return 0
 
 
@@ -484,7 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("--provider", default=None, help="gen_ai.provider.name, e.g. openai, anthropic, aws.bedrock")
     lookup.add_argument("--at", default=None, help="date (YYYY-MM-DD) the span started; default now")
     lookup.add_argument("--price-file", default=None, help="price overrides to apply (YAML)")
+    lookup.add_argument("--tier", default=None, help="service tier: priority, flex, batch (default: standard)")
+    lookup.add_argument("--server-address", default=None,
+                        help="where the call went (server.address), e.g. api.deepseek.com for the OpenAI SDK on DeepSeek")
     lookup.set_defaults(func=_prices_lookup)
+    reload_ = prices_sub.add_parser("reload", help="make a running service re-read its price file now (as SIGHUP)")
+    _add_admin_flags(reload_)
+    reload_.set_defaults(func=_prices_reload)
     check = prices_sub.add_parser("check", help="validate a price override file")
     check.add_argument("file")
     check.set_defaults(func=_prices_check)

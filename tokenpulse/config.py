@@ -106,6 +106,9 @@ class Settings:
                "ClickHouse before attributing them; for several receivers without routing by trace id"})
     shutdown_timeout_s: float = field(default=30.0, metadata={
         "doc": "time allowed on SIGTERM to finish requests in flight and flush", "min": 0.0})
+    price_reload_interval_s: float = field(default=10.0, metadata={
+        "doc": "how often the price file's modification time is checked; a changed file is re-read, validated and "
+               "swapped in (SIGHUP and POST /api/prices/reload reload at once); 0: only on those", "min": 0.0})
     price_file: str = field(default="", metadata={
         "doc": "YAML price overrides (see README 'Prices'); check one with `tokenpulse prices check FILE`"})
     user_id_mode: str = field(default="pseudonymize", metadata={

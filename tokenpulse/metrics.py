@@ -96,6 +96,9 @@ class Metrics:
         self.spool_append_errors = Counter(
             "tokenpulse_spool_append_errors", "Spool appends that failed (disk full, I/O error) and were undone; "
             "their requests were answered retry", registry=r)
+        self.price_reloads = Counter(
+            "tokenpulse_price_reloads", "Price file reloads by outcome: ok, failed (the prices in force were kept)",
+            ["outcome"], registry=r)
         self.worker_restarts = Counter(
             "tokenpulse_worker_restarts", "Background workers restarted after an unexpected error", ["worker"],
             registry=r)

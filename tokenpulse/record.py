@@ -49,6 +49,7 @@ ENRICHED_FIELDS: tuple[tuple[str, type, Any], ...] = (
     ("output_tokens", int, 0),  # includes reasoning
     ("cache_read_tokens", int, 0),
     ("cache_write_tokens", int, 0),
+    ("cache_write_1h_tokens", int, 0),  # the part of cache_write written with a 1-hour TTL (Anthropic)
     ("reasoning_tokens", int, 0),
     ("total_tokens", int, 0),
     ("usage_status", str, ""),
@@ -58,9 +59,11 @@ ENRICHED_FIELDS: tuple[tuple[str, type, Any], ...] = (
     ("cache_write_cost_usd", float, None),
     ("output_cost_usd", float, None),  # non-reasoning output tokens x output price
     ("reasoning_cost_usd", float, None),
+    ("request_cost_usd", float, None),  # per-request fees (genai-prices' requests_kcount)
     ("reported_cost_usd", float, None),  # as the instrumentation reported it
     ("price_status", str, ""),
     ("price_id", str, ""),
+    ("service_tier", str, ""),  # the provider's service tier or processing mode the call was billed at
     ("counted", int, 1),  # 1: counts in sums; 0: aggregate or duplicate report
     ("excluded_reason", str, ""),
     ("feature", str, ""),
@@ -108,6 +111,7 @@ class SpanRecord:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
     total_tokens: int = 0
     usage_status: str = ""
@@ -117,9 +121,11 @@ class SpanRecord:
     cache_write_cost_usd: float | None = None
     output_cost_usd: float | None = None
     reasoning_cost_usd: float | None = None
+    request_cost_usd: float | None = None
     reported_cost_usd: float | None = None
     price_status: str = ""
     price_id: str = ""
+    service_tier: str = ""
     counted: int = 1
     excluded_reason: str = ""
     feature: str = ""

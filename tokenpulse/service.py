@@ -30,6 +30,7 @@ from tokenpulse.storage.late_attribution import LateAttribution
 from tokenpulse.enrich.attribute import Attributor, TraceTags
 from tokenpulse.enrich.calls import DuplicateCalls
 from tokenpulse.enrich.price import PriceTable, load_overrides
+from tokenpulse.enrich.reload import PriceReloader
 from tokenpulse.errors import ConfigError
 from tokenpulse.forward.config import parse_destinations
 from tokenpulse.forward.forwarder import Forwarder
@@ -84,6 +85,7 @@ class Service:
         self._deadline = 0.0  # shutdown: the one deadline every step shares
         self.supervisor = Supervisor(lambda name: self.metrics.worker_restarts.labels(name).inc())
         self.shutdown_report: ShutdownReport | None = None
+        self.prices: PriceReloader | None = None
         self._stopped = False
         self.drained = False
         self.ready = False  # /healthz says "starting" (503) until every part has started
@@ -226,6 +228,10 @@ class Service:
             self._start_alerts()
         else:
             self._start_throttle_refresh()
+        if s.role != "evaluator":
+            self.prices = PriceReloader(s.price_file, self.enrich.set_price_table, self._price_reloaded)
+            self.supervisor.start("price-reload",
+                                  lambda stop: self.prices.run(stop, s.price_reload_interval_s), self._alert_stop)
         if self.grpc is not None:
             log.info("tokenpulse serving: OTLP/gRPC %s:%d, OTLP/HTTP %s:%d, admin http://%s:%d, storage %s",
                      s.listen_host, self.grpc.port, s.listen_host, self.http.port, s.admin_host, self.admin.port,
@@ -443,7 +449,7 @@ class Service:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(max(deadline - time.monotonic(), 0.0) + 5)
-        for name in ("alerts", "rollups", "throttle-refresh", "throttle-expiry"):
+        for name in ("alerts", "rollups", "throttle-refresh", "throttle-expiry", "price-reload"):
             if not self.supervisor.join(name, deadline - time.monotonic()):
                 log.warning("shutdown: the %s worker did not finish in time", name)
         if self.evaluator is not None:
@@ -467,11 +473,15 @@ class Service:
                       f"; {r.spooled_records} batches stay in the spool ({self.spool.dir})" if r.spooled_records else "")
         return self.drained
 
+    def _price_reloaded(self, r) -> None:
+        self.metrics.price_reloads.labels("ok" if r.ok else "failed").inc()
+
     # ------------------------------------------------------------ state
     def admin_view(self) -> AdminView:
         return AdminView(settings=self.settings, health=self.health, metrics_text=self.metrics.render,
                          backend=lambda: self.backend, evaluator=lambda: self.evaluator,
-                         rule_errors=lambda: self.rule_errors, throttler=lambda: self.throttler)
+                         rule_errors=lambda: self.rule_errors, throttler=lambda: self.throttler,
+                         prices=lambda: self.prices)
 
     def health(self) -> dict:
         w = self.writer

@@ -76,8 +76,6 @@ def run(libraries: list[str]) -> int:
                     diff = ", ".join(f"{k} {getattr(truth, k)} -> {getattr(got, k)}" for k in KINDS
                                      if getattr(truth, k) != getattr(got, k)) or f"{len(res.counted)} counted spans"
                     notes.append(f"  {lib} / {res.call['call']}: {diff}: {why or 'UNEXPLAINED'}")
-                if truth is not None and truth.cache_write_1h:
-                    notes.append(f"  {lib} / {res.call['call']}: cost: {corpus.TOKENPULSE_GAPS['cache_write_1h']}")
             rows.append([lib, f"{n_served} / {n_refused}", f"{n_usage} / {n_no_usage}"] + [f"{getattr(served, k)} / {getattr(stored, k)}" for k in KINDS]
                         + [f"{served_cost:.6f} / {stored_cost:.6f}"])
     finally:

@@ -98,4 +98,7 @@ def test_a_column_type_change_reaches_the_local_and_the_distributed_table():
     assert stmts[1].startswith("ALTER TABLE tp.usage_minute ON CLUSTER main")
     assert all("MODIFY COLUMN input_tokens Int64" in s for s in stmts)
     spans = [s for s in all_cluster_statements() if s.startswith("ALTER TABLE tp.spans")]
-    assert spans and all(s.startswith("ALTER TABLE tp.spans_local ") for s in spans)  # settings: local only
+    settings = [s for s in spans if "ADD COLUMN" not in s]
+    assert settings and all(s.startswith("ALTER TABLE tp.spans_local ") for s in settings)  # settings: local only
+    added = [s for s in spans if "ADD COLUMN" in s]  # migration 0011: new columns on both tables
+    assert [s.split(" ON ")[0] for s in added] == ["ALTER TABLE tp.spans_local", "ALTER TABLE tp.spans"]

@@ -99,3 +99,16 @@ def test_every_relative_link_in_the_docs_resolves():
             if not (doc.parent / target.split("#", 1)[0]).exists():
                 broken.append(f"{doc.name}: {target}")
     assert not broken, broken
+
+
+def test_the_readme_price_override_example_loads_and_matches_only_what_it_names(tmp_path):
+    from tokenpulse.enrich.price import load_overrides
+
+    section = README.split("Overrides (`price_file`)", 1)[1]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    path = tmp_path / "prices.yaml"
+    path.write_text(example)
+    (o,) = load_overrides(str(path))
+    assert o.matches("openai", "gpt-4o") and o.matches("openai", "gpt-4o-2024-08-06")
+    assert not o.matches("openai", "gpt-4o-mini")  # the old example's prefix caught it
+    assert o.entry.cache_write_1h.base == 4.0

@@ -107,7 +107,9 @@ prices:
     assert table.lookup("openai", "gpt-4o", at("2026-03-01")).id == "override:contract-2026"
     assert table.lookup("openai", "gpt-4o-mini", at("2026-08-01")).id == "override:contract-2026-h2"
     assert table.lookup("openai", "gpt-4o", at("2025-12-31")).id.startswith("genai-prices@")  # before any override
-    assert table.lookup("anthropic", "gpt-4o", at("2026-03-01")) is None  # the override is for openai only
+    # the override is for openai only: under another provider the model is matched by name alone, and says so
+    other = table.price("anthropic", "gpt-4o", at("2026-03-01"))
+    assert other.entry.id.startswith("genai-prices@") and other.status == "priced_model_only"
     acme = table.lookup("", "acme-llm-7", at("2026-03-01"))
     assert acme.id == "override:in-house" and acme.input.at(100_001) == 0.3 and acme.output.at(100_001) == 0.2
     assert table.lookup("", "acme-llm-x", at("2026-03-01")) is None
@@ -183,7 +185,7 @@ def test_cli_prices_lookup_and_check(tmp_path, capsys):
 
     assert main(["prices", "lookup", "gpt-4o-2024-08-06", "--provider", "openai", "--at", "2026-03-01"]) == 0
     out = capsys.readouterr().out
-    assert "genai-prices@" in out and "input        2.5" in out and "reasoning    (the output price)" in out
+    assert "genai-prices@" in out and "input          2.5" in out and "reasoning      (the output price)" in out
     assert main(["prices", "lookup", "gpt-4o-super-new", "--provider", "openai"]) == 1
     assert "unknown_model" in capsys.readouterr().out
 

@@ -47,12 +47,18 @@ class Pipeline:
                  on_unknown_model: Callable[[str], None] = lambda model: None,
                  on_excluded: Callable[[str, int], None] = lambda reason, n: None, content: Content | None = None,
                  calls: DuplicateCalls | None = None):
-        self.price_table = price_table or PriceTable()
         self.attributor = attributor or Attributor(user_id_mode="raw")
         self.calls = calls or DuplicateCalls()
-        self._price = make_price_step(self.price_table, on_unknown_model)
+        self._on_unknown_model = on_unknown_model
+        self.set_price_table(price_table or PriceTable())
         self._on_excluded = on_excluded
         self.content = content or Content()
+
+    def set_price_table(self, table: PriceTable) -> None:
+        """Price with ``table`` from the next batch on (a reload: one reference swapped, so a batch
+        is priced wholly by the old table or wholly by the new one)."""
+        self.price_table = table
+        self._price = make_price_step(table, self._on_unknown_model)
 
     def __call__(self, batch: SpanBatch, ctx: RequestContext = RequestContext()) -> Enriched:
         batch, inferred = normalize_calls(batch)

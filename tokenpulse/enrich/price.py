@@ -15,16 +15,25 @@ to double precision, ~1e-15 relative)::
     uncached_input = input - cache_read - cache_write          (never below 0)
     input_cost       = uncached_input x input_price
     cache_read_cost  = cache_read x cache_read_price   (input price when the entry has none)
-    cache_write_cost = cache_write x cache_write_price (input price when the entry has none)
+    cache_write_cost = (cache_write - cache_write_1h) x cache_write_price (input price when none)
+                       + cache_write_1h x cache_write_1h_price (the 5-minute write price when none)
     output_cost      = (output - reasoning) x output_price
     reasoning_cost   = reasoning x reasoning_price      (output price when the entry has none)
-    cost = sum of the five
+    request_cost     = the per-request fee (genai-prices' requests_kcount / 1000), once per call
+    cost = sum of the six
+
+What the provider bills also depends on the request (``billing_context``): the service tier the
+span reports (OpenAI's ``service_tier`` priority / flex, ``batch`` processing) selects
+genai-prices' price variants for that tier, and the 1-hour part of Anthropic cache writes is read
+from the span. Where a call went is placed by ``server.address`` against genai-prices' providers'
+API URL patterns (the OpenAI SDK pointed at DeepSeek, OpenRouter, Groq, Azure, ...); a model the
+placed provider does not list is matched by its name alone, ``price_status = priced_model_only``.
 
 Context-length tiers follow genai-prices' "cliff" rule: when the span's total
 input tokens exceed a tier's threshold, that tier's price applies to all of
 that kind of token.
 
-``price_status``: ``priced`` | ``unknown_model`` (cost NULL, counted in
+``price_status``: ``priced`` | ``priced_model_only`` | ``unknown_model`` (cost NULL, counted in
 ``tokenpulse_unknown_model_spans_total{model}``) | ``no_model`` | ``no_usage`` |
 ``invalid_usage`` | ``not_counted`` (aggregates and duplicates are not priced,
 so sums never count them twice). ``price_id`` names the entry that priced the
@@ -34,6 +43,7 @@ span: ``genai-prices@<version>:<provider>/<model id>[@<start date>]`` or
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -59,7 +69,7 @@ PREFIX_PROVIDERS = {
     "groq": "groq", "deepseek": "deepseek", "xai": "x_ai", "cohere": "cohere", "together_ai": "together",
 }
 GATEWAY_PREFIXES = frozenset({"litellm_proxy", "litellm"})
-PRICE_KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
+PRICE_KINDS = ("input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning")
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,8 @@ class PriceEntry:
     cache_read: Tiered | None = None
     cache_write: Tiered | None = None
     reasoning: Tiered | None = None
+    cache_write_1h: Tiered | None = None
+    per_request: float = 0.0  # $ per call
 
 
 @dataclass(frozen=True)
@@ -94,24 +106,78 @@ class Cost:
     cache_write: float
     output: float
     reasoning: float
+    request: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.input + self.cache_read + self.cache_write + self.output + self.reasoning
+        return self.input + self.cache_read + self.cache_write + self.output + self.reasoning + self.request
 
 
 def compute_cost(entry: PriceEntry, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int,
-                 reasoning: int) -> Cost:
+                 reasoning: int, cache_write_1h: int = 0) -> Cost:
     per = 1_000_000
     in_price = entry.input.at(input_tokens)
     out_price = entry.output.at(input_tokens)
     cr_price = entry.cache_read.at(input_tokens) if entry.cache_read else in_price
     cw_price = entry.cache_write.at(input_tokens) if entry.cache_write else in_price
+    cw1h_price = entry.cache_write_1h.at(input_tokens) if entry.cache_write_1h else cw_price
     rs_price = entry.reasoning.at(input_tokens) if entry.reasoning else out_price
     uncached = max(input_tokens - cache_read - cache_write, 0)
     reasoning = min(reasoning, output_tokens)
-    return Cost(uncached * in_price / per, cache_read * cr_price / per, cache_write * cw_price / per,
-                (output_tokens - reasoning) * out_price / per, reasoning * rs_price / per)
+    one_hour = min(cache_write_1h, cache_write)
+    return Cost(uncached * in_price / per, cache_read * cr_price / per,
+                ((cache_write - one_hour) * cw_price + one_hour * cw1h_price) / per,
+                (output_tokens - reasoning) * out_price / per, reasoning * rs_price / per, entry.per_request)
+
+
+# ---------------------------------------------------------------- what the request says
+
+# The tier a call was billed at: the response's (the tier actually used) before the request's.
+TIER_KEYS = ("gen_ai.openai.response.service_tier", "openai.response.service_tier",
+             "gen_ai.openai.request.service_tier", "openai.request.service_tier", "anthropic.response.service_tier",
+             "langfuse.observation.metadata.service_tier")
+STANDARD_TIERS = frozenset({"", "default", "auto", "standard", "on_demand"})
+# The 1-hour part of Anthropic cache writes (OpenLLMetry), and where OpenInference keeps the raw response.
+ONE_HOUR_KEYS = ("anthropic.usage.cache_creation.ephemeral_1h_input_tokens",
+                 "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens")
+RAW_RESPONSE_KEYS = ("output.value",)
+
+
+def billing_context(attrs: dict[str, str]) -> tuple[str, int]:
+    """(service tier as reported, 1-hour cache write tokens) from a span's attributes."""
+    tier = ""
+    for k in TIER_KEYS:
+        v = attrs.get(k)
+        if v:
+            tier = v.strip().strip('"').lower()
+            break
+    one_hour = 0
+    for k in ONE_HOUR_KEYS:
+        v = attrs.get(k)
+        if v and v.isdigit():
+            one_hour = int(v)
+            break
+    else:
+        for k in RAW_RESPONSE_KEYS:
+            v = attrs.get(k)
+            if v and "ephemeral_1h_input_tokens" in v:
+                try:
+                    got = json.loads(v)["usage"]["cache_creation"]["ephemeral_1h_input_tokens"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if isinstance(got, int) and got > 0:
+                    one_hour = got
+                    break
+    return tier, one_hour
+
+
+def price_context(tier: str) -> dict[str, str] | None:
+    """genai-prices' request context for a tier: its price variants are selected by it."""
+    if tier in STANDARD_TIERS:
+        return None
+    if tier == "batch":
+        return {"processing": "batch"}
+    return {"service_tier": tier}
 
 
 # ---------------------------------------------------------------- overrides
@@ -188,8 +254,7 @@ def load_overrides(path: str) -> list[Override]:
         raise PriceFileError(path, [(root.start_mark.line + 1, "the file must be a mapping with a 'prices' list")])
     prices_node = next(v for k, v in root.value if k.value == "prices")
     out = []
-    allowed = {"id", "provider", "match", "input", "output", "cache_read", "cache_write", "reasoning", "tiers",
-               "effective_from", "effective_to"}
+    allowed = {"id", "provider", "match", *PRICE_KINDS, "per_request", "tiers", "effective_from", "effective_to"}
     for n, (item, node) in enumerate(zip(doc["prices"], prices_node.value)):
         line = node.start_mark.line + 1
         if not isinstance(item, dict):
@@ -214,6 +279,10 @@ def load_overrides(path: str) -> list[Override]:
             except re.error as e:
                 errors.append((line, f"invalid regex {pattern!r}: {e}"))
         rates = {k: _tiered(item.get(k), k, errors, line) for k in PRICE_KINDS}
+        per_request = item.get("per_request", 0)
+        if isinstance(per_request, bool) or not isinstance(per_request, (int, float)) or per_request < 0:
+            errors.append((line, f"per_request must be a non-negative number ($ per call), got {per_request!r}"))
+            per_request = 0
         for required in ("input", "output"):
             if rates[required] is None and item.get(required) is None:
                 errors.append((line, f"{required} price is required"))
@@ -248,7 +317,7 @@ def load_overrides(path: str) -> list[Override]:
             continue
         oid = str(item.get("id") or f"{item.get('provider') or '*'}/{pattern}#{n + 1}")
         entry = PriceEntry(f"override:{oid}", "override", rates["input"], rates["output"], rates["cache_read"],
-                           rates["cache_write"], rates["reasoning"])
+                           rates["cache_write"], rates["reasoning"], rates["cache_write_1h"], float(per_request))
         out.append(Override(oid, kind, pattern, str(item.get("provider") or ""), entry,
                             dates["effective_from"], dates["effective_to"], line, regex))
     if errors:
@@ -273,7 +342,13 @@ def split_model_ref(provider: str, model: str) -> tuple[str, str]:
     return provider, model
 
 
-MAX_RESOLVED = 10_000  # (provider, model) lookups remembered; cleared when full
+MAX_RESOLVED = 10_000  # (provider, model, host) lookups remembered; cleared when full
+
+
+@dataclass(frozen=True)
+class Priced:
+    entry: PriceEntry
+    status: str  # "priced" | "priced_model_only" (the placed provider does not list the model)
 
 
 class PriceTable:
@@ -287,46 +362,74 @@ class PriceTable:
 
             self._snapshot = data_snapshot.get_snapshot()
             self.genai_prices_version = genai_prices.__version__
-        self._resolved: dict[tuple[str, str], tuple[list[Override], object]] = {}
-        self._entries: dict[int, PriceEntry] = {}
+        self._resolved: dict[tuple[str, str, str], tuple[list[Override], object, str]] = {}
+        self._entries: dict[tuple, PriceEntry] = {}
+        self._hosts: dict[str, str | None] = {}
 
-    def _resolve(self, provider: str, model: str):
-        key = (provider, model)
+    def provider_of_host(self, host: str) -> str | None:
+        """genai-prices' provider whose API URL pattern matches ``server.address`` (None: no match)."""
+        if self._snapshot is None or not host:
+            return None
+        got = self._hosts.get(host, "")
+        if got == "":
+            url = "https://" + host.split(":", 1)[0].strip().lower()
+            got = next((p.id for p in self._snapshot.providers if re.match(p.api_pattern, url)), None)
+            if len(self._hosts) >= MAX_RESOLVED:
+                self._hosts.clear()
+            self._hosts[host] = got
+        return got
+
+    def _resolve(self, provider: str, model: str, host: str = ""):
+        key = (provider, model, host)
         got = self._resolved.get(key)
         if got is None:
             p, m = split_model_ref(provider, model)
             overrides = [o for o in self.overrides if o.matches(p, m) or o.matches(provider, model)]
-            found = None
+            found, status = None, "priced"
             if self._snapshot is not None:
-                gp_provider = GENAI_PRICES_PROVIDERS.get(p) if p else None
+                gp_provider = self.provider_of_host(host) or (GENAI_PRICES_PROVIDERS.get(p) if p else None)
                 try:
                     found = self._snapshot.find_provider_model(m, None, gp_provider, None)
                 except LookupError:
-                    found = None
+                    if gp_provider is not None:  # a gateway or compatible endpoint: the model's own name
+                        try:
+                            found, status = self._snapshot.find_provider_model(m, None, None, None), \
+                                "priced_model_only"
+                        except LookupError:
+                            found = None
             if len(self._resolved) >= MAX_RESOLVED:  # model names come from clients: bounded
                 self._resolved.clear()
-            got = self._resolved[key] = (overrides, found)
+            got = self._resolved[key] = (overrides, found, status)
         return got
 
-    def lookup(self, provider: str, model: str, at: datetime) -> PriceEntry | None:
-        overrides, found = self._resolve(provider, model)
+    def lookup(self, provider: str, model: str, at: datetime, tier: str = "", host: str = "") -> PriceEntry | None:
+        got = self.price(provider, model, at, tier, host)
+        return got.entry if got else None
+
+    def price(self, provider: str, model: str, at: datetime, tier: str = "", host: str = "") -> Priced | None:
+        overrides, found, status = self._resolve(provider, model, host)
         day = at.astimezone(timezone.utc).date()
         best = None
         for o in overrides:
             if o.in_force(day) and (best is None or (o.effective_from or date.min) >= (best.effective_from or date.min)):
                 best = o
         if best is not None:
-            return best.entry
+            return Priced(best.entry, "priced")
         if found is None:
             return None
         gp_provider, model_info = found
-        prices = model_info.get_prices(at)
-        entry = self._entries.get(id(prices))
+        standard = model_info.get_prices(at)
+        context = price_context(tier)
+        key = (id(standard), tuple(sorted(context.items())) if context else ())
+        entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[id(prices)] = self._from_genai_prices(gp_provider.id, model_info, prices)
-        return entry
+            prices = model_info.get_prices(at, context) if context else standard
+            if len(self._entries) >= MAX_RESOLVED:
+                self._entries.clear()
+            entry = self._entries[key] = self._from_genai_prices(gp_provider.id, model_info, standard, prices, context)
+        return Priced(entry, status)
 
-    def _from_genai_prices(self, provider_id: str, model_info, prices) -> PriceEntry:
+    def _from_genai_prices(self, provider_id: str, model_info, standard, prices, context) -> PriceEntry:
         def conv(v) -> Tiered | None:
             if v is None:
                 return None
@@ -337,18 +440,24 @@ class PriceTable:
         start = ""
         if isinstance(model_info.prices, list):
             for cp in model_info.prices:
-                if cp.prices is prices and getattr(cp.constraint, "start_date", None):
+                if cp.prices is standard and getattr(cp.constraint, "start_date", None):
                     start = f"@{cp.constraint.start_date.isoformat()}"
+        variant = "" if not context else "+" + ",".join(f"{k}={v}" for k, v in sorted(context.items()))
         input_price = conv(getattr(prices, "input_mtok", None)) or Tiered(0.0)
         output_price = conv(getattr(prices, "output_mtok", None)) or Tiered(0.0)
-        return PriceEntry(f"genai-prices@{self.genai_prices_version}:{provider_id}/{model_info.id}{start}",
+        requests = getattr(prices, "requests_kcount", None)
+        return PriceEntry(f"genai-prices@{self.genai_prices_version}:{provider_id}/{model_info.id}{start}{variant}",
                           "genai-prices", input_price, output_price, conv(getattr(prices, "cache_read_mtok", None)),
-                          conv(getattr(prices, "cache_write_mtok", None)), None)
+                          conv(getattr(prices, "cache_write_mtok", None)),
+                          conv(getattr(prices, "output_reasoning_mtok", None)),
+                          conv(getattr(prices, "cache_write_1h_mtok", None)),
+                          float(requests) / 1000 if requests is not None else 0.0)
 
 
 def make_price_step(table: PriceTable, on_unknown: Callable[[str], None] = lambda model: None):
-    """The price step: fills cost columns, price_status and price_id."""
-    lookups: dict[tuple[str, str, int], PriceEntry | None] = {}
+    """The price step: fills cost columns, price_status, price_id, service_tier and the 1-hour
+    cache writes."""
+    lookups: dict[tuple, Priced | None] = {}
 
     def price(batch: SpanBatch) -> SpanBatch:
         for i in range(len(batch)):
@@ -367,28 +476,35 @@ def make_price_step(table: PriceTable, on_unknown: Callable[[str], None] = lambd
                 batch.price_status[i] = "no_model"
                 continue
             provider = batch.provider[i]
+            attrs = batch.attributes[i]
+            tier, one_hour = billing_context(attrs)
+            host = attrs.get("server.address", "")
+            batch.service_tier[i] = tier
+            batch.cache_write_1h_tokens[i] = min(one_hour, batch.cache_write_tokens[i])
             # Per minute: genai-prices has time-of-day prices (off-peak rates) besides dated ones.
-            key = (provider, model, batch.start_time_ns[i] // 60_000_000_000)
+            key = (provider, model, host, tier, batch.start_time_ns[i] // 60_000_000_000)
             if key in lookups:
-                entry = lookups[key]
+                got = lookups[key]
             else:
                 at = datetime.fromtimestamp(batch.start_time_ns[i] / 1e9, tz=timezone.utc)
-                entry = lookups[key] = table.lookup(provider, model, at)
+                got = lookups[key] = table.price(provider, model, at, tier, host)
                 if len(lookups) > 100_000:
                     lookups.clear()
-            if entry is None:
+            if got is None:
                 batch.price_status[i] = "unknown_model"
                 on_unknown(model)
                 continue
+            entry = got.entry
             c = compute_cost(entry, batch.input_tokens[i], batch.output_tokens[i], batch.cache_read_tokens[i],
-                             batch.cache_write_tokens[i], batch.reasoning_tokens[i])
+                             batch.cache_write_tokens[i], batch.reasoning_tokens[i], batch.cache_write_1h_tokens[i])
             batch.input_cost_usd[i] = c.input
             batch.cache_read_cost_usd[i] = c.cache_read
             batch.cache_write_cost_usd[i] = c.cache_write
             batch.output_cost_usd[i] = c.output
             batch.reasoning_cost_usd[i] = c.reasoning
+            batch.request_cost_usd[i] = c.request
             batch.cost_usd[i] = c.total
-            batch.price_status[i] = "priced"
+            batch.price_status[i] = got.status
             batch.price_id[i] = entry.id
         return batch
 

@@ -131,7 +131,7 @@ def rewrite(statement: str, db: str, cluster: str) -> list[str]:
         tdb, name, rest = m.groups()
         if name in SHARDED:
             out = [f"ALTER TABLE {tdb}.{name}_local {on} {rest}"]
-            if "MODIFY COLUMN" in rest:  # the Distributed table repeats the local table's column types
+            if "MODIFY COLUMN" in rest or "ADD COLUMN" in rest:  # the Distributed table repeats the local columns
                 out.append(f"ALTER TABLE {tdb}.{name} {on} {rest}")
             return out
         return [f"ALTER TABLE {tdb}.{name} {on} {rest}"]

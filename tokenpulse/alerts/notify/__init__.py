@@ -6,11 +6,14 @@ from __future__ import annotations
 import time
 from typing import Callable, Mapping
 
-from tokenpulse.alerts.notify.base import (  # noqa: F401  (the package's interface)
+from tokenpulse.alerts.notify.base import (
     CHANNEL_TYPES, MAX_INLINE_RETRY_AFTER_S, Channel, Context, Notifier, Response, Sent, iso, parse_channels, post)
 from tokenpulse.alerts.notify.pagerduty import PagerDutyNotifier
 from tokenpulse.alerts.notify.slack import SlackNotifier
 from tokenpulse.alerts.notify.webhook import WebhookNotifier
+
+__all__ = ["CHANNEL_TYPES", "MAX_INLINE_RETRY_AFTER_S", "Channel", "Context", "Notifier", "PagerDutyNotifier", "Response",
+           "Sent", "SlackNotifier", "WebhookNotifier", "build_notifiers", "iso", "parse_channels", "post"]
 
 
 def build_notifiers(channels: Mapping[str, Channel], context: Context = Context(),
