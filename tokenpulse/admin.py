@@ -18,6 +18,8 @@ GET /v1/throttle[/{tenant}]   throttle decisions (also on the OTLP/HTTP port, fo
 POST /api/throttle/{tenant}   {"for": "30m", "reason": "...", "actor": "..."}: throttle by hand
 DELETE /api/throttle/{tenant}?actor=NAME   release by hand
 POST /api/prices/reload   re-read the price file now (422 and the prices in force kept when it is invalid)
+POST /api/prices/reprice  {"since": "7d", "until": "1h", "model", "provider", "tenant", "dry_run", "actor"}:
+               re-price stored spans with the prices in force (enrich/reprice.py)
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class AdminView:
     rule_errors: Callable[[], list]
     throttler: Callable[[], Any]  # alerts.throttle.Throttler | None
     prices: Callable[[], Any] = lambda: None  # enrich.reload.PriceReloader | None
+    reprice: Callable[[Any], Any] | None = None  # RepriceRequest -> RepriceReport (enrich/reprice.py)
 
 
 class AdminServer:
@@ -84,6 +87,7 @@ class AdminServer:
         app.router.add_post("/api/throttle/{tenant}", self._throttle_set)
         app.router.add_delete("/api/throttle/{tenant}", self._throttle_clear)
         app.router.add_post("/api/prices/reload", self._prices_reload)
+        app.router.add_post("/api/prices/reprice", self._prices_reprice)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
@@ -233,6 +237,35 @@ class AdminServer:
         body = {"ok": got.ok, "message": got.message, "overrides": got.overrides}
         return web.json_response(body if got.ok else {**body, "error": got.message}, status=200 if got.ok else 422)
 
+    async def _prices_reprice(self, request: web.Request) -> web.Response:
+        import time
+
+        from tokenpulse.enrich.reprice import RepriceRequest
+        from tokenpulse.errors import ConfigError
+
+        if self.view.reprice is None:
+            return web.json_response({"error": "re-pricing is not available in this process"}, status=503)
+        try:
+            doc = await request.json() if request.can_read_body else {}
+            if not isinstance(doc, dict):
+                raise ValueError(doc)
+            now = time.time()
+            req = RepriceRequest(since_s=_moment(str(doc.get("since", "")), now),
+                                 until_s=_moment(str(doc.get("until") or "0s"), now),
+                                 model=str(doc.get("model") or ""), provider=str(doc.get("provider") or ""),
+                                 tenant=str(doc.get("tenant") or ""), dry_run=bool(doc.get("dry_run")),
+                                 actor=str(doc.get("actor") or "operator"))
+        except (ValueError, QueryError) as e:
+            return web.json_response({"error": 'body must be JSON {"since": "7d" or an ISO time, "until": ..., '
+                                               f'"model", "provider", "tenant", "dry_run", "actor"}}: {e}'}, status=400)
+        try:
+            report = await asyncio.get_running_loop().run_in_executor(None, self.view.reprice, req)
+        except ConfigError as e:
+            return web.json_response({"error": str(e)}, status=409)
+        except StorageError as e:
+            return web.json_response({"error": str(e), "code": e.code}, status=500)
+        return web.json_response(report.as_json())
+
     def _deciding_throttler(self):
         throttler = self.view.throttler()
         if throttler is None or self.view.settings.role == "receiver":
@@ -330,6 +363,23 @@ def add_throttle_routes(router, view: AdminView, auth=None, otlp_port: bool = Fa
 
     router.add_get("/v1/throttle", every)
     router.add_get("/v1/throttle/{tenant}", one)
+
+
+def _moment(text: str, now: float) -> float:
+    """A time given as a duration back from now ("7d", "90m") or an ISO date/time (UTC if no zone)."""
+    from datetime import datetime, timezone
+
+    if not text:
+        raise ValueError("since is required")
+    try:
+        return now - parse_duration(text)
+    except QueryError:
+        pass
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration (7d, 90m) nor an ISO time") from None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def alert_json(a) -> dict:

@@ -184,6 +184,8 @@ def _report(args: argparse.Namespace) -> int:
                 if getattr(args, name) is not None:
                     values[name] = getattr(args, name)
             columns, rows = source.run(args.panel, values)
+            if args.format == "table":
+                rows = _unpriced_shown(columns, rows)
             print(_render(columns, rows, args.format))
             return 0
         sections = [
@@ -194,6 +196,10 @@ def _report(args: argparse.Namespace) -> int:
             ("Price coverage", "price_coverage", common),
         ]
         out = {}
+        _, every = source.run("cost_by_dimension", {**common, "by": "provider", "limit": "1000"})
+        total = sum(r[6] or 0 for r in every)
+        unpriced, unpriced_tokens = sum(r[8] for r in every), sum(r[9] for r in every)
+        spend = f"${total:,.6f}" + (f" + {unpriced:,} unpriced calls ({unpriced_tokens:,} tokens)" if unpriced else "")
         for title, panel, values in sections:
             columns, rows = source.run(panel, values)
             if panel == "tokens_per_run":
@@ -215,10 +221,29 @@ def _report(args: argparse.Namespace) -> int:
         print(json.dumps({t: [dict(zip(c, r)) for r in rows] for t, (c, rows) in out.items()}, indent=2))
         return 0
     print(f"tokenpulse overview, last {args.since}" + (f", tenant {args.tenant}" if args.tenant else ""))
+    print(f"spend: {spend}")
     for title, (columns, rows) in out.items():
         print(f"\n{title}")
-        print(_render(columns, rows, "csv" if args.format == "csv" else "table"))
+        table = args.format != "csv"
+        print(_render(columns, _unpriced_shown(columns, rows) if table else rows, "table" if table else "csv"))
     return 0
+
+
+def _unpriced_shown(columns: list[str], rows: list[list]) -> list[list]:
+    """Spend of calls without a price is unknown, never $0: the cost cell says "unpriced" with the
+    tokens, or "+ N unpriced" beside the priced spend."""
+    if "cost_usd" not in columns or "unpriced_calls" not in columns:
+        return rows
+    c, n, t = columns.index("cost_usd"), columns.index("unpriced_calls"), columns.index("unpriced_tokens")
+    out = []
+    for r in rows:
+        r = list(r)
+        if r[c] is None:
+            r[c] = f"unpriced ({r[t]:,} tokens)"
+        elif r[n]:
+            r[c] = f"{r[c]} + {r[n]:,} unpriced"
+        out.append(r)
+    return out
 
 
 def _admin(args: argparse.Namespace, path: str, method: str = "GET", body: dict | None = None) -> dict:
@@ -374,6 +399,29 @@ def _prices_lookup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prices_reprice(args: argparse.Namespace) -> int:
+    body = {"since": args.since, "until": args.until, "model": args.model or "", "provider": args.provider or "",
+            "tenant": args.tenant or "", "dry_run": args.dry_run, "actor": args.actor}
+    try:
+        got = _admin(args, "/api/prices/reprice", "POST", body)
+    except ReportError as e:
+        print(f"tokenpulse: {e}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps(got, indent=2))
+        return 0
+    verb = "would change" if got["dry_run"] else "changed"
+    print(f"{got['spans_checked']:,} priced calls checked; {verb} {got['spans_changed']:,}: "
+          f"${got['cost_before_usd']:.6f} -> ${got['cost_after_usd']:.6f}"
+          + ("" if got["dry_run"] else f" (scheduled rollup hours rebuilt: {got['rollup_hours_rebuilt']})"))
+    rows = [[m["model"], m["spans_changed"], f"{m['cost_before_usd']:.6f}", f"{m['cost_after_usd']:.6f}"]
+            for m in got["by_model"]]
+    if rows:
+        print(_render(["model", "spans_changed", "cost_before_usd", "cost_after_usd"], rows,
+                      "csv" if args.format == "csv" else "table"))
+    return 0
+
+
 def _prices_reload(args: argparse.Namespace) -> int:
     try:
         got = _admin(args, "/api/prices/reload", "POST")
@@ -508,6 +556,16 @@ def build_parser() -> argparse.ArgumentParser:
     reload_ = prices_sub.add_parser("reload", help="make a running service re-read its price file now (as SIGHUP)")
     _add_admin_flags(reload_)
     reload_.set_defaults(func=_prices_reload)
+    reprice = prices_sub.add_parser("reprice", help="re-price stored spans with the prices in force; rollups follow")
+    reprice.add_argument("--since", required=True, help="start: a duration back from now (7d, 12h) or an ISO time")
+    reprice.add_argument("--until", default="0s", help="end (exclusive), as --since; default now")
+    reprice.add_argument("--model", default=None)
+    reprice.add_argument("--provider", default=None)
+    reprice.add_argument("--tenant", default=None)
+    reprice.add_argument("--dry-run", action="store_true", help="print what would change; write nothing")
+    reprice.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who, for the audit row")
+    _add_admin_flags(reprice)
+    reprice.set_defaults(func=_prices_reprice)
     check = prices_sub.add_parser("check", help="validate a price override file")
     check.add_argument("file")
     check.set_defaults(func=_prices_check)

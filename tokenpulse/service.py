@@ -31,6 +31,7 @@ from tokenpulse.enrich.attribute import Attributor, TraceTags
 from tokenpulse.enrich.calls import DuplicateCalls
 from tokenpulse.enrich.price import PriceTable, load_overrides
 from tokenpulse.enrich.reload import PriceReloader
+from tokenpulse.enrich.reprice import Repricer, RepriceReport, RepriceRequest
 from tokenpulse.errors import ConfigError
 from tokenpulse.forward.config import parse_destinations
 from tokenpulse.forward.forwarder import Forwarder
@@ -86,6 +87,7 @@ class Service:
         self.supervisor = Supervisor(lambda name: self.metrics.worker_restarts.labels(name).inc())
         self.shutdown_report: ShutdownReport | None = None
         self.prices: PriceReloader | None = None
+        self.repricer: Repricer | None = None
         self._stopped = False
         self.drained = False
         self.ready = False  # /healthz says "starting" (503) until every part has started
@@ -473,6 +475,12 @@ class Service:
                       f"; {r.spooled_records} batches stay in the spool ({self.spool.dir})" if r.spooled_records else "")
         return self.drained
 
+    def reprice(self, req: RepriceRequest) -> RepriceReport:
+        """Re-price stored spans with the price table in force (enrich/reprice.py)."""
+        if self.repricer is None:
+            self.repricer = Repricer(self.backend, self.settings.database, self.settings.clickhouse_cluster)
+        return self.repricer.run(self.enrich.price_table, req)
+
     def _price_reloaded(self, r) -> None:
         self.metrics.price_reloads.labels("ok" if r.ok else "failed").inc()
 
@@ -481,7 +489,7 @@ class Service:
         return AdminView(settings=self.settings, health=self.health, metrics_text=self.metrics.render,
                          backend=lambda: self.backend, evaluator=lambda: self.evaluator,
                          rule_errors=lambda: self.rule_errors, throttler=lambda: self.throttler,
-                         prices=lambda: self.prices)
+                         prices=lambda: self.prices, reprice=self.reprice)
 
     def health(self) -> dict:
         w = self.writer

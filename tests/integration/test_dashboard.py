@@ -67,12 +67,12 @@ def test_dashboard_renders_the_data_filters_and_alerts_without_console_errors(ma
 
     text = page.text_content
     # gpt-4o: $2.50 in / $10 out per million tokens; the mystery model has no price
-    assert text("#kpi-cost") == "$0.1345"
+    assert text("#kpi-cost") == "$0.1345 + 1 unpriced calls"  # the unknown model's call is not $0
     assert text("#kpi-calls") == "5" and text("#kpi-tokens") == "49k"  # 48,700 + 330 tokens
     assert text("#kpi-runs") == "4"
     assert text("#tpr-p50") == "5,500" and text("#tpr-p99") == "41,000" and text("#tpr-runs") == "4"
     tenants = page.eval_on_selector_all("#table-tenant tr", "rows => rows.map(r => r.innerText.split('\\t'))")
-    assert tenants == [["globex", "$0.11 (81.8 %)"], ["acme", "$0.0245 (18.2 %)"]]
+    assert tenants == [["globex", "$0.11 (81.8 %) + 1 unpriced"], ["acme", "$0.0245 (18.2 %)"]]
     chart = page.evaluate("() => { const c = Chart.getChart('chart-tenant'); "
                           "return [c.data.labels, c.data.datasets[0].data]; }")
     assert chart[0] == ["globex", "acme"] and chart[1] == pytest.approx([0.11, 0.0245])

@@ -119,7 +119,8 @@ def test_cost_by_dimension_keeps_unattributed(scenario):
     assert set(by) == {"acme", "beta", "unattributed"}
     assert by["acme"]["cost_usd"] == pytest.approx(cost(5000, 300, GPT4O))
     assert by["unattributed"]["cost_usd"] == pytest.approx(cost(200, 20, GPT4O_MINI))
-    assert (by["beta"]["calls"], by["beta"]["cost_usd"]) == (1, 0)  # unknown model: no cost, still counted
+    # unknown model: still counted, its cost unknown (NULL, shown "unpriced"), never $0
+    assert (by["beta"]["calls"], by["beta"]["cost_usd"], by["beta"]["unpriced_calls"]) == (1, None, 1)
     top1 = panel(scenario, "cost_by_dimension", since="1h", by="tenant", limit=1)
     assert [r["key"] for r in top1] == ["acme", "unattributed"]  # never cut by the top N
     models = {r["key"]: r["calls"] for r in panel(scenario, "cost_by_dimension", since="1h", by="model")}

@@ -68,7 +68,7 @@ def test_reasoning_is_priced_at_the_reasoning_price():
 def test_per_request_fees_are_added_once_per_call():
     usage = {"gen_ai.usage.input_tokens": 500, "gen_ai.usage.output_tokens": 300}
     b, at = _priced("perplexity", "sonar-pro", usage)
-    ref = calc_price(Usage(input_tokens=500, output_tokens=300, requests=1), "sonar-pro", provider_id="perplexity",
+    ref = calc_price(Usage(input_tokens=500, output_tokens=300), "sonar-pro", provider_id="perplexity",
                      genai_request_timestamp=at).total_price
     assert _same(b.request_cost_usd[0], 14 / 1000)
     assert _same(b.cost_usd[0], ref), (b.cost_usd[0], ref)

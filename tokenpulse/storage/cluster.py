@@ -48,7 +48,7 @@ SHARDED = {
 # sharded by session: global, every node would hold all of it.
 GLOBAL = {"alert_state", "alerts", "alert_notifications", "budgets", "throttle_state", "throttle_audit",
           "schema_migrations", "role_minute", "role_feature_hour", "tool_call_growth", "run_summary", "rollup_state",
-          "user_hour", "session_turns"}
+          "user_hour", "session_turns", "reprice_audit"}
 VIEWS_ON_SHARDS = {"spans_attributed"}  # a view joining co-sharded tables: a local view + a Distributed one
 
 # Settings for queries on a cluster (see the module docstring).

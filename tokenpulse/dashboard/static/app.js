@@ -107,7 +107,9 @@ function table(id, rows) {
 
 async function kpis() {
   const rows = rowsOf(await panel("cost_by_dimension", {by: "provider", limit: "1000"}));
-  text("kpi-cost", usd(rows.reduce((a, r) => a + num(r.cost_usd), 0)));
+  const unpriced = rows.reduce((a, r) => a + num(r.unpriced_calls), 0);
+  text("kpi-cost", usd(rows.reduce((a, r) => a + num(r.cost_usd), 0))
+       + (unpriced ? ` + ${int(unpriced)} unpriced calls` : ""));
   text("kpi-calls", int(rows.reduce((a, r) => a + num(r.calls), 0)));
   text("kpi-tokens", short(rows.reduce((a, r) => a + num(r.input_tokens) + num(r.output_tokens), 0)));
 }
@@ -142,11 +144,18 @@ async function toolCalls() {
          {label: "p95 tokens", data: rows.map(r => num(r.p95_tokens))}]);
 }
 
+// Spend of calls without a price is unknown, never $0.00: "unpriced" with the tokens, or "+ N unpriced".
+function spendText(r) {
+  if (r.cost_usd === null) return `unpriced (${short(num(r.unpriced_tokens))} tokens)`;
+  const more = num(r.unpriced_calls) ? ` + ${int(r.unpriced_calls)} unpriced` : "";
+  return `${usd(r.cost_usd)} (${num(r.cost_share_pct).toFixed(1)} %)${more}`;
+}
+
 async function spend(by) {
   const rows = rowsOf(await panel("cost_by_dimension", {by, limit: "8"}));
   chart(`chart-${by}`, "bar", rows.map(r => r.key), [{label: "USD", data: rows.map(r => num(r.cost_usd))}],
         {indexAxis: "y"});
-  table(`table-${by}`, rows.map(r => [r.key, `${usd(r.cost_usd)} (${num(r.cost_share_pct).toFixed(1)} %)`]));
+  table(`table-${by}`, rows.map(r => [r.key, spendText(r)]));
   return rows;
 }
 
