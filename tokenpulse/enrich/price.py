@@ -115,19 +115,50 @@ class Cost:
 
 def compute_cost(entry: PriceEntry, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int,
                  reasoning: int, cache_write_1h: int = 0) -> Cost:
+    flat = _flat(entry)
+    if flat is not None:  # no context-length tiers: the prices are plain numbers (the usual case)
+        in_price, out_price, cr_price, cw_price, cw1h_price, rs_price = flat
+    else:
+        in_price = entry.input.at(input_tokens)
+        out_price = entry.output.at(input_tokens)
+        cr_price = entry.cache_read.at(input_tokens) if entry.cache_read else in_price
+        cw_price = entry.cache_write.at(input_tokens) if entry.cache_write else in_price
+        cw1h_price = entry.cache_write_1h.at(input_tokens) if entry.cache_write_1h else cw_price
+        rs_price = entry.reasoning.at(input_tokens) if entry.reasoning else out_price
+    uncached = input_tokens - cache_read - cache_write
+    if uncached < 0:
+        uncached = 0
+    if reasoning > output_tokens:
+        reasoning = output_tokens
+    one_hour = cache_write_1h if cache_write_1h < cache_write else cache_write
     per = 1_000_000
-    in_price = entry.input.at(input_tokens)
-    out_price = entry.output.at(input_tokens)
-    cr_price = entry.cache_read.at(input_tokens) if entry.cache_read else in_price
-    cw_price = entry.cache_write.at(input_tokens) if entry.cache_write else in_price
-    cw1h_price = entry.cache_write_1h.at(input_tokens) if entry.cache_write_1h else cw_price
-    rs_price = entry.reasoning.at(input_tokens) if entry.reasoning else out_price
-    uncached = max(input_tokens - cache_read - cache_write, 0)
-    reasoning = min(reasoning, output_tokens)
-    one_hour = min(cache_write_1h, cache_write)
     return Cost(uncached * in_price / per, cache_read * cr_price / per,
                 ((cache_write - one_hour) * cw_price + one_hour * cw1h_price) / per,
                 (output_tokens - reasoning) * out_price / per, reasoning * rs_price / per, entry.per_request)
+
+
+_FLAT: dict[int, tuple | None] = {}
+
+
+def _flat(entry: PriceEntry) -> tuple | None:
+    """(input, output, cache_read, cache_write, cache_write_1h, reasoning) prices with the fallbacks
+    applied, when none is tiered; None otherwise. Memoized per entry (entries live as long as their table)."""
+    got = _FLAT.get(id(entry), False)
+    if got is not False and (got is None or got[6] is entry):
+        return None if got is None else got[:6]
+    kinds = (entry.input, entry.output, entry.cache_read, entry.cache_write, entry.cache_write_1h, entry.reasoning)
+    if any(k is not None and k.tiers for k in kinds):
+        _FLAT[id(entry)] = None
+        return None
+    i, o = entry.input.base, entry.output.base
+    cr = entry.cache_read.base if entry.cache_read else i
+    cw = entry.cache_write.base if entry.cache_write else i
+    cw1h = entry.cache_write_1h.base if entry.cache_write_1h else cw
+    rs = entry.reasoning.base if entry.reasoning else o
+    if len(_FLAT) > 10_000:
+        _FLAT.clear()
+    _FLAT[id(entry)] = (i, o, cr, cw, cw1h, rs, entry)
+    return i, o, cr, cw, cw1h, rs
 
 
 # ---------------------------------------------------------------- what the request says
@@ -143,14 +174,17 @@ ONE_HOUR_KEYS = ("anthropic.usage.cache_creation.ephemeral_1h_input_tokens",
 RAW_RESPONSE_KEYS = ("output.value",)
 
 
-def billing_context(attrs: dict[str, str]) -> tuple[str, int]:
-    """(service tier as reported, 1-hour cache write tokens) from a span's attributes."""
+def billing_context(attrs: dict[str, str], cache_write: int = 1) -> tuple[str, int]:
+    """(service tier as reported, 1-hour cache write tokens) from a span's attributes; the 1-hour
+    split is looked for only when the span wrote to the cache."""
     tier = ""
     for k in TIER_KEYS:
         v = attrs.get(k)
         if v:
             tier = v.strip().strip('"').lower()
             break
+    if not cache_write:
+        return tier, 0
     one_hour = 0
     for k in ONE_HOUR_KEYS:
         v = attrs.get(k)
@@ -456,13 +490,18 @@ class PriceTable:
 
 def make_price_step(table: PriceTable, on_unknown: Callable[[str], None] = lambda model: None):
     """The price step: fills cost columns, price_status, price_id, service_tier and the 1-hour
-    cache writes."""
-    lookups: dict[tuple, Priced | None] = {}
+    cache writes. Runs for every counted call: lookups are memoized per (provider, model, host,
+    tier, minute) with the entry's plain prices, and the cost of an untiered entry is computed
+    inline (``compute_cost`` is the same arithmetic, and the reference)."""
+    lookups: dict[tuple, tuple | None] = {}
+    per = 1_000_000
 
     def price(batch: SpanBatch) -> SpanBatch:
+        usage_status, counted, models, providers = batch.usage_status, batch.counted, batch.model, batch.provider
+        attributes, starts = batch.attributes, batch.start_time_ns
         for i in range(len(batch)):
-            status = batch.usage_status[i]
-            if not batch.counted[i]:
+            status = usage_status[i]
+            if not counted[i]:
                 batch.price_status[i] = "not_counted" if status not in ("none", "missing") else ""
                 continue
             if status in ("none", "missing"):
@@ -471,40 +510,48 @@ def make_price_step(table: PriceTable, on_unknown: Callable[[str], None] = lambd
             if status not in ("ok", "inconsistent"):
                 batch.price_status[i] = "invalid_usage"
                 continue
-            model = batch.model[i]
+            model = models[i]
             if not model:
                 batch.price_status[i] = "no_model"
                 continue
-            provider = batch.provider[i]
-            attrs = batch.attributes[i]
-            tier, one_hour = billing_context(attrs)
-            host = attrs.get("server.address", "")
-            batch.service_tier[i] = tier
-            batch.cache_write_1h_tokens[i] = min(one_hour, batch.cache_write_tokens[i])
+            attrs = attributes[i]
+            cw = batch.cache_write_tokens[i]
+            tier, one_hour = billing_context(attrs, cw)
+            if tier:
+                batch.service_tier[i] = tier
+            if one_hour:
+                one_hour = batch.cache_write_1h_tokens[i] = one_hour if one_hour < cw else cw
             # Per minute: genai-prices has time-of-day prices (off-peak rates) besides dated ones.
-            key = (provider, model, host, tier, batch.start_time_ns[i] // 60_000_000_000)
-            if key in lookups:
-                got = lookups[key]
-            else:
-                at = datetime.fromtimestamp(batch.start_time_ns[i] / 1e9, tz=timezone.utc)
-                got = lookups[key] = table.price(provider, model, at, tier, host)
+            key = (providers[i], model, attrs.get("server.address", ""), tier, starts[i] // 60_000_000_000)
+            got = lookups.get(key, False)
+            if got is False:
+                at = datetime.fromtimestamp(starts[i] / 1e9, tz=timezone.utc)
+                p = table.price(key[0], model, at, tier, key[2])
+                got = lookups[key] = None if p is None else (p.entry, p.status, _flat(p.entry))
                 if len(lookups) > 100_000:
                     lookups.clear()
             if got is None:
                 batch.price_status[i] = "unknown_model"
                 on_unknown(model)
                 continue
-            entry = got.entry
-            c = compute_cost(entry, batch.input_tokens[i], batch.output_tokens[i], batch.cache_read_tokens[i],
-                             batch.cache_write_tokens[i], batch.reasoning_tokens[i], batch.cache_write_1h_tokens[i])
-            batch.input_cost_usd[i] = c.input
-            batch.cache_read_cost_usd[i] = c.cache_read
-            batch.cache_write_cost_usd[i] = c.cache_write
-            batch.output_cost_usd[i] = c.output
-            batch.reasoning_cost_usd[i] = c.reasoning
-            batch.request_cost_usd[i] = c.request
-            batch.cost_usd[i] = c.total
-            batch.price_status[i] = got.status
+            entry, price_status, flat = got
+            inp, out, cr, rs = batch.input_tokens[i], batch.output_tokens[i], batch.cache_read_tokens[i], \
+                batch.reasoning_tokens[i]
+            if flat is None:
+                c = compute_cost(entry, inp, out, cr, cw, rs, one_hour)
+                parts = (c.input, c.cache_read, c.cache_write, c.output, c.reasoning, c.request)
+            else:
+                in_p, out_p, cr_p, cw_p, cw1h_p, rs_p = flat
+                uncached = inp - cr - cw
+                if rs > out:
+                    rs = out
+                parts = ((uncached if uncached > 0 else 0) * in_p / per, cr * cr_p / per,
+                         ((cw - one_hour) * cw_p + one_hour * cw1h_p) / per, (out - rs) * out_p / per,
+                         rs * rs_p / per, entry.per_request)
+            (batch.input_cost_usd[i], batch.cache_read_cost_usd[i], batch.cache_write_cost_usd[i],
+             batch.output_cost_usd[i], batch.reasoning_cost_usd[i], batch.request_cost_usd[i]) = parts
+            batch.cost_usd[i] = parts[0] + parts[1] + parts[2] + parts[3] + parts[4] + parts[5]
+            batch.price_status[i] = price_status
             batch.price_id[i] = entry.id
         return batch
 
