@@ -3,7 +3,8 @@
 GET /healthz   JSON; 200 when storage accepts writes, 503 (status "degraded") while it fails
 GET /metrics   Prometheus text format
 GET|POST /api/sql   a read-only query (``q`` parameter or POST body); ``format`` is
-               json (ClickHouse JSONCompact: meta, data, rows), csv or tsv (with a header row).
+               json (ClickHouse JSONCompact: meta, data, rows), csv or tsv (with a header row); a
+               statement with its own FORMAT clause is answered in that format, as ClickHouse produces it.
                One statement that only reads (queries/user_sql.py), on the users' own
                connection, one at a time: 503 + Retry-After when another has run 5 s
 GET /api/panels     the dashboard panels and their parameters
@@ -140,8 +141,11 @@ class AdminServer:
         ch_format, ctype = SQL_FORMATS[fmt]
         try:
             user_sql.check(sql)
+            own = user_sql.output_format(sql)
         except QueryError as e:
             return web.json_response({"error": f"refused: {e}"}, status=400)
+        if own is not None:  # the statement's FORMAT wins in ClickHouse: answer what it produces, labelled so
+            ch_format, ctype = own, user_sql.content_type(own)
         loop = asyncio.get_running_loop()
         try:
             body = await loop.run_in_executor(None, self.view.backend().user_query, sql, ch_format,

@@ -80,7 +80,11 @@ def _demo(args: argparse.Namespace) -> int:
 
     # errors only: the demo's progress display tells what happens
     logging.basicConfig(level="ERROR", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(args, main)
+    try:
+        return run(args, main)
+    except KeyboardInterrupt:  # Ctrl-C: the demo's own shutdown has run (its finally); one line, no traceback
+        print(f"\ndemo interrupted; tokenpulse stopped (the data stays in {args.data_dir})", flush=True)
+        return 130
 
 
 def _render(columns: list[str], rows: list[list], fmt: str) -> str:
@@ -112,13 +116,19 @@ def _numeric(v: str) -> bool:
 
 def _sql(args: argparse.Namespace) -> int:
     from tokenpulse.admin import parse_sql_json
+    from tokenpulse.queries import QueryError, user_sql
 
+    try:
+        own = user_sql.output_format(args.query)  # the statement's FORMAT: printed as ClickHouse writes it
+    except QueryError as e:
+        print(f"error: refused: {e}", file=sys.stderr)
+        return 1
     if args.clickhouse_url:
         from tokenpulse.storage.server import ServerBackend
 
         backend = ServerBackend(args.clickhouse_url)
         backend.use_database(args.database)
-        body = backend.query(args.query, "JSONCompact", readonly=True)
+        body = backend.query(args.query, own or "JSONCompact", readonly=True)
     else:
         url = args.admin_url.rstrip("/") + "/api/sql?" + urllib.parse.urlencode({"format": "json"})
         req = urllib.request.Request(url, data=args.query.encode(), method="POST")
@@ -137,6 +147,10 @@ def _sql(args: argparse.Namespace) -> int:
             print(f"error: cannot reach the tokenpulse admin API at {args.admin_url} ({e.reason}); "
                   "is `tokenpulse serve` running? (or pass --clickhouse-url)", file=sys.stderr)
             return 1
+    if own is not None:
+        sys.stdout.buffer.write(body if body.endswith(b"\n") else body + b"\n")
+        sys.stdout.flush()
+        return 0
     columns, rows = parse_sql_json(body)
     print(_render(columns, rows, args.format))
     return 0

@@ -22,7 +22,9 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Settings:
-    listen_host: str = field(default="0.0.0.0", metadata={"doc": "address the OTLP receivers bind"})
+    listen_host: str = field(default="localhost", metadata={
+        "doc": "address the OTLP receivers bind; localhost by default, as the OpenTelemetry Collector's receivers "
+               "(since v0.104): use 0.0.0.0 in a container or to receive from other machines"})
     grpc_port: int = field(default=4317, metadata={"doc": "OTLP/gRPC port (0: any free port)", "port": True})
     http_port: int = field(default=4318, metadata={"doc": "OTLP/HTTP port (0: any free port)", "port": True})
     admin_host: str = field(default="127.0.0.1", metadata={

@@ -313,6 +313,15 @@ def _serve_in_process(args):
         f"http://127.0.0.1:{svc.http.port}"
 
 
+def _ignore_interrupts() -> None:
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread (a test driving the demo): nothing to protect
+        pass
+
+
 def run(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
     """``cli``: the command line's entry point, for the closing report."""
     svc = None
@@ -373,6 +382,7 @@ What to try next:
                 pass
         return 0
     finally:
+        _ignore_interrupts()  # a second Ctrl-C must not cut the shutdown short (the engine left open crashes)
         stop.set()
         traffic.close()
         if svc is not None:

@@ -31,3 +31,26 @@ def test_demo_shows_every_incident_firing_the_throttle_and_the_recovery(tmp_path
     assert "acme-llm-7b" in out  # the self-hosted model with no price shows in price coverage
     assert "What to try next" in out and "dashboard" in out
     assert proc.stderr.count("WARNING") == 0 and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_ends_the_demo_in_one_line_without_a_traceback(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenpulse.cli", "demo", "--minutes", "5", "--data-dir", str(tmp_path / "demo"),
+         "--grpc-port", "0", "--http-port", "0", "--admin-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "live traffic starts now" in line or not line:
+            break
+    assert "live traffic starts now" in lines[-1], "".join(lines)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and "Traceback" not in out, err[-2000:]
+    assert "demo interrupted; tokenpulse stopped" in out

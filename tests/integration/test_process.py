@@ -87,6 +87,18 @@ def test_tokenpulse_sql_formats_and_read_only(serve_process):
     out = _cli("sql", "SELEC nonsense", "--admin-url", proc.admin_url)
     assert out.returncode == 1 and "error" in out.stderr.lower()
 
+    # The statement's own FORMAT is honoured, never parsed as JSON (column names were printed as data)
+    expected = {"CSVWithNames": '"service","spans"\n"cli",3', "TSV": "cli\t3", "JSONEachRow": '{"service":"cli","spans":3}'}
+    for fmt, text in expected.items():
+        out = _cli("sql", f"{q} FORMAT {fmt}", "--admin-url", proc.admin_url)
+        assert out.returncode == 0 and out.stdout.strip() == text and "Traceback" not in out.stderr, (fmt, out)
+    out = _cli("sql", f"{q} FORMAT Pretty", "--admin-url", proc.admin_url)
+    assert out.returncode == 0 and "service" in out.stdout and "cli" in out.stdout
+    r = requests.post(f"{proc.admin_url}/api/sql", params={"format": "csv"}, data=f"{q} FORMAT JSONEachRow", timeout=10)
+    assert r.headers["Content-Type"].startswith("application/x-ndjson") and r.json() == {"service": "cli", "spans": 3}
+    r = requests.post(f"{proc.admin_url}/api/sql", params={"format": "csv"}, data=q, timeout=10)
+    assert r.headers["Content-Type"].startswith("text/csv") and r.text.splitlines() == ['"service","spans"', '"cli",3']
+
 
 def test_sql_without_a_running_service_says_so():
     out = _cli("sql", "SELECT 1", "--admin-url", "http://127.0.0.1:9")
@@ -217,3 +229,47 @@ def test_sigterm_while_storage_is_down_leaves_the_spool_for_the_next_start(serve
     while time.monotonic() < deadline and again.sql("SELECT count() FROM spans WHERE service = 'at-stop'") != [[100]]:
         time.sleep(0.3)
     assert again.sql("SELECT count() FROM spans WHERE service = 'at-stop'") == [[100]]
+
+
+def _outside_address() -> str | None:
+    """This machine's address on its default route (not loopback), if it has one."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            addr = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") else addr
+
+
+def test_the_otlp_ports_bind_localhost_by_default(tmp_path):
+    """As the Collector's receivers since v0.104: not every interface unless asked (0.0.0.0 for containers)."""
+    import socket
+
+    from tests.conftest import free_port
+
+    outside = _outside_address()
+    if outside is None:
+        pytest.skip("this machine has no non-loopback address to try")
+    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tokenpulse.cli", "serve", "--data-dir", str(tmp_path / "d"),
+                             "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+                             "--admin-port", str(admin_port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{admin_port}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        for port in (grpc_port, http_port):
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass  # loopback: served
+            with pytest.raises(OSError):
+                socket.create_connection((outside, port), timeout=5).close()
+    finally:
+        proc.terminate()
+        proc.wait(60)

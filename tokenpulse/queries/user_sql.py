@@ -19,6 +19,8 @@ comment) is refused.
 
 from __future__ import annotations
 
+import re
+
 from tokenpulse.queries import QueryError
 
 FIRST_WORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS"})
@@ -86,3 +88,35 @@ def check(sql: str) -> None:
         if a == "INTO" and b == "OUTFILE":
             raise QueryError("INTO OUTFILE is not allowed: results come back in the response "
                              "(format=json|csv|tsv)")
+
+
+_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)", re.IGNORECASE)
+
+
+def output_format(sql: str) -> str | None:
+    """The statement's own ``FORMAT`` clause (ClickHouse's format name, as written), or None.
+
+    ClickHouse answers in that format whatever the client asked for, so callers pass the output
+    through rather than parse it as the format they asked for (which printed column names as data)."""
+    toks = tokens(sql)
+    while toks and toks[-1] == ";":
+        toks.pop()
+    if len(toks) < 2 or toks[-2] != "FORMAT":
+        return None
+    # the name as written (format names are case-sensitive): the last FORMAT <name> that the tokens saw
+    names = [m.group(1) for m in _FORMAT.finditer(sql) if m.group(1).upper() == toks[-1]]
+    return names[-1] if names else None
+
+
+def content_type(fmt: str) -> str:
+    """A Content-Type for a ClickHouse output format."""
+    f = fmt.lower()
+    if f.startswith("json"):
+        return "application/x-ndjson" if "eachrow" in f or "lines" in f else "application/json"
+    if f.startswith("csv"):
+        return "text/csv; charset=utf-8"
+    if f.startswith("tsv") or f.startswith("tabseparated"):
+        return "text/tab-separated-values; charset=utf-8"
+    if f in ("parquet", "arrow", "arrowstream", "native", "rowbinary", "orc", "avro", "protobuf", "msgpack"):
+        return "application/octet-stream"
+    return "text/plain; charset=utf-8"
