@@ -39,7 +39,7 @@ class Settings:
         "doc": "file holding the ClickHouse password (one line), used with clickhouse_url's user", "secret": True})
     clickhouse_cluster: str = field(default="", metadata={
         "doc": "ClickHouse cluster name (from the server's remote_servers): migrations run ON CLUSTER with "
-               "Replicated tables and Distributed tables over them (README 'Deploying'); server only"})
+               "Replicated tables and Distributed tables over them (docs/deploying.md); server only"})
     database: str = field(default="tokenpulse", metadata={"doc": "ClickHouse database for tokenpulse tables"})
     # At most ~55 years: ClickHouse's DateTime ends in 2106, and a TTL past it wraps and drops rows at once.
     retention_days: int = field(default=30, metadata={"doc": "TTL of spans, by start_time", "min": 1,
@@ -76,8 +76,8 @@ class Settings:
         "doc": "memory for requests under load: caps max_inflight_bytes and queue_max_spans so that bodies in "
                "progress, decoded spans and the write queue fit in it beside the idle process, and below 2 GiB "
                "shrinks the dedup, duplicate-call and trace memories; the default held peak RSS under every "
-               "measured overload shape (README 'Durability')",
-        "min": 1536 * MiB, "bytes": True})  # 1 GiB did not hold with 40 gRPC clients (README 'Durability')
+               "measured overload shape (docs/durability.md)",
+        "min": 1536 * MiB, "bytes": True})  # 1 GiB did not hold with 40 gRPC clients (docs/durability.md)
     retry_after_s: float = field(default=1.0, metadata={
         "doc": "retry delay sent with 429/503 (Retry-After) and UNAVAILABLE (RetryInfo)", "min": 0.0})
     ack_timeout_s: float = field(default=5.0, metadata={
@@ -87,7 +87,7 @@ class Settings:
     dedup_max_keys: int = field(default=2_000_000, metadata={
         "doc": "cap on remembered span ids (~70 bytes each); 0 disables the cache", "min": 0})
     spool_dir: str = field(default="", metadata={
-        "doc": "on-disk spool for accepted spans while ClickHouse is down (README 'Durability'); "
+        "doc": "on-disk spool for accepted spans while ClickHouse is down (docs/durability.md); "
                "empty: DATA_DIR/spool"})
     spool_max_bytes: int = field(default=1024 * MiB, metadata={
         "doc": "spool size cap; when full, Exports are answered retry (nothing spooled is dropped); "
@@ -95,14 +95,14 @@ class Settings:
     insert_fsync: bool = field(default=False, metadata={
         "doc": "on: ClickHouse fsyncs every inserted part before the insert returns (fsync_after_insert, "
                "fsync_part_directory on every table an insert writes), so an acknowledgement survives power loss, "
-               "not only a crash of tokenpulse or ClickHouse; costs insert time (README 'Durability')"})
+               "not only a crash of tokenpulse or ClickHouse; costs insert time (docs/durability.md)"})
     spool_replay_max_attempts: int = field(default=10, metadata={
         "doc": "attempts at one spooled batch while ClickHouse answers but refuses it; then it is set aside in "
                "SPOOL_DIR/refused-*.arrow (counted, logged) and the replay goes on. An outage is waited out however "
                "long it lasts", "min": 1})
     dedup_storage_check: bool = field(default=False, metadata={
         "doc": "on: before each insert, also drop spans ClickHouse already has (one indexed query per insert); "
-               "for several receivers without routing by trace id (README 'Deploying')"})
+               "for several receivers without routing by trace id (docs/deploying.md)"})
     trace_tags_lookup: bool = field(default=False, metadata={
         "doc": "on: for child spans of traces this process has not seen, fetch the trace's tags from "
                "ClickHouse before attributing them; for several receivers without routing by trace id"})
@@ -112,7 +112,7 @@ class Settings:
         "doc": "how often the price file's modification time is checked; a changed file is re-read, validated and "
                "swapped in (SIGHUP and POST /api/prices/reload reload at once); 0: only on those", "min": 0.0})
     price_file: str = field(default="", metadata={
-        "doc": "YAML price overrides (see README 'Prices'); check one with `tokenpulse prices check FILE`"})
+        "doc": "YAML price overrides (see docs/prices.md); check one with `tokenpulse prices check FILE`"})
     user_id_mode: str = field(default="pseudonymize", metadata={
         "doc": "pseudonymize (HMAC-SHA256 with user_id_key), raw (store ids as sent; opt-in) or drop",
         "choices": ("pseudonymize", "raw", "drop")})
@@ -125,7 +125,7 @@ class Settings:
                "forwarded) as pseudonyms, or dropped, exactly as user ids are under user_id_mode"})
     capture_content: bool = field(default=False, metadata={
         "doc": "store prompt and completion content attributes (gen_ai.input.messages, llm.input_messages.*, "
-               "input.value, langfuse.observation.input, ...; README 'Enrichment'); off: dropped at ingest"})
+               "input.value, langfuse.observation.input, ...; docs/enrichment.md); off: dropped at ingest"})
     content_max_chars: int = field(default=4096, metadata={
         "doc": "with capture_content on, each content attribute is cut to this many characters", "min": 1})
     require_tags: str = field(default="", metadata={
@@ -144,7 +144,7 @@ class Settings:
         "doc": "all (receivers + alert evaluator), receiver (OTLP only; run one evaluator elsewhere) or "
                "evaluator (alert rules only, no OTLP ports)", "choices": ("all", "receiver", "evaluator")})
     alert_rules_dir: str = field(default="", metadata={
-        "doc": "directory of your own alert rules (*.sql, README 'Alerts'); a file named like a built-in "
+        "doc": "directory of your own alert rules (*.sql, docs/alerts.md); a file named like a built-in "
                "rule replaces it"})
     alert_rules: dict = field(default_factory=dict, metadata={
         "doc": "per-rule overrides: {RULE: {enabled, interval, for, keep_firing_for, repeat_interval, "
@@ -169,7 +169,7 @@ class Settings:
     api_keys: dict = field(default_factory=dict, metadata={
         "doc": "API keys by SHA-256: {HASH: {name, tenant}}; when any key is set (here or in api_keys_file), "
                "OTLP requests need Authorization: Bearer KEY, and a key's tenant wins over the spans' own "
-               "(README 'Security')", "parse": "api_keys", "secret": True})
+               "(docs/security.md)", "parse": "api_keys", "secret": True})
     api_keys_file: str = field(default="", metadata={
         "doc": "YAML/JSON file of API keys in the api_keys shape (merged with api_keys)"})
     admin_token_sha256: str = field(default="", metadata={
@@ -185,24 +185,24 @@ class Settings:
     admin_tls: bool = field(default=False, metadata={
         "doc": "serve the admin API (and the dashboard page) over TLS too, with tls_cert_file and tls_key_file"})
     rollups: bool = field(default=True, metadata={
-        "doc": "on: the evaluator rolls up settled hours for the panels that read rollups (README 'Queries, "
-               "rollups and dashboards'); off: those panels compute everything live (on/off, true/false)"})
+        "doc": "on: the evaluator rolls up settled hours for the panels that read rollups (docs/queries.md); "
+               "off: those panels compute everything live (on/off, true/false)"})
     rollup_settle_s: float = field(default=900.0, metadata={
         "doc": "an hour is rolled up once it ended this long ago; spans arriving later than that are "
                "left out of the scheduled rollups", "min": 0.0})
     forward: dict = field(default_factory=dict, metadata={
         "doc": "processor mode: send stored spans on, enriched, to OTLP destinations: {NAME: {endpoint, "
                "protocol: grpc|http/protobuf, spans: all|genai, headers, compression, timeout_s, tls, "
-               "queue_spans, retry}} (README 'Forwarding')", "parse": "forward", "secret": True})
+               "queue_spans, retry}} (docs/forwarding.md)", "parse": "forward", "secret": True})
     telemetry: dict = field(default_factory=dict, metadata={
         "doc": "export tokenpulse's own traces and metrics over OTLP with the OpenTelemetry SDK: {endpoint, "
                "protocol: grpc|http/protobuf, headers, traces: true, metrics: true, interval_s: 15, "
-               "service_name} (README 'Own telemetry')", "parse": "telemetry", "secret": True})
+               "service_name} (docs/forwarding.md)", "parse": "telemetry", "secret": True})
     log_level: str = field(default="info", metadata={
         "doc": "debug, info, warning or error", "choices": ("debug", "info", "warning", "error")})
 
 
-# Measured on this machine kind (README "Durability"): an idle `tokenpulse serve` with the embedded
+# Measured on this machine kind (docs/durability.md): an idle `tokenpulse serve` with the embedded
 # engine holds ~360 MiB, and ~450 with the engine's merges under load; a decoded and enriched span
 # ~3.8 KiB of Python objects and ~1.3 KiB of Arrow (bench spans, 640 bytes each on the wire, so ~6x
 # their wire size while decoded).

@@ -43,7 +43,7 @@ def test_per_span_tables_keep_parts_compact_up_to_100_mb(backend, database):
 
 
 def test_insert_fsync_makes_every_table_an_insert_writes_fsync_its_parts(backend, database):
-    """insert_fsync on: an acknowledgement survives power loss (README 'What an acknowledgement means')."""
+    """insert_fsync on: an acknowledgement survives power loss (docs/durability.md)."""
     migrate(backend, database, 30)
 
     def fsynced() -> dict[str, bool]:

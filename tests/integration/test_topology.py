@@ -1,4 +1,4 @@
-"""Several stateless receivers and one evaluator on one database (README "Deploying").
+"""Several stateless receivers and one evaluator on one database (docs/deploying.md).
 
 In one process the services share the embedded engine, as separate processes
 would share a ClickHouse server: spans of one trace hit different receivers,

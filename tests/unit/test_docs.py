@@ -1,4 +1,4 @@
-"""The README is part of the interface: its commands, settings and columns must be true."""
+"""The README and docs/ are part of the interface: their commands, settings and columns must be true."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from tokenpulse.storage.schema import DEFAULT_COLUMNS, SPAN_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
+
+
+def doc(name: str) -> str:
+    return (ROOT / "docs" / name).read_text()
 
 
 def _code_block_after(heading: str) -> str:
@@ -31,13 +35,14 @@ def test_readme_gives_two_setup_commands():
 
 def test_every_setting_is_documented():
     for f in fields(Settings):
-        assert f"| `{f.name}` | `--{f.name.replace('_', '-')}` | `TOKENPULSE_{f.name.upper()}` |" in README, f.name
+        assert f"| `{f.name}` | `--{f.name.replace('_', '-')}` | `TOKENPULSE_{f.name.upper()}` |" in \
+            doc("configuration.md"), f.name
 
 
 def test_every_column_is_documented_with_its_type():
     columns = {name: ch_type for name, _, _, ch_type in SPAN_COLUMNS} | DEFAULT_COLUMNS
     for name, ch_type in columns.items():
-        assert f"| `{name}` | {ch_type} |" in README, name
+        assert f"| `{name}` | {ch_type} |" in doc("spans-table.md"), name
 
 
 def test_every_builtin_rule_is_documented():
@@ -45,7 +50,7 @@ def test_every_builtin_rule_is_documented():
 
     rules, errors = load_rules()
     assert not errors
-    section = README.split("## Alerts", 1)[1].split("\n## ", 1)[0]
+    section = doc("alerts.md")
     for name, rule in rules.items():
         assert f"| `{name}` | {rule.interval_s // 60}m |" in section or f"| `{name}` | {rule.interval_s}s |" in section, name
 
@@ -54,7 +59,7 @@ def test_every_forwarded_attribute_is_documented_with_its_type():
     from tokenpulse.otlp.reencode import ATTRIBUTES
 
     for key, typ, _ in ATTRIBUTES:
-        assert f"| `{key}` | {typ} |" in README, key
+        assert f"| `{key}` | {typ} |" in doc("forwarding.md"), key
 
 
 def test_the_repository_stands_alone():
@@ -90,6 +95,16 @@ def test_readme_layout_names_every_module():
     assert not missing, f"README 'Layout' does not name: {missing}"
 
 
+def test_the_readme_is_a_newcomers_page_and_links_every_doc():
+    """What it is, the two commands, the first agent, what a span needs, the tests, the demo, links."""
+    for heading in ("## Set-up: two commands", "## Your first agent", "**What a span needs**",
+                    "## Tests: one command", "## Two-minute demo", "## Documentation", "## Layout"):
+        assert heading in README, heading
+    assert len(README.splitlines()) < 300
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"](docs/{page.name})" in README, f"README does not link docs/{page.name}"
+
+
 def test_every_relative_link_in_the_docs_resolves():
     broken = []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
@@ -104,7 +119,7 @@ def test_every_relative_link_in_the_docs_resolves():
 def test_the_readme_price_override_example_loads_and_matches_only_what_it_names(tmp_path):
     from tokenpulse.enrich.price import load_overrides
 
-    section = README.split("Overrides (`price_file`)", 1)[1]
+    section = doc("prices.md").split("Overrides (`price_file`)", 1)[1]
     example = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     path = tmp_path / "prices.yaml"
     path.write_text(example)

@@ -1,4 +1,4 @@
-"""The built-in dashboard page, served by the admin server at ``/`` (README "Dashboard page").
+"""The built-in dashboard page, served by the admin server at ``/`` (docs/dashboard.md).
 
 Static files only, in ``static/``: ``index.html``, ``app.js``, ``style.css`` and the vendored Chart.js in
 ``static/vendor/``. The page reads the same JSON as everyone else (``/api/panels/*``, ``/api/alerts``,

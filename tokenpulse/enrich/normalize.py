@@ -4,7 +4,7 @@ Sources: the OpenTelemetry GenAI semantic conventions (gen-ai-spans.md and the
 registry), each library's own attribute names (OpenLLMetry's semconv-ai,
 OpenInference's semantic conventions, the Vercel AI SDK's telemetry docs, the
 Langfuse SDK's OTel attributes), and the conformance corpus recorded from the
-libraries themselves (tests/conformance/, README "Enrichment"). The key tables
+libraries themselves (tests/conformance/, docs/enrichment.md). The key tables
 are data, ordered by priority: the first key present wins. Per-library quirks
 keyed by instrumentation scope live in ``quirks.py``.
 

@@ -4,7 +4,7 @@ The request is re-encoded from the protobuf message the receiver parsed, not
 rebuilt from span records: every original field (events, links, trace state,
 flags, dropped counts, typed attribute values, schema URLs) goes on as it came.
 Each forwarded span gains attributes under one namespace, ``tokenpulse.``
-(``ATTRIBUTES`` lists them; README "Forwarding"):
+(``ATTRIBUTES`` lists them; docs/forwarding.md):
 
 * spans the receiver refused (bad ids, expired, tag-or-reject) and exporter
   retries already stored are left out, so a span is forwarded once;
@@ -34,7 +34,7 @@ from tokenpulse.record import UNATTRIBUTED, SpanBatch
 
 NAMESPACE = "tokenpulse."
 
-# (attribute, type, meaning): the public contract of forwarded spans (README "Forwarding").
+# (attribute, type, meaning): the public contract of forwarded spans (docs/forwarding.md).
 ATTRIBUTES = (
     ("tokenpulse.cost_usd", "double", "computed cost of the call; absent when it could not be priced"),
     ("tokenpulse.cost.input_usd", "double", "uncached input tokens x input price"),
@@ -68,7 +68,7 @@ class Reencoder:
     """``scrub_user``: raw user id -> the value to forward ("" removes the attribute); None when
     user ids are kept raw. ``user_keys``: the attribute keys that carry user ids.
 
-    Cost (README "Forwarding"): the added attributes are encoded straight to protobuf bytes
+    Cost (docs/forwarding.md): the added attributes are encoded straight to protobuf bytes
     (``_Encoded``) and merged into each span by upb in C; only a span that carries a user id or
     an attribute in our namespace is edited through the message API."""
 

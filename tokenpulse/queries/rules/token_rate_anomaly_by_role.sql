@@ -1,5 +1,5 @@
 -- summary: Agent role $agent_role: token rate $value/min is $ratio x its baseline of $baseline/min
--- description: Per agent role (resolved at ingest, see README "Attribution"; spans without a role are left out). rate = tokens (input + output) of the current minute plus the previous minute's scaled by the part of it inside the last 60 s (a sliding minute, assuming the previous minute was even). baseline = the median (upper middle) of the per-minute totals of the $baseline_minutes whole minutes before the previous minute; minutes without traffic count as 0. No alert until $min_active_minutes of those minutes had traffic, or below $min_rate tokens/min.
+-- description: Per agent role (resolved at ingest, see docs/enrichment.md; spans without a role are left out). rate = tokens (input + output) of the current minute plus the previous minute's scaled by the part of it inside the last 60 s (a sliding minute, assuming the previous minute was even). baseline = the median (upper middle) of the per-minute totals of the $baseline_minutes whole minutes before the previous minute; minutes without traffic count as 0. No alert until $min_active_minutes of those minutes had traffic, or below $min_rate tokens/min.
 -- interval: 5s
 -- for: 0s
 -- keep_firing_for: 1m

@@ -1,5 +1,5 @@
 -- summary: $value % of tokens in the last $window s have no $dimension (unattributed)
--- description: Share of LLM tokens (input + output) whose tenant or feature resolved to 'unattributed' at ingest, per dimension. Fires above $max_share_pct % with at least $min_tokens tokens in the window. Tag the spans (README "Attribution") or set require_tags.
+-- description: Share of LLM tokens (input + output) whose tenant or feature resolved to 'unattributed' at ingest, per dimension. Fires above $max_share_pct % with at least $min_tokens tokens in the window. Tag the spans (docs/enrichment.md) or set require_tags.
 -- interval: 1m
 -- for: 5m
 -- keep_firing_for: 5m

@@ -1,5 +1,5 @@
 -- summary: $value calls to unpriced model $model ($provider) in the last $window s; their cost is unknown
--- description: LLM calls whose model has no price (price_status unknown_model): their cost_usd is NULL and spend is understated by $unpriced_tokens tokens. Add the model to a price file (README "Prices").
+-- description: LLM calls whose model has no price (price_status unknown_model): their cost_usd is NULL and spend is understated by $unpriced_tokens tokens. Add the model to a price file (docs/prices.md).
 -- interval: 1m
 -- for: 0s
 -- keep_firing_for: 15m
