@@ -1,7 +1,8 @@
 """The built-in dashboard page in real headless Chromium (Debian's package, driven by Playwright),
 against a real service holding known data: the numbers on the page are the data's, filters work,
-alerts and throttles show, and the browser logs no error. A screenshot is kept as an artifact
-(test-artifacts/dashboard.png, or $TOKENPULSE_TEST_ARTIFACTS)."""
+alerts and throttles show, a click goes from an alert or a spend row to the runs behind it and
+from a run to its spans, and the browser logs no error. Screenshots of each view are kept as
+artifacts (test-artifacts/dashboard*.png, or $TOKENPULSE_TEST_ARTIFACTS) for a person to look at."""
 
 from __future__ import annotations
 
@@ -83,6 +84,31 @@ def test_dashboard_renders_the_data_filters_and_alerts_without_console_errors(ma
     page.wait_for_function("() => document.querySelector('#alerts-count').textContent === '1'", timeout=30_000)
     assert "mystery-model" in text("#alerts") and "unpriced_model" in text("#alerts")
 
+    # "which run burned it?": from the alert to the runs behind it, to a run's spans
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    rows_of = "rows => rows.map(r => r.innerText.split('\\t'))"
+    page.click("#alerts tbody tr")
+    page.wait_for_function("() => document.querySelector('#runs-filter').textContent.includes('model = mystery-model') "
+                           "&& document.querySelectorAll('#runs tbody tr').length === 1 "
+                           "&& document.querySelector('#runs tbody tr td:nth-child(2)').textContent === 'globex'",
+                           timeout=15_000)
+    run = page.eval_on_selector_all("#runs tbody tr", rows_of)[0]
+    assert run[1:7] == ["globex", "search", "", "mystery-model", "1", "330"] and run[7] == "unpriced", run
+    page.screenshot(path=str(ARTIFACTS / "dashboard-runs.png"), full_page=True)
+    page.click("#runs tbody tr")
+    page.wait_for_selector("#spans-panel:not([hidden])", timeout=15_000)
+    spans_rows = page.eval_on_selector_all("#spans tbody tr", rows_of)
+    assert [r[0].strip() for r in spans_rows] == ["invoke_agent", "chat"]
+    assert spans_rows[1][1:7] == ["chat", "", "mystery-model", "300 / 30", "unpriced", "yes"], spans_rows
+    page.screenshot(path=str(ARTIFACTS / "dashboard-spans.png"), full_page=True)
+    # from a spend row: the tenant's runs, costliest first
+    page.click("#table-tenant tr:has-text('acme')")
+    page.wait_for_function("() => document.querySelector('#runs-filter').textContent.includes('tenant = acme') "
+                           "&& document.querySelectorAll('#runs tbody tr').length === 2", timeout=15_000)
+    costs = [r[7] for r in page.eval_on_selector_all("#runs tbody tr", rows_of)]
+    assert costs == ["$0.0175", "$0.007"], costs
+    page.click("#runs-clear")
+
     # a tenant filter narrows every panel that takes one
     page.select_option("#tenant", "acme")
     # panels draw as their answers arrive: wait for the two read here
@@ -92,7 +118,6 @@ def test_dashboard_renders_the_data_filters_and_alerts_without_console_errors(ma
     page.select_option("#feature", "support")
     page.wait_for_function("() => document.querySelector('#kpi-cost').textContent === '$0.0175'", timeout=15_000)
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.select_option("#tenant", "")
     page.select_option("#feature", "")
     page.wait_for_function("() => document.querySelector('#tpr-runs').textContent === '4'", timeout=15_000)

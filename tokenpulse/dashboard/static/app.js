@@ -80,10 +80,11 @@ function chart(id, type, labels, datasets, options = {}) {
     options: {plugins: {legend: {display: datasets.length > 1, labels: {boxWidth: 10}}}, ...options}});
 }
 
-function table(id, rows) {
+function table(id, rows, onClick = null) {
   const body = document.querySelector(`#${id} tbody`);
-  body.replaceChildren(...rows.map(cells => {
+  body.replaceChildren(...rows.map((cells, i) => {
     const tr = document.createElement("tr");
+    if (onClick) tr.addEventListener("click", () => onClick(i));
     for (const c of cells) {
       const td = document.createElement("td");
       if (c && typeof c === "object") { td.textContent = c.text; td.className = c.cls || ""; }
@@ -95,7 +96,7 @@ function table(id, rows) {
   if (!rows.length) {
     const tr = document.createElement("tr");
     const td = document.createElement("td");
-    td.colSpan = 4;
+    td.colSpan = document.querySelectorAll(`#${id} thead th`).length || 4;
     td.className = "empty";
     td.textContent = "none";
     tr.appendChild(td);
@@ -125,7 +126,8 @@ async function tokensPerRun() {
   text("kpi-p99", int(first.p99_tokens));
   chart("chart-tokens-per-run", "bar", rows.map(r => `${short(r.bucket_from)}–${short(r.bucket_to)}`),
         [{label: "runs", data: rows.map(r => num(r.runs))}],
-        {scales: {y: {type: "logarithmic", title: {display: true, text: "runs (log)"}}}});
+        {scales: {y: {type: "logarithmic", title: {display: true, text: "runs (log)"}},
+                  x: {title: {display: true, text: "tokens per run"}}}});
 }
 
 async function roleMinute() {
@@ -134,7 +136,8 @@ async function roleMinute() {
   const roles = [...new Set(rows.map(r => r.role))].sort();
   const at = new Map(rows.map(r => [r.minute + "\u0000" + r.role, num(r.tokens)]));
   chart("chart-role-minute", "line", minutes.map(hhmm),
-        roles.map(role => ({label: role, data: minutes.map(m => at.get(m + "\u0000" + role) || 0)})));
+        roles.map(role => ({label: role, data: minutes.map(m => at.get(m + "\u0000" + role) || 0)})),
+        {scales: {y: {title: {display: true, text: "tokens / min"}}}});
 }
 
 async function toolCalls() {
@@ -154,8 +157,8 @@ function spendText(r) {
 async function spend(by) {
   const rows = rowsOf(await panel("cost_by_dimension", {by, limit: "8"}));
   chart(`chart-${by}`, "bar", rows.map(r => r.key), [{label: "USD", data: rows.map(r => num(r.cost_usd))}],
-        {indexAxis: "y"});
-  table(`table-${by}`, rows.map(r => [r.key, spendText(r)]));
+        {indexAxis: "y", scales: {x: {title: {display: true, text: "USD"}}, y: {ticks: {autoSkip: false}}}});
+  table(`table-${by}`, rows.map(r => [r.key, spendText(r)]), i => drillTo({[by]: rows[i].key}));
   return rows;
 }
 
@@ -192,7 +195,8 @@ async function alerts() {
   text("alerts-count", firing.length);
   document.getElementById("alerts-count").classList.toggle("hot", firing.length > 0);
   table("alerts", firing.map(a => [a.rule, {text: a.labels.severity || "", cls: "sev-" + (a.labels.severity || "")},
-                                   a.annotations.summary || "", new Date(a.fired_at * 1000).toLocaleTimeString()]));
+                                   a.annotations.summary || "", new Date(a.fired_at * 1000).toLocaleTimeString()]),
+        i => drillTo(drillOfLabels(firing[i].labels), firing[i].rule));
 }
 
 async function throttled() {
@@ -200,7 +204,66 @@ async function throttled() {
   text("throttled-count", list.length);
   document.getElementById("throttled-count").classList.toggle("hot", list.length > 0);
   table("throttled", list.map(d => [d.tenant, d.reason || d.message,
-                                    `in ${d.retry_after_s} s` + (d.source === "manual" ? " (manual)" : "")]));
+                                    `in ${d.retry_after_s} s` + (d.source === "manual" ? " (manual)" : "")]),
+        i => drillTo({tenant: list[i].tenant}, "throttled"));
+}
+
+// ---------------------------------------------------------------- drill-down: runs, then a run's spans
+
+let drill = {};  // the runs panel's own filter: tenant, feature, user, session or model
+let openTrace = "";
+
+// An alert's labels -> the runs behind it (budget alerts name their dimension and key).
+function drillOfLabels(labels) {
+  const d = {};
+  for (const [from, to] of [["tenant", "tenant"], ["feature", "feature"], ["session", "session"],
+                            ["session_id", "session"], ["user", "user"], ["user_id", "user"], ["model", "model"]]) {
+    if (labels[from] && labels[from] !== "unattributed") d[to] = labels[from];
+  }
+  if (labels.dimension && labels.key) d[labels.dimension === "user_id" ? "user" : labels.dimension] = labels.key;
+  return d;
+}
+
+function drillTo(d, from = "") {
+  drill = d;
+  const what = Object.entries(d).map(([k, v]) => `${k} = ${v}`).join(", ");
+  text("runs-filter", what ? `(${what}${from ? ", from " + from : ""})` : "");
+  document.getElementById("runs-clear").hidden = !what;
+  runs().then(() => document.getElementById("runs-panel").scrollIntoView({block: "start"})).catch(showError);
+}
+
+async function runs() {
+  const doc = await panel("runs", {...drill, limit: "20"});
+  const rows = rowsOf(doc);
+  const cost = r => r.cost_usd === null ? "unpriced" : usd(r.cost_usd) + (num(r.unpriced_calls) ? ` + ${int(r.unpriced_calls)} unpriced` : "");
+  table("runs", rows.map(r => [String(r.start).slice(11, 19), r.tenant, r.feature, String(r.user_id || "").slice(0, 8),
+                               r.models, int(r.llm_calls), int(r.tokens), cost(r), `${num(r.duration_s).toFixed(1)} s`,
+                               {text: r.status, cls: r.status === "ok" ? "" : "sev-critical"}]),
+        i => openRun(rows[i].trace_id));
+  [...document.querySelectorAll("#runs tbody tr")].forEach((tr, i) => {
+    tr.dataset.trace = rows[i] ? rows[i].trace_id : "";
+    tr.classList.toggle("open", !!rows[i] && rows[i].trace_id === openTrace);
+  });
+}
+
+async function openRun(traceId) {
+  openTrace = traceId;
+  const rows = rowsOf(await api(`/api/panels/run_spans?trace_id=${encodeURIComponent(traceId)}`));
+  const parent = new Map(rows.map(r => [r.span_id, r.parent_span_id]));
+  const depth = id => { let d = 0; for (let p = parent.get(id); p && parent.has(p) && d < 32; p = parent.get(p)) d++; return d; };
+  table("spans", rows.map(r => {
+    const counted = num(r.counted) ? "yes" : (r.excluded_reason ? `no: ${r.excluded_reason}` : "no");
+    return [{text: "\u00a0\u00a0".repeat(depth(r.span_id)) + r.name, cls: num(r.counted) ? "" : "excluded"},
+            r.operation, r.agent_role, r.model, num(r.input_tokens) || num(r.output_tokens)
+              ? `${int(r.input_tokens)} / ${int(r.output_tokens)}` : "",
+            r.cost_usd === null ? (r.price_status === "unknown_model" ? "unpriced" : "") : usd(r.cost_usd),
+            counted, `+${num(r.start_ms).toFixed(0)} ms`, `${num(r.duration_ms).toFixed(0)} ms`];
+  }));
+  text("spans-run", traceId);
+  const panelEl = document.getElementById("spans-panel");
+  panelEl.hidden = false;
+  document.querySelectorAll("#runs tbody tr").forEach(tr => tr.classList.toggle("open", tr.dataset.trace === traceId));
+  panelEl.scrollIntoView({block: "start"});
 }
 
 function fillSelect(id, values) {
@@ -226,7 +289,7 @@ async function refresh() {
   const error = document.getElementById("error");
   try {
     const [features, tenants] = await Promise.all([spend("feature"), spend("tenant"), spend("model"), kpis(),
-      tokensPerRun(), roleMinute(), toolCalls(), ioRatio(), costPerSuccessfulRun(), alerts(), throttled()]);
+      tokensPerRun(), roleMinute(), toolCalls(), ioRatio(), costPerSuccessfulRun(), alerts(), throttled(), runs()]);
     if (!filters().tenant) fillSelect("tenant", tenants.map(r => r.key));
     if (!filters().feature) fillSelect("feature", features.map(r => r.key));
     error.hidden = true;
@@ -257,6 +320,7 @@ function showError(e) {
 }
 
 for (const id of ["since", "tenant", "feature"]) document.getElementById(id).addEventListener("change", refresh);
+document.getElementById("runs-clear").addEventListener("click", () => drillTo({}));
 document.getElementById("token-save").addEventListener("click", () => {
   sessionStorage.setItem("tokenpulse-admin-token", document.getElementById("token").value);
   document.getElementById("auth").hidden = true;
