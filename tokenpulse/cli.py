@@ -480,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--minutes", type=float, default=2.0, help="length of the live part (default: %(default)s); "
                       "it runs on until every incident has resolved (at most 4 minutes more)")
     demo.add_argument("--speed", type=float, default=1.0, help="traffic volume multiplier (default: %(default)s)")
+    demo.add_argument("--quick", action="store_true", help="a shorter story (about 1.5 minutes; what the test runs): "
+                      "incidents at once, 20-s windows, alerts and the throttle let go sooner")
     demo.add_argument("--data-dir", default="./tokenpulse-demo", help="embedded data directory (default: %(default)s)")
     demo.add_argument("--grpc-port", type=int, default=4317)
     demo.add_argument("--http-port", type=int, default=4318)

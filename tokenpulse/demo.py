@@ -50,6 +50,15 @@ DEMO_RULES = {
     "token_rate_anomaly_by_role": {"interval": "5s", "keep_firing_for": "20s"},
 }
 INCIDENT_RULES = ("agent_loop", "context_bloat", "tenant_outlier")
+# --quick, a shorter story (the test runs it): windows of 20 s, alerts and throttles that let go sooner.
+# tenant_outlier's sliding minute cannot shrink, so the story still takes about a minute and a half.
+QUICK_RULES = {
+    "agent_loop": {"interval": "2s", "keep_firing_for": "5s", "window": 20},
+    "context_bloat": {"interval": "2s", "keep_firing_for": "5s", "window": 20},
+    "tenant_outlier": {"interval": "2s", "keep_firing_for": "5s"},
+    "token_rate_anomaly": {"interval": "5s", "keep_firing_for": "5s"},
+    "token_rate_anomaly_by_role": {"interval": "5s", "keep_firing_for": "5s"},
+}
 
 
 class Traffic:
@@ -305,7 +314,8 @@ def _serve_in_process(args):
 
     settings = load_settings({
         "data_dir": args.data_dir, "grpc_port": args.grpc_port, "http_port": args.http_port,
-        "admin_port": args.admin_port, "alert_rules": DEMO_RULES, "throttle_cooldown_s": 20,
+        "admin_port": args.admin_port, "alert_rules": QUICK_RULES if args.quick else DEMO_RULES,
+        "throttle_cooldown_s": 5 if args.quick else 20,
         "log_level": "error",  # the progress display tells the story
     })
     svc = Service(settings).start()
@@ -349,7 +359,10 @@ def run(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
                 (0.20, "a prompt-size explosion: one acme session resends its whole history every turn",
                  traffic.prompt_explosion),
                 (0.30, "initech's CRM integration gets stuck, retrying a 28k-token request 20 times a second",
-                 lambda: threading.Thread(target=traffic.stuck_integration, args=(stop,), daemon=True).start())]
+                 lambda: threading.Thread(target=traffic.stuck_integration, args=(stop,),
+                                          kwargs={"seconds": 10.0 if args.quick else 20.0}, daemon=True).start())]
+        if args.quick:  # the incidents at 2, 4 and 6 s
+            plan = [(i * 2 / total, what, act) for i, (_, what, act) in enumerate(plan, 1)]
         deadline = started + total
         while time.monotonic() < deadline or (not watcher.story_done() and time.monotonic() < deadline + 240):
             elapsed = time.monotonic() - started

@@ -10,7 +10,7 @@ import sys
 
 def test_demo_shows_every_incident_firing_the_throttle_and_the_recovery(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "tokenpulse.cli", "demo", "--minutes", "0.5", "--exit", "--data-dir",
+        [sys.executable, "-m", "tokenpulse.cli", "demo", "--minutes", "0.5", "--quick", "--exit", "--data-dir",
          str(tmp_path / "demo"), "--grpc-port", "0", "--http-port", "0", "--admin-port", "0"],
         capture_output=True, text=True, timeout=420, cwd=tmp_path)
     out = proc.stdout
