@@ -47,8 +47,8 @@ def embedded_backend(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server_backend():
     if not SERVER_URL:
-        pytest.skip("TOKENPULSE_TEST_CLICKHOUSE_URL is not set: no ClickHouse server to test against "
-                    "(none can be installed on this machine; the embedded chDB variant ran instead)")
+        pytest.skip("TOKENPULSE_TEST_CLICKHOUSE_URL not set (the URL of a ClickHouse server to run this "
+                    "variant against); the embedded chDB variant ran")
     from tokenpulse.storage.server import ServerBackend
 
     backend = ServerBackend(SERVER_URL)

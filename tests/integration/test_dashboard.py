@@ -108,6 +108,14 @@ def test_dashboard_renders_the_data_filters_and_alerts_without_console_errors(ma
     costs = [r[7] for r in page.eval_on_selector_all("#runs tbody tr", rows_of)]
     assert costs == ["$0.0175", "$0.007"], costs
     page.click("#runs-clear")
+    # a log scale where one series flattens the rest; bar charts keep one readable row per label
+    page.check("#log-scale")
+    page.wait_for_function("() => Chart.getChart('chart-tenant') && "
+                           "Chart.getChart('chart-tenant').options.scales.x.type === 'logarithmic'", timeout=15_000)
+    assert page.evaluate("() => Chart.getChart('chart-tenant').data.labels") == ["globex", "acme"]
+    page.uncheck("#log-scale")
+    page.wait_for_function("() => Chart.getChart('chart-tenant') && "
+                           "Chart.getChart('chart-tenant').options.scales.x.type !== 'logarithmic'", timeout=15_000)
 
     # a tenant filter narrows every panel that takes one
     page.select_option("#tenant", "acme")

@@ -62,7 +62,19 @@ function short(n) {
 const hhmm = s => String(s).slice(11, 16);
 const text = (id, value) => { document.getElementById(id).textContent = value; };
 
+// Charts whose value axis turns logarithmic with the "log scale" box (one series flattening the rest).
+const LOGGABLE = {"chart-feature": "x", "chart-tenant": "x", "chart-model": "x", "chart-role-minute": "y"};
+const logScale = () => document.getElementById("log-scale").checked;
+
 function chart(id, type, labels, datasets, options = {}) {
+  const axis = LOGGABLE[id];
+  if (axis && logScale()) {
+    options = {...options, scales: {...(options.scales || {}),
+      [axis]: {...((options.scales || {})[axis] || {}), type: "logarithmic"}}};
+  }
+  if (options.indexAxis === "y") {  // one bar per label: the box grows so labels stay readable
+    document.getElementById(id).parentElement.style.height = Math.max(210, 24 * labels.length + 50) + "px";
+  }
   datasets.forEach((d, i) => {
     const c = d.color || COLORS[i % COLORS.length];
     d.borderColor = c;
@@ -321,6 +333,10 @@ function showError(e) {
 
 for (const id of ["since", "tenant", "feature"]) document.getElementById(id).addEventListener("change", refresh);
 document.getElementById("runs-clear").addEventListener("click", () => drillTo({}));
+document.getElementById("log-scale").addEventListener("change", () => {
+  for (const id of Object.keys(LOGGABLE)) if (charts[id]) { charts[id].destroy(); delete charts[id]; }
+  refresh();
+});
 document.getElementById("token-save").addEventListener("click", () => {
   sessionStorage.setItem("tokenpulse-admin-token", document.getElementById("token").value);
   document.getElementById("auth").hidden = true;
