@@ -116,7 +116,8 @@ class Metrics:
             "tokenpulse_alert_ticks_missed", "Interval-aligned evaluation ticks skipped because an evaluation "
             "ran late", ["rule"], registry=r)
         self.alert_notifications = Counter(
-            "tokenpulse_alert_notifications", "Notifications sent, by channel and result (ok, failed)",
+            "tokenpulse_alert_notifications", "Notifications sent, by channel and result: ok, failed (re-sent later), "
+            "refused (a 4xx other than 408/429: the receiver will never take it; not re-sent)",
             ["channel", "result"], registry=r)
         self.alerts_active = Gauge(
             "tokenpulse_alerts", "Alert instances by state (pending, firing, resolved)", ["state"], registry=r)

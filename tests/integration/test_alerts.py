@@ -22,6 +22,7 @@ from tokenpulse.alerts.engine import Evaluator, backend_query, check_rule
 from tokenpulse.alerts.notify import build_notifiers, parse_channels
 from tokenpulse.alerts.rules import RuleError, load_rules, parse_rule
 from tokenpulse.alerts.store import AlertStore
+from tokenpulse.metrics import Metrics
 
 S = 10**9
 MIN = 60
@@ -444,3 +445,28 @@ def test_a_hanging_receiver_does_not_hold_up_evaluation_and_is_not_sent_twice(sv
         assert alert.deliveries["default"].failures == 1 and alert.deliveries["default"].state == ""
     finally:
         hang.close()
+
+
+def test_a_pagerduty_400_is_not_resent(svc):
+    """PagerDuty answers 400 to an event it will never accept: re-sending the same body (+10, +30,
+    +65 s, then every 5 minutes) only repeats the error. It is logged, counted as refused, not re-sent."""
+    cur = _spike(svc)
+    pd = Receiver("pagerduty")
+    try:
+        rule = _outlier_rule()
+        rule = type(rule)(**{**rule.__dict__, "channels": ("default",)})  # the one channel: PagerDuty
+        metrics = Metrics()
+        ev = Evaluator({rule.name: rule}, backend_query(svc.backend), _hooks(pd),
+                       AlertStore(svc.backend, svc.settings.database), metrics=metrics)
+        pd.script = [(400, '{"status": "invalid event", "errors": ["routing_key is invalid"]}', {})]
+        ev.evaluate(rule, cur + 5)
+        ev.evaluate(rule, cur + 15)
+        assert [r["status"] for r in pd.requests] == [400]  # not retried inside the delivery either
+        for t in (cur + 30, cur + 45, cur + 60):  # past the first re-send times (+10, +30 s)
+            ev.evaluate(rule, t)
+        triggers = [b for b in pd.bodies() if b["event_action"] == "trigger"]
+        assert len(triggers) == 1
+        text = metrics.render().decode()
+        assert 'tokenpulse_alert_notifications_total{channel="default",result="refused"} 1.0' in text
+    finally:
+        pd.close()

@@ -191,3 +191,26 @@ def test_send_resolved_off_skips_resolves():
     firing, resolved = firing_then_resolved()
     assert n.wants(firing) and not n.wants(resolved)
     assert "127.0.0.1:9" not in repr(ch["s"])
+
+
+HOSTILE = "<!channel> <https://evil.example|click here> & *bold*"
+
+
+def test_span_values_cannot_ping_a_channel_or_disguise_a_link_on_any_channel(receivers, notifiers):
+    """A session id, tenant or tool name comes from whoever sends spans: escaped per Slack's rules,
+    carried as plain JSON strings to PagerDuty and the webhook."""
+    res = step({}, [{"tenant": HOSTILE, "value": 1, "ratio": 2}], 1_790_000_000, RULE)
+    note = res.notifications[0]
+    for name in ("slack", "pd", "hook"):
+        assert notifiers[name].send(note).ok, name
+    slack = receivers["slack"].bodies()[0]
+    texts = [slack["text"]] + [b["text"]["text"] for b in slack["blocks"] if b["type"] == "section"]
+    for t in texts:
+        assert "<!channel>" not in t and "<https://evil" not in t, t
+        assert "&lt;!channel&gt; &lt;https://evil.example|click here&gt; &amp; *bold*" in t, t
+    context = slack["blocks"][-1]["elements"][0]["text"]
+    assert "<http://tokenpulse.local:4319/api/alerts?rule=tenant_outlier|alerts>" in context  # our own link stays
+    pd = receivers["pagerduty"].bodies()[0]
+    assert HOSTILE in pd["payload"]["summary"] and pd["payload"]["custom_details"]["tenant"] == HOSTILE
+    hook = receivers["webhook"].bodies()[0]
+    assert hook["alerts"][0]["labels"]["tenant"] == HOSTILE

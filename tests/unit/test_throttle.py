@@ -30,8 +30,8 @@ def test_firing_throttles_only_that_tenant_and_says_so_to_the_customer():
     d = b.decision("spiky", 160)
     assert d["throttled"] and d["source"] == "rule" and d["since"] == 100 and d["retry_after_s"] == 300
     assert "spiky" in d["message"] and "retry after 300 s" in d["message"]
-    assert b.decision("calm", 160) == {"tenant": "calm", "throttled": False, "reason": "", "since": None,
-                                       "retry_after_s": 0, "message": ""}
+    assert b.decision("calm", 160) == {"tenant": "calm", "throttled": False, "reason": "", "source": "",
+                                       "since": None, "retry_after_s": 0, "message": ""}
 
 
 def test_release_after_cooldown_once_every_cause_resolved():
@@ -96,3 +96,22 @@ def test_target_of_an_alert():
     assert target(alert("x", "firing", tenant="", dimension="tenant", key="acme", threshold="100")) == "acme"
     assert target(alert("x", "firing", tenant="", dimension="tenant", key="acme", threshold="50")) == ""
     assert target(alert("x", "firing", tenant="")) == ""
+
+
+def test_a_budget_throttle_says_when_the_budget_resets():
+    """It lasts until the period ends (the budget alert resolves then) plus the cool-down: the retry
+    delay and the customer message say so, not "about 5 min because usage rose far above normal"."""
+    from datetime import datetime, timezone
+
+    b = book()
+    start = datetime(2026, 11, 30, tzinfo=timezone.utc).timestamp()
+    now = start + 20 * 3600  # 20:00 UTC: the day budget resets in 4 hours
+    b.on_alerts([fire("b1", rule="budget", tenant="", dimension="tenant", key="acme", threshold="100",
+                      period="day", period_start="2026-11-30 00:00:00")], now)
+    d = b.decision("acme", now)
+    assert d["retry_after_s"] == 4 * 3600 + 300
+    assert "until its budget resets at 2026-12-01 00:00 UTC" in d["message"] and "rose far above" not in d["message"]
+    month = book()
+    month.on_alerts([fire("b2", rule="budget", tenant="", dimension="tenant", key="acme", threshold="100",
+                          period="month", period_start="2026-12-01 00:00:00")], now)
+    assert "resets at 2027-01-01 00:00 UTC" in month.decision("acme", now)["message"]

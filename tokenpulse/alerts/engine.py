@@ -183,8 +183,13 @@ class Evaluator:
         else:
             try:
                 sent = notifier.send(note)
-                delivered, retry_after = sent.delivered, sent.retry_after_s
-                res = {"ok": sent.ok, "status": sent.status, "attempts": sent.attempts, "error": sent.error}
+                # refused for good counts as told: re-sending the same body cannot help (logged, counted)
+                delivered, retry_after = sent.delivered | sent.refused, sent.retry_after_s
+                res = {"ok": sent.ok, "status": sent.status, "attempts": sent.attempts, "error": sent.error,
+                       "refused": bool(sent.refused)}
+                if sent.refused:
+                    log.error("channel %s refused %d notification(s) of %s for good (HTTP %s): %s; not re-sent",
+                              note.channel, len(sent.refused), note.rule, sent.status, sent.error)
             except Exception as e:  # a notifier bug must not stop evaluation
                 log.exception("notifier %s failed", note.channel)
                 delivered, res = frozenset(), {"ok": False, "error": f"internal error: {type(e).__name__}"}
@@ -195,7 +200,8 @@ class Evaluator:
         if res is None:
             return
         if self.metrics is not None:
-            self.metrics.alert_notifications.labels(note.channel, "ok" if res["ok"] else "failed").inc()
+            self.metrics.alert_notifications.labels(
+                note.channel, "ok" if res["ok"] else "refused" if res.get("refused") else "failed").inc()
         if self.store is not None:
             try:
                 self.store.log([(note, res)], done_at)

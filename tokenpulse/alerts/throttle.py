@@ -26,14 +26,19 @@ import logging
 import string
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MESSAGE = ("Requests for ${tenant} are paused for about ${minutes} min because usage rose far above its "
-                   "normal level (${reason_short}). Nothing is lost: retry after ${retry_after_s} s. If this is "
-                   "unexpected, contact support and quote ${tenant}.")
+DEFAULT_MESSAGE = ("Requests for ${tenant} are paused because usage rose far above its normal level "
+                   "(${reason_short}); they resume ${cooldown_min} min after it is back to normal. Nothing is lost: "
+                   "retry after ${retry_after_s} s. If this is unexpected, contact support and quote ${tenant}.")
+# A budget throttle lasts until the budget's period resets: say so, with when.
+BUDGET_MESSAGE = ("Requests for ${tenant} are paused until its budget resets at ${until_utc} UTC, in about "
+                  "${minutes} min (${reason_short}). Nothing is lost: retry after ${retry_after_s} s. If this is "
+                  "unexpected, contact support and quote ${tenant}.")
 # A throttle set by hand says so: the customer is not told their usage rose when it may not have.
 MANUAL_MESSAGE = ("Requests for ${tenant} are paused for about ${minutes} min by the operator (${reason_short}). "
                   "Nothing is lost: retry after ${retry_after_s} s. If this is unexpected, contact support and "
@@ -71,6 +76,20 @@ def target(alert) -> str:
     return labels.get("tenant", "") if labels.get("tenant") not in ("", "unattributed") else ""
 
 
+def _period_end(labels) -> float | None:
+    """When a budget alert's period ends (it resolves then): labels period (day|month), period_start."""
+    period, start = labels.get("period"), labels.get("period_start")
+    if period not in ("day", "month") or not start:
+        return None
+    try:
+        t = datetime.fromisoformat(start).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    if period == "day":
+        return (t + timedelta(days=1)).timestamp()
+    return (t.replace(year=t.year + 1, month=1) if t.month == 12 else t.replace(month=t.month + 1)).timestamp()
+
+
 class ThrottleBook:
     """The decisions. Methods take ``now`` and return the events they caused; thread-safe."""
 
@@ -89,8 +108,8 @@ class ThrottleBook:
         if t is not None and t.source == "manual" and t.until is not None and now >= t.until:
             t = None  # over, even if ``advance`` has not run since (it publishes the release)
         if t is None:
-            return {"tenant": tenant, "throttled": False, "reason": "", "since": None, "retry_after_s": 0,
-                    "message": ""}
+            return {"tenant": tenant, "throttled": False, "reason": "", "source": "", "since": None,
+                    "retry_after_s": 0, "message": ""}
         retry = self._retry_after(t, now)
         return {"tenant": tenant, "throttled": True, "reason": t.reason, "source": t.source,
                 "since": t.since, "retry_after_s": retry, "message": self._message(t, retry)}
@@ -99,20 +118,31 @@ class ThrottleBook:
         return [d for d in (self.decision(tenant, now) for tenant in sorted(self.throttles)) if d["throttled"]]
 
     def _retry_after(self, t: Throttle, now: float) -> int:
-        if t.until is not None:
-            end = t.until
-        elif t.release_at is not None:
+        """The expected time left: a manual throttle's end; a released-soon one's release; a budget
+        throttle's period end plus the cool-down; else (a spike still firing) the cool-down, the
+        least it can last."""
+        if t.release_at is not None and t.source != "manual":
             end = t.release_at
+        elif t.until is not None:
+            end = t.until
         else:
-            end = now + self.cooldown_s  # still firing: at least the cool-down
+            end = now + self.cooldown_s
         return max(1, int(round(end - now)))
 
     def _message(self, t: Throttle, retry: int) -> str:
         short = t.reason if len(t.reason) <= 80 else t.reason[:79] + "…"
-        template = MANUAL_MESSAGE if t.source == "manual" and self.message == DEFAULT_MESSAGE else self.message
+        template = self.message
+        if self.message == DEFAULT_MESSAGE:
+            if t.source == "manual":
+                template = MANUAL_MESSAGE
+            elif t.rule == "budget" and t.until is not None and t.release_at is None:
+                template = BUDGET_MESSAGE
+        until_utc = "" if t.until is None else \
+            datetime.fromtimestamp(t.until - (0 if t.source == "manual" else self.cooldown_s),
+                                   timezone.utc).strftime("%Y-%m-%d %H:%M")
         return string.Template(template).safe_substitute(
             tenant=t.tenant, minutes=max(1, round(retry / 60)), retry_after_s=retry, reason=t.reason,
-            reason_short=short)
+            reason_short=short, cooldown_min=max(1, round(self.cooldown_s / 60)), until_utc=until_utc)
 
     # ------------------------------------------------------------ alert-driven
     def on_alerts(self, changes, now: float) -> list[Event]:
@@ -129,8 +159,10 @@ class ThrottleBook:
                         continue  # released by hand while this alert fires
                     cur = self.throttles.get(tenant)
                     reason = a.annotations.get("summary", a.rule)
+                    period_end = _period_end(a.labels)
                     if cur is None:
-                        t = Throttle(tenant, "rule", a.rule, reason, "tokenpulse", now, causes={a.fingerprint: None})
+                        t = Throttle(tenant, "rule", a.rule, reason, "tokenpulse", now, causes={a.fingerprint: None},
+                                     until=None if period_end is None else period_end + self.cooldown_s)
                         self.throttles[tenant] = t
                         events.append(Event("throttle", t, now, "tokenpulse", reason))
                     else:  # another cause, or a re-fire during the cool-down: keep throttling

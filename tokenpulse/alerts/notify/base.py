@@ -86,6 +86,13 @@ class Sent:
     attempts: int = 0
     error: str = ""
     retry_after_s: float | None = None  # the receiver asked us to wait this long
+    refused: frozenset[str] = frozenset()  # refused for good (a 4xx other than 408/429): never sent again
+
+
+def refused_for_good(status: int) -> bool:
+    """The receiver says the request itself is wrong (PagerDuty's 400 "invalid event"): sending the
+    same body again cannot help, so it is logged and counted, not re-sent."""
+    return 400 <= status < 500 and status not in (408, 429)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from tokenpulse.alerts.notify.base import Notifier, Sent, iso
+from tokenpulse.alerts.notify.base import Notifier, Sent, iso, refused_for_good
 from tokenpulse.alerts.state import Alert, Notification
 
 SEVERITY = {"critical": "critical", "error": "error", "warning": "warning", "info": "info"}
@@ -52,6 +52,7 @@ def event(alert: Alert, routing_key: str, source: str = "tokenpulse", external_u
 class PagerDutyNotifier(Notifier):
     def send(self, note: Notification) -> Sent:
         delivered: set[str] = set()
+        refused: set[str] = set()
         last = None
         for alert in note.alerts:
             body = json.dumps(event(alert, self.channel.routing_key, self.context.source, self.context.external_url),
@@ -60,9 +61,11 @@ class PagerDutyNotifier(Notifier):
             last = r
             if r.ok:
                 delivered.add(alert.fingerprint)
+            elif refused_for_good(r.status):  # 400 "invalid event": the same event would be refused again
+                refused.add(alert.fingerprint)
             elif r.retry_after_s is not None:
                 break  # rate limited: the rest waits for the next attempt
         ok = len(delivered) == len(note.alerts)
         failed = last if last is not None and not last.ok else None
         return Sent(frozenset(delivered), ok, last.status if last else 0, last.attempts if last else 0,
-                    failed.error if failed else "", failed.retry_after_s if failed else None)
+                    failed.error if failed else "", failed.retry_after_s if failed else None, frozenset(refused))

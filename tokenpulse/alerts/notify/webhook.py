@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 
-from tokenpulse.alerts.notify.base import Notifier, Sent, iso
+from tokenpulse.alerts.notify.base import Notifier, Sent, refused_for_good, iso
 from tokenpulse.alerts.state import Notification
 
 SIGNATURE_HEADER = "X-Tokenpulse-Signature"
@@ -74,4 +74,5 @@ class WebhookNotifier(Notifier):
         headers = {SIGNATURE_HEADER: sign(self.channel.secret, body)} if self.channel.secret else {}
         r = self._post(body, lambda status, text: 200 <= status < 300, headers)
         fps = frozenset(a.fingerprint for a in note.alerts) if r.ok else frozenset()
-        return Sent(fps, r.ok, r.status, r.attempts, r.error, r.retry_after_s)
+        refused = frozenset(a.fingerprint for a in note.alerts) if refused_for_good(r.status) else frozenset()
+        return Sent(fps, r.ok, r.status, r.attempts, r.error, r.retry_after_s, refused)
