@@ -186,6 +186,7 @@ class Service:
         # Settings that can be wrong are read before anything opens: one clear line, nothing to undo.
         self._auth = self._authenticator()
         self._tls_pair = self._tls()
+        self._rules = self._load_rules() if s.role != "receiver" else None
         if self.enrich is None:
             self.enrich = self._pipeline()
         self.telemetry = Telemetry(parse_telemetry(s.telemetry), self.metrics.registry,
@@ -253,10 +254,22 @@ class Service:
         log.info("forwarding enriched spans to %s", ", ".join(
             f"{d.name} ({d.protocol}, {d.spans} spans)" for d in destinations.values()))
 
-    def _start_alerts(self) -> None:
-        """Load the rules (a bad one is logged with file:line and skipped), then evaluate on ticks."""
+    def _load_rules(self):
+        """The rules, before anything opens. A setting that is wrong ends the start in one line: an
+        alert_rules_dir that cannot be read silently disabled every rule, built-ins too, and a typo
+        in an alert_rules override silently removed that rule and its throttle action. A rule file
+        of your own that does not parse is logged with file:line and skipped, as before."""
         s = self.settings
-        rules, self.rule_errors = load_rules(s.alert_rules_dir, s.alert_rules)
+        rules, errors = load_rules(s.alert_rules_dir, s.alert_rules)
+        wrong = [e for e in errors if (s.alert_rules_dir and e.where == s.alert_rules_dir) or e.where.startswith("alert_rules")]
+        if wrong:
+            raise ConfigError("; ".join(str(e) for e in wrong))
+        return rules, errors
+
+    def _start_alerts(self) -> None:
+        """Check the loaded rules against storage (a failing one is logged and skipped), then evaluate on ticks."""
+        s = self.settings
+        rules, self.rule_errors = self._rules
         now = time.time()
         for name, rule in list(rules.items()):
             try:

@@ -273,3 +273,15 @@ def test_the_otlp_ports_bind_localhost_by_default(tmp_path):
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--alert-rules-dir", "/nonexistent/rules"), ("/nonexistent/rules", "cannot read the rules directory")),
+    (("--alert-rules", '{"tenant_outlier": {"factr": 5}}'), ("alert_rules.tenant_outlier", "factr")),
+    (("--alert-rules", '{"tenant_outlyer": {"factor": 5}}'), ("unknown rule", "tenant_outlyer")),
+])
+def test_an_alert_setting_that_is_wrong_ends_the_start_in_one_line(tmp_path, args, words):
+    """A missing rules directory disabled every rule, built-ins too, with /healthz ok; a typo in an
+    override removed that rule and its throttle action. Both now stop the start (exit 2)."""
+    out = _serve_on(tmp_path, "rules", *args, timeout=60)
+    _one_line_exit_2(out, *words)

@@ -115,3 +115,14 @@ def test_a_budget_throttle_says_when_the_budget_resets():
     month.on_alerts([fire("b2", rule="budget", tenant="", dimension="tenant", key="acme", threshold="100",
                           period="month", period_start="2026-12-01 00:00:00")], now)
     assert "resets at 2027-01-01 00:00 UTC" in month.decision("acme", now)["message"]
+
+
+def test_throttle_notices_carry_a_hashed_fingerprint_like_every_alert():
+    import re
+
+    from tokenpulse.alerts.throttle import Throttle, throttle_fingerprint
+
+    t = Throttle("acme", "rule", "tenant_outlier", "spike", "tokenpulse", 1_790_000_000.0)
+    fp = throttle_fingerprint(t)
+    assert re.fullmatch(r"[0-9a-f]{16}", fp) and "acme" not in fp
+    assert fp == throttle_fingerprint(t) != throttle_fingerprint(Throttle("acme", "rule", "x", "", "", 1_790_000_060.0))

@@ -76,6 +76,16 @@ def target(alert) -> str:
     return labels.get("tenant", "") if labels.get("tenant") not in ("", "unattributed") else ""
 
 
+def throttle_fingerprint(t: Throttle) -> str:
+    """A hash like every alert's (rules.Rule.fingerprint): one per throttle episode of a tenant, so
+    its firing and its release pair up in PagerDuty and Alertmanager receivers."""
+    import hashlib
+    import json
+
+    key = json.dumps(["tenant_throttled", t.tenant, int(t.since)], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def _period_end(labels) -> float | None:
     """When a budget alert's period ends (it resolves then): labels period (day|month), period_start."""
     period, start = labels.get("period"), labels.get("period_start")
@@ -293,7 +303,7 @@ class Throttler:
                       "tenant": t.tenant, "source": t.source}
             summary = (f"Tenant {t.tenant} throttled ({t.source}, by {e.actor}): {e.reason}" if firing
                        else f"Tenant {t.tenant} released (by {e.actor}): {e.reason}")
-            alert = Alert(f"throttle-{t.tenant}-{int(t.since)}", "tenant_throttled", labels,
+            alert = Alert(throttle_fingerprint(t), "tenant_throttled", labels,
                           {"summary": summary, "customer_message": self.book.decision(t.tenant, now)["message"] if firing else ""},
                           0.0, "firing" if firing else "resolved", active_at=t.since, fired_at=t.since,
                           resolved_at=None if firing else now, last_seen=now)
