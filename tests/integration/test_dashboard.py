@@ -131,6 +131,10 @@ def test_dashboard_renders_the_data_filters_and_alerts_without_console_errors(ma
     page.wait_for_function("() => document.querySelector('#tpr-runs').textContent === '4'", timeout=15_000)
     time.sleep(0.5)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    # a notification's link opens the runs behind the alert
+    page.goto(admin + "/?model=mystery-model#runs-panel")
+    page.wait_for_function("() => document.querySelector('#runs-filter').textContent.includes('model = mystery-model') "
+                           "&& document.querySelectorAll('#runs tbody tr').length === 1", timeout=30_000)
     assert problems == []
 
 

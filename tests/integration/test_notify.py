@@ -76,9 +76,13 @@ def test_slack_payload_firing_and_resolved(receivers, notifiers):
         "*team* platform  ·  *tenant* acme")}}
     assert body["blocks"][2]["elements"][0]["text"] == (
         "severity *critical* · first notification · "
-        "<http://tokenpulse.local:4319/api/alerts?rule=tenant_outlier|alerts>")
-    assert done["text"].startswith("[RESOLVED:1] tenant_outlier")
-    assert done["blocks"][1]["text"]["text"].startswith(":white_check_mark:")
+        "<http://tokenpulse.local:4319/api/alerts?rule=tenant_outlier|alerts> · "
+        "<http://tokenpulse.local:4319/?tenant=acme#runs-panel|runs behind it>")
+    # resolved: in the past tense, with how long it lasted (the summary's numbers are the firing ones)
+    assert done["text"] == ("[RESOLVED:1] tenant_outlier: resolved after 1m 0s; "
+                            "it was: Tenant acme burns 120,000 tokens/min")
+    assert done["blocks"][1]["text"]["text"].startswith(
+        ":white_check_mark: *Resolved after 1m 0s*: it was: Tenant acme burns 120,000 tokens/min")
 
 
 def test_slack_success_needs_the_ok_body(receivers, notifiers):
@@ -100,7 +104,10 @@ def test_pagerduty_trigger_and_resolve_share_keys(receivers, notifiers):
                     "timestamp": "2026-09-21T14:13:20.000Z", "component": "acme", "class": "tenant_outlier",
                     "custom_details": {"team": "platform", "tenant": "acme", "value": 120000.0,
                                        "description": "12.5 x the median tenant", "ratio": "12.5"}},
-        "client": "tokenpulse", "client_url": "http://tokenpulse.local:4319/api/alerts?rule=tenant_outlier"}
+        "client": "tokenpulse", "client_url": "http://tokenpulse.local:4319/?tenant=acme#runs-panel",
+        "links": [{"href": "http://tokenpulse.local:4319/?tenant=acme#runs-panel",
+                   "text": "runs behind this alert (tokenpulse dashboard)"},
+                  {"href": "http://tokenpulse.local:4319/api/alerts?rule=tenant_outlier", "text": "alert state"}]}
     assert resolve == {"routing_key": ROUTING_KEY, "event_action": "resolve", "dedup_key": trigger["dedup_key"]}
 
 
@@ -121,6 +128,7 @@ def test_webhook_is_alertmanager_v4_and_signed(receivers, notifiers):
         "alerts": [{"status": "firing", "labels": labels, "annotations": annotations,
                     "startsAt": "2026-09-21T14:13:20.000Z", "endsAt": "0001-01-01T00:00:00Z",
                     "generatorURL": "http://tokenpulse.local:4319/api/alerts?rule=tenant_outlier",
+                    "dashboardURL": "http://tokenpulse.local:4319/?tenant=acme#runs-panel",
                     "fingerprint": fp, "value": 120000.0}]}
     assert second["body"]["status"] == "resolved"
     assert second["body"]["notification_reason"] == "all alerts resolved"

@@ -89,6 +89,33 @@ class Sent:
     refused: frozenset[str] = frozenset()  # refused for good (a 4xx other than 408/429): never sent again
 
 
+# An alert's labels -> the dashboard's runs filter (the same mapping as app.js drillOfLabels).
+_DRILL = (("tenant", "tenant"), ("feature", "feature"), ("session", "session"), ("session_id", "session"),
+          ("user", "user"), ("user_id", "user"), ("model", "model"))
+
+
+def runs_url(external_url: str, labels: Mapping[str, str]) -> str:
+    """The dashboard view of an incident: the runs behind the alert, costliest first ("" without
+    an external URL)."""
+    import urllib.parse
+
+    if not external_url:
+        return ""
+    drill = {to: labels[k] for k, to in _DRILL if labels.get(k) and labels[k] != "unattributed"}
+    if labels.get("dimension") and labels.get("key"):
+        drill[{"user_id": "user"}.get(labels["dimension"], labels["dimension"])] = labels["key"]
+    query = urllib.parse.urlencode(sorted(drill.items()))
+    return f"{external_url.rstrip('/')}/{'?' + query if query else ''}#runs-panel"
+
+
+def duration(seconds: float) -> str:
+    """'2h 5m', '3m 20s', '45s'."""
+    s = max(0, int(round(seconds)))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h {m}m" if h else f"{m}m {sec}s" if m else f"{sec}s"
+
+
 def refused_for_good(status: int) -> bool:
     """The receiver says the request itself is wrong (PagerDuty's 400 "invalid event"): sending the
     same body again cannot help, so it is logged and counted, not re-sent."""

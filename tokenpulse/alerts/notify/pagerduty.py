@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from tokenpulse.alerts.notify.base import Notifier, Sent, iso, refused_for_good
+from tokenpulse.alerts.notify.base import Notifier, Sent, iso, refused_for_good, runs_url
 from tokenpulse.alerts.state import Alert, Notification
 
 SEVERITY = {"critical": "critical", "error": "error", "warning": "warning", "info": "info"}
@@ -44,7 +44,9 @@ def event(alert: Alert, routing_key: str, source: str = "tokenpulse", external_u
         "client": "tokenpulse",
     }
     if external_url:
-        body["client_url"] = f"{external_url.rstrip('/')}/api/alerts?rule={alert.rule}"
+        body["client_url"] = runs_url(external_url, alert.labels)  # the dashboard view: the runs behind it
+        body["links"] = [{"href": body["client_url"], "text": "runs behind this alert (tokenpulse dashboard)"},
+                         {"href": f"{external_url.rstrip('/')}/api/alerts?rule={alert.rule}", "text": "alert state"}]
     body["payload"] = {k: v for k, v in body["payload"].items() if v != ""}
     return body
 

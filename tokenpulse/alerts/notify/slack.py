@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 
-from tokenpulse.alerts.notify.base import Notifier, Sent, refused_for_good
+from tokenpulse.alerts.notify.base import Notifier, Sent, duration, refused_for_good, runs_url
 from tokenpulse.alerts.state import Alert, Notification
 
 MAX_ALERT_BLOCKS = 20  # leaves room under Slack's ~50 blocks per message
@@ -30,7 +30,9 @@ def payload(note: Notification, external_url: str = "") -> dict:
     status = "FIRING" if firing else "RESOLVED"
     first = note.alerts[0]
     title = f"[{status}:{len(firing) or len(resolved)}] {note.rule}"
-    text = f"{escape(title)}: {escape(first.annotations.get('summary', ''))}"
+    summary = escape(first.annotations.get('summary', ''))
+    text = f"{escape(title)}: {summary}" if firing else \
+        f"{escape(title)}: resolved after {_lasted(first)}; it was: {summary}"
     blocks: list[dict] = [{"type": "header", "text": {"type": "plain_text", "text": _cut(title, 150)}}]
     for a in note.alerts[:MAX_ALERT_BLOCKS]:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(_alert_text(a), 3000)}})
@@ -40,19 +42,28 @@ def payload(note: Notification, external_url: str = "") -> dict:
     context = f"severity *{escape(first.labels.get('severity', ''))}* · {escape(note.reason)}"
     if external_url:
         context += f" · <{external_url.rstrip('/')}/api/alerts?rule={note.rule}|alerts>"
+        context += f" · <{runs_url(external_url, first.labels)}|runs behind it>"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
     return {"text": _cut(text, 3000), "blocks": blocks}
 
 
 def _alert_text(a: Alert) -> str:
-    mark = ":red_circle:" if a.state == "firing" else ":white_check_mark:"
-    lines = [f"{mark} *{escape(a.annotations.get('summary', a.rule))}*"]
+    summary = escape(a.annotations.get('summary', a.rule))
+    if a.state == "firing":
+        lines = [f":red_circle: *{summary}*"]
+    else:  # said in the past tense, with how long it lasted: the values in the summary are the firing ones
+        lines = [f":white_check_mark: *Resolved after {_lasted(a)}*: it was: {summary}"]
     if a.annotations.get("description"):
         lines.append(escape(a.annotations["description"]))
     labels = [f"*{escape(k)}* {escape(v)}" for k, v in sorted(a.labels.items()) if k not in HIDDEN_LABELS and v != ""]
     if labels:
         lines.append("  ·  ".join(labels))
     return "\n".join(lines)
+
+
+def _lasted(a: Alert) -> str:
+    start = a.fired_at or a.active_at
+    return duration((a.resolved_at or start) - start) if start else "?"
 
 
 def escape(s: str) -> str:

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 
-from tokenpulse.alerts.notify.base import Notifier, Sent, refused_for_good, iso
+from tokenpulse.alerts.notify.base import Notifier, Sent, iso, refused_for_good, runs_url
 from tokenpulse.alerts.state import Notification
 
 SIGNATURE_HEADER = "X-Tokenpulse-Signature"
@@ -48,6 +48,7 @@ def payload(note: Notification, receiver: str, external_url: str = "", max_alert
             "startsAt": iso(a.fired_at or a.active_at),
             "endsAt": iso(a.resolved_at if a.state == "resolved" else None),
             "generatorURL": f"{base}/api/alerts?rule={a.rule}" if base else "",
+            "dashboardURL": runs_url(base, a.labels),  # the runs behind it (not in Alertmanager's format)
             "fingerprint": a.fingerprint,
             "value": a.value,
         } for a in alerts],

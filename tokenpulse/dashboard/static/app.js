@@ -322,6 +322,10 @@ async function refresh() {
 async function start() {
   const list = await api("/api/panels");
   panelParams = Object.fromEntries(list.map(p => [p.name, new Set(p.params.map(x => x.name))]));
+  // A notification's link (/?tenant=...#runs-panel) opens the runs behind the alert.
+  const linked = Object.fromEntries([...new URLSearchParams(location.search)]
+    .filter(([k, v]) => ["tenant", "feature", "session", "user", "model"].includes(k) && v));
+  if (Object.keys(linked).length && !Object.keys(drill).length) drillTo(linked, "a notification");
   await refresh();
 }
 
