@@ -222,3 +222,22 @@ def test_span_values_cannot_ping_a_channel_or_disguise_a_link_on_any_channel(rec
     assert HOSTILE in pd["payload"]["summary"] and pd["payload"]["custom_details"]["tenant"] == HOSTILE
     hook = receivers["webhook"].bodies()[0]
     assert hook["alerts"][0]["labels"]["tenant"] == HOSTILE
+
+
+def test_the_webhook_carries_the_whole_group_as_alertmanager_does(receivers, notifiers):
+    """A "new alerts added" message listed only the new alert of two firing: Alertmanager's webhook
+    sends every alert of the group each time."""
+    first = step({}, [{"tenant": "acme", "value": 1, "ratio": 2}], 1_790_000_000, RULE)
+    from tokenpulse.alerts.state import record_delivery
+
+    states = first.states
+    for note in first.notifications:  # every channel was told about acme
+        states = record_delivery(states, note, {a.fingerprint for a in note.alerts}, 1_790_000_001)
+    second = step(states, [{"tenant": "acme", "value": 1, "ratio": 2}, {"tenant": "globex", "value": 3, "ratio": 4}],
+                  1_790_000_010, RULE)
+    note = next(n for n in second.notifications if n.channel == "hook")
+    assert note.reason == "new alerts added" and [a.labels["tenant"] for a in note.alerts] == ["globex"]
+    assert notifiers["hook"].send(note).ok
+    body = receivers["webhook"].bodies()[-1]
+    assert body["status"] == "firing" and body["notification_reason"] == "new alerts added"
+    assert sorted(a["labels"]["tenant"] for a in body["alerts"]) == ["acme", "globex"]

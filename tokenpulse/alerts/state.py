@@ -60,6 +60,8 @@ class Notification:
     channel: str
     reason: str  # Alertmanager's notification_reason
     alerts: tuple[Alert, ...]
+    # The whole group as Alertmanager sends it: every alert of the rule still firing, and the news.
+    group: tuple[Alert, ...] = ()
 
     @property
     def status(self) -> str:
@@ -173,7 +175,9 @@ def _notifications(states: Mapping[str, Alert], now: float, rule: Rule) -> list[
             reason = "some alerts resolved" if still_firing else "all alerts resolved"
         else:
             reason = "repeat interval elapsed"
-        out.append(Notification(rule.name, channel, reason, tuple(a for a, _ in due)))
+        news = tuple(a for a, _ in due)
+        group = tuple(a for a in mine if a.state == "firing" or any(a is n for n in news))
+        out.append(Notification(rule.name, channel, reason, news, group))
     return out
 
 

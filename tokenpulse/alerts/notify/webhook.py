@@ -21,7 +21,7 @@ SIGNATURE_HEADER = "X-Tokenpulse-Signature"
 
 
 def payload(note: Notification, receiver: str, external_url: str = "", max_alerts: int = 0) -> dict:
-    alerts = list(note.alerts)
+    alerts = list(note.group or note.alerts)  # the whole group, as Alertmanager sends it
     truncated = 0
     if max_alerts and len(alerts) > max_alerts:
         truncated = len(alerts) - max_alerts
@@ -33,7 +33,7 @@ def payload(note: Notification, receiver: str, external_url: str = "", max_alert
         "version": "4",
         "groupKey": '{}:{alertname="%s"}' % note.rule,
         "truncatedAlerts": truncated,
-        "status": note.status,
+        "status": "firing" if any(a.state == "firing" for a in alerts) else "resolved",
         "receiver": receiver,
         "notification_reason": note.reason,
         "groupLabels": {"alertname": note.rule},
