@@ -22,6 +22,7 @@ from tokenpulse.alerts.engine import Evaluator, backend_query, check_rule
 from tokenpulse.alerts.notify import build_notifiers, parse_channels
 from tokenpulse.alerts.rules import RuleError, load_rules, parse_rule
 from tokenpulse.alerts.store import AlertStore
+from tokenpulse.errors import ConfigError
 from tokenpulse.metrics import Metrics
 
 S = 10**9
@@ -472,3 +473,36 @@ def test_a_pagerduty_400_is_not_resent(svc):
         assert 'tokenpulse_alert_notifications_total{channel="default",result="refused"} 1.0' in text
     finally:
         pd.close()
+
+
+def test_routing_info_and_warning_do_not_open_pagerduty_incidents_and_channels_match_labels(svc):
+    """A channel's match (label -> values; `rule` is the alert name) routes alerts; PagerDuty
+    defaults to severity critical, so warnings reach chat but open no incident."""
+    cur = _spike(svc)
+    hook, pd, acme_only = Receiver("webhook"), Receiver("pagerduty"), Receiver("webhook")
+    try:
+        rules, _ = load_rules(overrides={"tenant_outlier": {"min_rate": 1000, "for": "0s", "keep_firing_for": "0s",
+                                                            "severity": "warning",
+                                                            "channels": ["hook", "pd", "acme-only"]}})
+        rule = rules["tenant_outlier"]
+        channels = parse_channels({
+            "hook": {"type": "webhook", "url": hook.url},
+            "pd": {"type": "pagerduty", "url": pd.url, "routing_key": "k" * 32},
+            "acme-only": {"type": "webhook", "url": acme_only.url, "match": {"tenant": ["acme"], "rule": "tenant_outlier"}},
+        })
+        ev = Evaluator({rule.name: rule}, backend_query(svc.backend), build_notifiers(channels, sleep=lambda s: None),
+                       AlertStore(svc.backend, svc.settings.database))
+        ev.evaluate(rule, cur + 5)
+        assert [a.state for a in ev.active()] == ["firing"]
+        assert hook.bodies()[0]["alerts"][0]["labels"]["tenant"] == "spiky"
+        assert pd.requests == [] and acme_only.requests == []  # a warning; not acme
+        ev.evaluate(rule, cur + 60)  # past the re-send times: nothing re-sent, the skipped ones count as told
+        assert pd.requests == [] and acme_only.requests == [] and len(hook.requests) == 1
+    finally:
+        for r in (hook, pd, acme_only):
+            r.close()
+
+
+def test_a_channel_match_that_is_not_a_mapping_is_refused_at_start():
+    with pytest.raises(ConfigError, match="match must map a label"):
+        parse_channels({"pd": {"type": "pagerduty", "routing_key": "k" * 32, "match": ["critical"]}})

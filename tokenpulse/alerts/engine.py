@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import replace
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import replace
 from typing import Callable, Mapping
 
 from tokenpulse.alerts.notify import MAX_INLINE_RETRY_AFTER_S, Notifier
@@ -178,13 +178,21 @@ class Evaluator:
         notifier = self.notifiers[note.channel]
         res = None
         retry_after = None
-        if not notifier.wants(note):  # e.g. send_resolved off: count it as told
-            delivered = frozenset(a.fingerprint for a in note.alerts)
+        ch = getattr(notifier, "channel", None)
+        full = note
+        # Routing: alerts this channel does not accept (its match) count as told, the rest is sent.
+        skipped = frozenset(a.fingerprint for a in note.alerts if ch is not None and not ch.accepts(a.labels))
+        if skipped:
+            kept = tuple(a for a in note.alerts if a.fingerprint not in skipped)
+            note = replace(note, alerts=kept, group=tuple(a for a in note.group if ch.accepts(a.labels))) \
+                if kept else note
+        if len(skipped) == len(full.alerts) or not notifier.wants(note):  # none routed here, or send_resolved off
+            delivered = frozenset(a.fingerprint for a in full.alerts)  # counts as told
         else:
             try:
                 sent = notifier.send(note)
                 # refused for good counts as told: re-sending the same body cannot help (logged, counted)
-                delivered, retry_after = sent.delivered | sent.refused, sent.retry_after_s
+                delivered, retry_after = sent.delivered | sent.refused | skipped, sent.retry_after_s
                 res = {"ok": sent.ok, "status": sent.status, "attempts": sent.attempts, "error": sent.error,
                        "refused": bool(sent.refused)}
                 if sent.refused:
@@ -195,8 +203,8 @@ class Evaluator:
                 delivered, res = frozenset(), {"ok": False, "error": f"internal error: {type(e).__name__}"}
         done_at = now + (time.monotonic() - started)  # on the evaluation's clock
         with self._lock:
-            self.states = record_delivery(self.states, note, delivered, done_at, retry_after)
-        self._save({a.fingerprint for a in note.alerts}, [])
+            self.states = record_delivery(self.states, full, delivered, done_at, retry_after)
+        self._save({a.fingerprint for a in full.alerts}, [])
         if res is None:
             return
         if self.metrics is not None:

@@ -44,6 +44,13 @@ class Channel:
     timeout_s: float = 5.0
     max_attempts: int = 4
     max_alerts: int = 0  # webhook: alerts per message (0: all), as Alertmanager's max_alerts
+    # Routing: label -> accepted values (the rule is label "alertname"); an alert reaches this channel
+    # only if it matches every key. PagerDuty defaults to severity critical: info and warning do not
+    # open incidents.
+    match: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def accepts(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k, "") in values for k, values in self.match.items())
 
 
 def parse_channels(raw: Mapping[str, Any], source: str = "alert_channels") -> dict[str, Channel]:
@@ -56,7 +63,7 @@ def parse_channels(raw: Mapping[str, Any], source: str = "alert_channels") -> di
         if kind not in CHANNEL_TYPES:
             raise ConfigError(f"{where}: type must be one of {', '.join(CHANNEL_TYPES)}, not {kind!r}")
         unknown = set(spec) - {"type", "url", "routing_key", "secret", "send_resolved", "timeout_s",
-                               "max_attempts", "max_alerts"}
+                               "max_attempts", "max_alerts", "match"}
         if unknown:
             raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
         url = str(spec.get("url") or (PAGERDUTY_URL if kind == "pagerduty" else ""))
@@ -64,10 +71,16 @@ def parse_channels(raw: Mapping[str, Any], source: str = "alert_channels") -> di
             raise ConfigError(f"{where}: url must be an http(s) URL")
         if kind == "pagerduty" and not spec.get("routing_key"):
             raise ConfigError(f"{where}: a pagerduty channel needs routing_key (the integration key)")
+        match = spec.get("match", {"severity": ["critical"]} if kind == "pagerduty" else {})
+        if not isinstance(match, Mapping) or not all(isinstance(v, (str, list)) for v in match.values()):
+            raise ConfigError(f"{where}: match must map a label (severity, alertname, tenant, ...) to a value or a "
+                              "list of values")
+        match = {("alertname" if k == "rule" else str(k)): tuple(str(x) for x in ([v] if isinstance(v, str) else v))
+                 for k, v in match.items()}
         try:
             ch = Channel(str(name), kind, url, str(spec.get("routing_key") or ""), str(spec.get("secret") or ""),
                          bool(spec.get("send_resolved", True)), float(spec.get("timeout_s", 5.0)),
-                         int(spec.get("max_attempts", 4)), int(spec.get("max_alerts", 0)))
+                         int(spec.get("max_attempts", 4)), int(spec.get("max_alerts", 0)), match)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{where}: {e}") from None
         if ch.max_attempts < 1 or ch.timeout_s <= 0:
