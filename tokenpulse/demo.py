@@ -52,13 +52,8 @@ DEMO_RULES = {
 INCIDENT_RULES = ("agent_loop", "context_bloat", "tenant_outlier")
 # --quick, a shorter story (the test runs it): windows of 20 s, alerts and throttles that let go sooner.
 # tenant_outlier's sliding minute cannot shrink, so the story still takes about a minute and a half.
-QUICK_RULES = {
-    "agent_loop": {"interval": "2s", "keep_firing_for": "5s", "window": 20},
-    "context_bloat": {"interval": "2s", "keep_firing_for": "5s", "window": 20},
-    "tenant_outlier": {"interval": "2s", "keep_firing_for": "5s"},
-    "token_rate_anomaly": {"interval": "5s", "keep_firing_for": "5s"},
-    "token_rate_anomaly_by_role": {"interval": "5s", "keep_firing_for": "5s"},
-}
+QUICK_RULES = {name: {**rule, "keep_firing_for": "5s", **({"window": 20} if "window" in rule else {})}
+               for name, rule in DEMO_RULES.items()}
 
 
 class Traffic:

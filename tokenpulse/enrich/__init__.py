@@ -24,7 +24,7 @@ from tokenpulse.enrich.calls import DuplicateCalls
 from tokenpulse.enrich.content import Content
 from tokenpulse.enrich.normalize import normalize_calls
 from tokenpulse.enrich.price import PriceTable, make_price_step
-from tokenpulse.record import SpanBatch
+from tokenpulse.record import SpanBatch, scoped_traces
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,11 @@ class Pipeline:
 
     def __call__(self, batch: SpanBatch, ctx: RequestContext = RequestContext()) -> Enriched:
         batch, inferred = normalize_calls(batch)
-        batch = self.calls(batch, inferred, ctx.tenant)
+        traces = scoped_traces(ctx.tenant, batch.trace_id)  # per-trace memory keys, computed once
+        batch = self.calls(batch, inferred, ctx.tenant, traces)
         self._count_excluded(batch)
-        batch = self._price(batch)
-        batch, rejects = self.attributor(batch, ctx.tenant)
+        batch = self._price(batch)  # keeps every row in place: the keys still line up
+        batch, rejects = self.attributor(batch, ctx.tenant, traces)
         return Enriched(self.content(batch), rejects, self.attributor.overridden, self.attributor.late)
 
     def _count_excluded(self, batch) -> None:

@@ -211,7 +211,8 @@ class Attributor:
                 out[k] = self._user(attrs[k])
         return out
 
-    def __call__(self, batch: SpanBatch, tenant: str = "") -> tuple[SpanBatch, list[str]]:
+    def __call__(self, batch: SpanBatch, tenant: str = "", scoped: list[str] | None = None
+                 ) -> tuple[SpanBatch, list[str]]:
         """``tenant``: the sender's authenticated tenant, stamped on every span (see receiver/auth.py)."""
         self.overridden = 0
         n = len(batch)
@@ -235,7 +236,8 @@ class Attributor:
             own.append(tags)
         mem = self.memory
         trace_ids, span_ids, parents = batch.trace_id, batch.span_id, batch.parent_span_id
-        scoped = mem.scope(tenant, trace_ids)  # memory keys; trace_ids stay for storage
+        if scoped is None:  # memory keys; trace_ids stay for storage
+            scoped = mem.scope(tenant, trace_ids)
         # Pass 1: learn everything this request tells about its traces and agent roles.
         for i in range(n):
             tags = own[i]

@@ -87,8 +87,10 @@ class DuplicateCalls:
         self._by_output: OrderedDict[tuple[str, int], list[str]] = OrderedDict()
         self._children: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
 
-    def __call__(self, batch: SpanBatch, inferred: set[int] = frozenset(), tenant: str = "") -> SpanBatch:
-        """``tenant``: the sender's bound tenant; the memory is per tenant (record.scoped_traces)."""
+    def __call__(self, batch: SpanBatch, inferred: set[int] = frozenset(), tenant: str = "",
+                 traces: list[str] | None = None) -> SpanBatch:
+        """``tenant``: the sender's bound tenant; the memory is per tenant (record.scoped_traces).
+        ``traces``: those keys already computed for this batch (the pipeline shares them)."""
         # Columns and tables in locals, the bounded inserts inlined: this runs for every counted call.
         counted, operation, status = batch.counted, batch.operation, batch.usage_status
         todo = [i for i in range(len(batch)) if counted[i] and operation[i] in INFERENCE_OPERATIONS]
@@ -97,7 +99,7 @@ class DuplicateCalls:
         cr, cw, rs, inp, out = batch.cache_read_tokens, batch.cache_write_tokens, batch.reasoning_tokens, \
             batch.input_tokens, batch.output_tokens
         scopes, sids, parents = batch.scope_name, batch.span_id, batch.parent_span_id
-        traces = scoped_traces(tenant, batch.trace_id)
+        traces = traces if traces is not None else scoped_traces(tenant, batch.trace_id)
         if len(todo) > 1:
             todo.sort(key=lambda i: (status[i] in ("missing", "none"), -quirk(scopes[i]).rank,
                                      -(cr[i] + cw[i] + rs[i]), -inp[i], i))

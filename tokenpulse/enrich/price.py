@@ -43,6 +43,7 @@ span: ``genai-prices@<version>:<provider>/<model id>[@<start date>]`` or
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -98,6 +99,18 @@ class PriceEntry:
     cache_write_1h: Tiered | None = None
     per_request: float = 0.0  # $ per call
 
+    @functools.cached_property
+    def flat(self) -> tuple[float, float, float, float, float, float] | None:
+        """The prices with their fallbacks when none is tiered (the usual case), computed once; None
+        when a context-length tier applies (``prices_at`` then reads them per span)."""
+        kinds = (self.input, self.output, self.cache_read, self.cache_write, self.cache_write_1h, self.reasoning)
+        if any(k is not None and k.tiers for k in kinds):
+            return None
+        i, o = self.input.base, self.output.base
+        cw = self.cache_write.base if self.cache_write else i
+        return (i, o, self.cache_read.base if self.cache_read else i, cw,
+                self.cache_write_1h.base if self.cache_write_1h else cw, self.reasoning.base if self.reasoning else o)
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -113,52 +126,38 @@ class Cost:
         return self.input + self.cache_read + self.cache_write + self.output + self.reasoning + self.request
 
 
-def compute_cost(entry: PriceEntry, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int,
-                 reasoning: int, cache_write_1h: int = 0) -> Cost:
-    flat = _flat(entry)
-    if flat is not None:  # no context-length tiers: the prices are plain numbers (the usual case)
-        in_price, out_price, cr_price, cw_price, cw1h_price, rs_price = flat
-    else:
-        in_price = entry.input.at(input_tokens)
-        out_price = entry.output.at(input_tokens)
-        cr_price = entry.cache_read.at(input_tokens) if entry.cache_read else in_price
-        cw_price = entry.cache_write.at(input_tokens) if entry.cache_write else in_price
-        cw1h_price = entry.cache_write_1h.at(input_tokens) if entry.cache_write_1h else cw_price
-        rs_price = entry.reasoning.at(input_tokens) if entry.reasoning else out_price
+def prices_at(entry: PriceEntry, input_tokens: int) -> tuple[float, float, float, float, float, float]:
+    """(input, output, cache_read, cache_write, cache_write_1h, reasoning) $ per 1M tokens, with the
+    fallbacks applied, for a span with ``input_tokens`` (context-length tiers)."""
+    flat = entry.flat
+    if flat is not None:
+        return flat
+    i, o = entry.input.at(input_tokens), entry.output.at(input_tokens)
+    cw = entry.cache_write.at(input_tokens) if entry.cache_write else i
+    return (i, o, entry.cache_read.at(input_tokens) if entry.cache_read else i, cw,
+            entry.cache_write_1h.at(input_tokens) if entry.cache_write_1h else cw,
+            entry.reasoning.at(input_tokens) if entry.reasoning else o)
+
+
+def cost_parts(prices: tuple, per_request: float, input_tokens: int, output_tokens: int, cache_read: int,
+               cache_write: int, reasoning: int, cache_write_1h: int) -> tuple[float, ...]:
+    """The six cost components (input, cache_read, cache_write, output, reasoning, request): the one
+    place the arithmetic lives (the price step calls it per counted call, ``compute_cost`` too)."""
+    in_p, out_p, cr_p, cw_p, cw1h_p, rs_p = prices
     uncached = input_tokens - cache_read - cache_write
-    if uncached < 0:
-        uncached = 0
     if reasoning > output_tokens:
         reasoning = output_tokens
     one_hour = cache_write_1h if cache_write_1h < cache_write else cache_write
     per = 1_000_000
-    return Cost(uncached * in_price / per, cache_read * cr_price / per,
-                ((cache_write - one_hour) * cw_price + one_hour * cw1h_price) / per,
-                (output_tokens - reasoning) * out_price / per, reasoning * rs_price / per, entry.per_request)
+    return ((uncached if uncached > 0 else 0) * in_p / per, cache_read * cr_p / per,
+            ((cache_write - one_hour) * cw_p + one_hour * cw1h_p) / per, (output_tokens - reasoning) * out_p / per,
+            reasoning * rs_p / per, per_request)
 
 
-_FLAT: dict[int, tuple | None] = {}
-
-
-def _flat(entry: PriceEntry) -> tuple | None:
-    """(input, output, cache_read, cache_write, cache_write_1h, reasoning) prices with the fallbacks
-    applied, when none is tiered; None otherwise. Memoized per entry (entries live as long as their table)."""
-    got = _FLAT.get(id(entry), False)
-    if got is not False and (got is None or got[6] is entry):
-        return None if got is None else got[:6]
-    kinds = (entry.input, entry.output, entry.cache_read, entry.cache_write, entry.cache_write_1h, entry.reasoning)
-    if any(k is not None and k.tiers for k in kinds):
-        _FLAT[id(entry)] = None
-        return None
-    i, o = entry.input.base, entry.output.base
-    cr = entry.cache_read.base if entry.cache_read else i
-    cw = entry.cache_write.base if entry.cache_write else i
-    cw1h = entry.cache_write_1h.base if entry.cache_write_1h else cw
-    rs = entry.reasoning.base if entry.reasoning else o
-    if len(_FLAT) > 10_000:
-        _FLAT.clear()
-    _FLAT[id(entry)] = (i, o, cr, cw, cw1h, rs, entry)
-    return i, o, cr, cw, cw1h, rs
+def compute_cost(entry: PriceEntry, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int,
+                 reasoning: int, cache_write_1h: int = 0) -> Cost:
+    return Cost(*cost_parts(prices_at(entry, input_tokens), entry.per_request, input_tokens, output_tokens,
+                            cache_read, cache_write, reasoning, cache_write_1h))
 
 
 # ---------------------------------------------------------------- what the request says
@@ -491,10 +490,8 @@ class PriceTable:
 def make_price_step(table: PriceTable, on_unknown: Callable[[str], None] = lambda model: None):
     """The price step: fills cost columns, price_status, price_id, service_tier and the 1-hour
     cache writes. Runs for every counted call: lookups are memoized per (provider, model, host,
-    tier, minute) with the entry's plain prices, and the cost of an untiered entry is computed
-    inline (``compute_cost`` is the same arithmetic, and the reference)."""
+    tier, minute); the arithmetic is ``cost_parts``, as in ``compute_cost``."""
     lookups: dict[tuple, tuple | None] = {}
-    per = 1_000_000
 
     def price(batch: SpanBatch) -> SpanBatch:
         usage_status, counted, models, providers = batch.usage_status, batch.counted, batch.model, batch.provider
@@ -527,27 +524,17 @@ def make_price_step(table: PriceTable, on_unknown: Callable[[str], None] = lambd
             if got is False:
                 at = datetime.fromtimestamp(starts[i] / 1e9, tz=timezone.utc)
                 p = table.price(key[0], model, at, tier, key[2])
-                got = lookups[key] = None if p is None else (p.entry, p.status, _flat(p.entry))
+                got = lookups[key] = None if p is None else (p.entry, p.status)
                 if len(lookups) > 100_000:
                     lookups.clear()
             if got is None:
                 batch.price_status[i] = "unknown_model"
                 on_unknown(model)
                 continue
-            entry, price_status, flat = got
-            inp, out, cr, rs = batch.input_tokens[i], batch.output_tokens[i], batch.cache_read_tokens[i], \
-                batch.reasoning_tokens[i]
-            if flat is None:
-                c = compute_cost(entry, inp, out, cr, cw, rs, one_hour)
-                parts = (c.input, c.cache_read, c.cache_write, c.output, c.reasoning, c.request)
-            else:
-                in_p, out_p, cr_p, cw_p, cw1h_p, rs_p = flat
-                uncached = inp - cr - cw
-                if rs > out:
-                    rs = out
-                parts = ((uncached if uncached > 0 else 0) * in_p / per, cr * cr_p / per,
-                         ((cw - one_hour) * cw_p + one_hour * cw1h_p) / per, (out - rs) * out_p / per,
-                         rs * rs_p / per, entry.per_request)
+            entry, price_status = got
+            inp = batch.input_tokens[i]
+            parts = cost_parts(prices_at(entry, inp), entry.per_request, inp, batch.output_tokens[i],
+                               batch.cache_read_tokens[i], cw, batch.reasoning_tokens[i], one_hour)
             (batch.input_cost_usd[i], batch.cache_read_cost_usd[i], batch.cache_write_cost_usd[i],
              batch.output_cost_usd[i], batch.reasoning_cost_usd[i], batch.request_cost_usd[i]) = parts
             batch.cost_usd[i] = parts[0] + parts[1] + parts[2] + parts[3] + parts[4] + parts[5]
