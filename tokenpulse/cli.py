@@ -459,6 +459,24 @@ def _prices_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from tokenpulse.importer import import_files
+
+    def progress(r) -> None:
+        if args.verbose:
+            print(f"  {r.requests:,} requests, {r.spans:,} spans", file=sys.stderr)
+
+    got = import_files(args.files, args.endpoint, api_key=args.api_key or os.environ.get("TOKENPULSE_API_KEY", ""),
+                       timeout_s=args.timeout, max_wait_s=args.max_wait, progress=progress)
+    for error in got.errors:
+        print(f"tokenpulse: {error}", file=sys.stderr)
+    print(f"imported {got.spans:,} spans in {got.requests:,} requests"
+          + (f"; {got.rejected:,} spans refused by the service" if got.rejected else "")
+          + (f"; {got.retries:,} retries" if got.retries else "")
+          + (f"; {len(got.errors):,} documents not imported" if got.errors else ""))
+    return 1 if got.errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command and its flags (main parses with it; the tests walk it)."""
     parser = argparse.ArgumentParser(prog="tokenpulse", description="Token and cost observability for LLM agents.")
@@ -558,6 +576,17 @@ def build_parser() -> argparse.ArgumentParser:
     k_hash.add_argument("key")
     keys.set_defaults(func=_keys)
 
+    imp = sub.add_parser("import", help="send past spans (OTLP/JSON files) through a running service, "
+                                        "so that alert baselines exist at once")
+    imp.add_argument("files", nargs="+", help="OTLP/JSON files: one ExportTraceServiceRequest per line (the "
+                                              "Collector file exporter's format) or per file; .gz read compressed")
+    imp.add_argument("--endpoint", default="http://127.0.0.1:4318", help="OTLP/HTTP of the service (default: %(default)s)")
+    imp.add_argument("--api-key", default=None, help="API key, when the service requires one (env TOKENPULSE_API_KEY)")
+    imp.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    imp.add_argument("--max-wait", type=float, default=300.0, help="seconds to keep retrying one request the "
+                                                                   "service asks to retry (default: %(default)s)")
+    imp.add_argument("--verbose", action="store_true", help="print progress to stderr")
+    imp.set_defaults(func=_import)
     prices = sub.add_parser("prices", help="look up prices, check a price file")
     prices_sub = prices.add_subparsers(dest="prices_command", required=True)
     lookup = prices_sub.add_parser("lookup", help="the price entry that would price MODEL")

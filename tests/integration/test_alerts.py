@@ -128,16 +128,114 @@ def test_tenant_outlier_against_the_median_tenant(svc):
     assert rows(svc, "tenant_outlier", min_rate=100_000) == []
 
 
-def test_user_surge_against_the_7_day_average(svc):
+def _per_minute(tenant_tokens: dict[str, int], minutes: int) -> list:
+    """(tenant, span) pairs: one call per tenant per whole minute, ``minutes`` minutes ending 2 before NOW's."""
+    cur = NOW - NOW % 60
+    return [(tenant, chat(cur - (m + 3) * 60 + 7, tokens - tokens // 10, tokens // 10))
+            for tenant, tokens in tenant_tokens.items() for m in range(minutes)]
+
+
+def _send_by_tenant(svc, pairs) -> None:
+    by: dict[str, list] = {}
+    for tenant, sp in pairs:
+        by.setdefault(tenant, []).append(sp)
+    for tenant, spans in by.items():
+        send(svc, spans, **{"tenant.id": tenant})
+
+
+def test_tenant_spike_against_its_own_baseline_in_seconds(svc):
+    # a small tenant (10k/min) and a big steady one (600k/min = 60x the small one), an hour of history
+    _send_by_tenant(svc, _per_minute({"small": 10_000, "big": 600_000}, 60))
+    assert rows(svc, "tenant_spike") == []  # nothing in the last 20 s
+    # the last 20 s: the big tenant at its usual rate (200k in 20 s), the small one at 10x its own
+    # (spans end at start + 0.5 s, so the window [NOW-30, NOW] holds the calls that ended in it)
+    _send_by_tenant(svc, [("big", chat(NOW - 18 + i, 100_000, 0)) for i in (0, 10)]
+                    + [("small", chat(NOW - 18 + i, 5_000, 0)) for i in range(0, 20, 3)])
+    (row,) = rows(svc, "tenant_spike")
+    # 7 calls x 5,000 = 35,000 tokens in the 20 s since the 10-second bucket the window starts in
+    # (NOW - 20 s falls on a bucket's start)
+    assert row["tenant"] == "small" and int(row["value"]) == 105_000 and int(row["baseline"]) == 10_000
+    assert row["ratio"] == 10.5 and int(row["history_minutes"]) == 60 and int(row["window_s"]) == 20
+    assert rows(svc, "tenant_spike", factor=11) == []
+    assert rows(svc, "tenant_spike", min_rate=110_000) == []
+    # 20 s later the window holds none of it: resolved within seconds too
+    assert rows(svc, "tenant_spike", now=NOW + 40) == []
+
+
+def test_tenant_spike_on_a_fresh_install_pages_from_the_history_there_is(svc):
+    _send_by_tenant(svc, _per_minute({"new": 10_000}, 4))  # four minutes of history
+    _send_by_tenant(svc, [("new", chat(NOW - 10, 100_000, 0))])
+    assert rows(svc, "tenant_spike") == []  # 4 < min_history (5 minutes)
+    (row,) = rows(svc, "tenant_spike", min_history=3)
+    assert int(row["history_minutes"]) == 4 and int(row["baseline"]) == 10_000
+
+
+def _otlp_json(req) -> bytes:
+    """An ExportTraceServiceRequest as OTLP/JSON (ids in hex, as the OTLP/JSON mapping requires)."""
+    import base64
+    import json
+
+    from google.protobuf.json_format import MessageToDict
+
+    doc = MessageToDict(req)
+    for rs in doc["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for sp in ss["spans"]:
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in sp:
+                        sp[key] = base64.b64decode(sp[key]).hex()
+    return json.dumps(doc).encode()
+
+
+def test_import_gives_a_fresh_install_its_baseline_at_once(svc, tmp_path, capsys):
+    from tokenpulse.cli import main
+
+    history = [sp for _, sp in _per_minute({"imported": 10_000}, 30)]
+    lines = [_otlp_json(request(history[i:i + 10], service="agent", resource={"tenant.id": "imported"}))
+             for i in range(0, 30, 10)]
+    path = tmp_path / "traces.jsonl"
+    path.write_bytes(lines[0] + b"\n" + b"{not json\n" + b"\n".join(lines[1:]) + b"\n")
+    code = main(["import", str(path), "--endpoint", f"http://127.0.0.1:{svc.http.port}"])
+    out, err = capsys.readouterr()
+    assert code == 1  # one document refused, named with its line; the other three went in
+    assert f"{path}:2: refused: HTTP 400" in err
+    assert "imported 30 spans in 3 requests; 1 documents not imported" in out
+    _send_by_tenant(svc, [("imported", chat(NOW - 10, 100_000, 0))])
+    (row,) = rows(svc, "tenant_spike")
+    assert row["tenant"] == "imported" and int(row["history_minutes"]) == 30 and int(row["baseline"]) == 10_000
+    # a service that is not there: a clear line, no traceback
+    code = main(["import", str(path), "--endpoint", "http://127.0.0.1:9", "--max-wait", "0"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "not acknowledged after 0 s of retries (last: cannot connect:" in err
+
+
+def test_tenant_outlier_spares_a_tenant_that_is_always_big(svc):
+    # five tenants at 5k/min and one that has been at 12x that for an hour: normal for itself
+    cur = NOW - NOW % 60
+    _send_by_tenant(svc, _per_minute({"a": 5_000, "b": 5_000, "c": 5_000, "d": 5_000, "whale": 60_000}, 60))
+    now_pairs = [(t, chat(cur + 1, 5_000, 0)) for t in "abcd"] + [("whale", chat(cur + 1, 60_000, 0))]
+    _send_by_tenant(svc, now_pairs)
+    assert rows(svc, "tenant_outlier", min_rate=1000, factor=10) == []
+    # without its own history the same tenant is judged against the median alone, and says so
+    (row,) = rows(svc, "tenant_outlier", min_rate=1000, factor=10, min_history=1000)
+    assert row["tenant"] == "whale" and row["own"] == "no history of its own yet"
+    # its own rate rising 4x too makes it an outlier again
+    _send_by_tenant(svc, [("whale", chat(cur + 2, 180_000, 0))])
+    (row,) = rows(svc, "tenant_outlier", min_rate=1000, factor=10)
+    assert row["tenant"] == "whale" and row["own"] == "4 x its own baseline"
+
+
+def test_user_surge_against_the_users_own_average(svc):
     two_days = NOW - 2 * 86400
     send(svc, [chat(two_days, 100_000, 0, **{"user.id": "steady"}),
                chat(two_days, 5_000_000, 0, **{"user.id": "heavy"})], **{"tenant.id": "acme"})
     recent = [chat(NOW - 60 * i, 2000, 0, **{"user.id": u}) for i in range(1, 15) for u in ("steady", "heavy", "new")]
     send(svc, recent, **{"tenant.id": "acme"})
     got = rows(svc, "user_surge")
-    # steady: 28k over 15 min = 1,867/min vs 100k / 10080 = 9.9/min (+18,755 %);
-    # heavy: 5M / 10080 = 496/min, so 1,867 is only +276 %; new: first seen minutes ago, no baseline
-    assert len(got) == 1 and got[0]["tenant"] == "acme"
+    # steady: 28k over 15 min = 1,867/min vs 100k over the ~2 days since first seen = ~35/min;
+    # heavy: 5M over those ~2 days = ~1,740/min, so 1,867 is only ~+7 %; new: first seen minutes ago,
+    # less than min_history (an hour): no baseline yet
+    assert len(got) == 1 and got[0]["tenant"] == "acme" and got[0]["history"] == "47 hours"
     assert 1800 < float(got[0]["value"]) < 1900 and got[0]["user_id"] != "steady"  # pseudonymized
     assert rows(svc, "user_surge", surge_pct=100000) == []
 

@@ -20,7 +20,7 @@ RANKS = {
     "enrich": 3,
     "receiver": 4, "forward": 4, "alerts": 4,
     # the wiring, each above what it wires
-    "config": 5, "dashboard": 5, "client": 5, "admin": 6, "service": 7, "demo": 8, "cli": 9,
+    "config": 5, "dashboard": 5, "client": 5, "importer": 5, "admin": 6, "service": 7, "demo": 8, "cli": 9,
 }
 
 

@@ -41,6 +41,7 @@ SHARDED = {
     "usage_minute": "rand()",  # written by views on each shard, not through the Distributed table
     "sessions": "rand()",
     "user_minute": "rand()",
+    "usage_10s": "rand()",
 }
 # The scheduled rollups (0006, 0007) are global too: one job writes them and panels read them with
 # FINAL. The job itself stays off in cluster mode for now (service.py), so on a cluster they stay
