@@ -18,7 +18,7 @@ import threading
 import time
 
 from tokenpulse.admin import AdminServer, AdminView, add_throttle_routes
-from tokenpulse.alerts.throttle import DEFAULT_MESSAGE, ThrottleBook, Throttler
+from tokenpulse.alerts.throttle import DEFAULT_MESSAGE, THROTTLE_RULE, ThrottleBook, Throttler, throttle_rule
 from tokenpulse.alerts.engine import Evaluator, backend_query, check_rule
 from tokenpulse.alerts.notify import Context, build_notifiers, parse_channels
 from tokenpulse.alerts.rules import RuleError, load_rules
@@ -285,9 +285,11 @@ class Service:
         store.replace_budgets(list(s.budgets.values()))
         book = ThrottleBook([n for n, r in rules.items() if r.action == "throttle"], s.throttle_cooldown_s,
                             s.throttle_message or DEFAULT_MESSAGE)
-        self.throttler = Throttler(book, store, notifiers,
-                                   [c.strip() for c in s.throttle_channels.split(",") if c.strip()])
-        query = backend_query(self.backend)
+        self.throttler = Throttler(book, store)
+        # Throttle notices are an alert rule over the book: delivered, retried and recorded as alerts are.
+        channels = tuple(c.strip() for c in s.throttle_channels.split(",") if c.strip() in notifiers)
+        rules = {**rules, THROTTLE_RULE: throttle_rule(channels or ("default",))}
+        query = self.throttler.query(backend_query(self.backend))
 
         def traced_query(rule, now):
             with self.telemetry.span("tokenpulse.alert.evaluate", rule=rule.name):
@@ -469,8 +471,6 @@ class Service:
                 log.warning("shutdown: the %s worker did not finish in time", name)
         if self.evaluator is not None:
             self.evaluator.close(max(deadline - time.monotonic(), 0.1))
-        if self.throttler is not None:
-            self.throttler.close(max(deadline - time.monotonic(), 0.1))
         if self.late is not None:  # after the writer: moves for the last stored roots are made
             self.late.stop()
         if self.spool is not None:

@@ -16,7 +16,7 @@ from tokenpulse.alerts.engine import Evaluator, backend_query
 from tokenpulse.alerts.notify import build_notifiers, parse_channels
 from tokenpulse.alerts.rules import load_rules
 from tokenpulse.alerts.store import AlertStore
-from tokenpulse.alerts.throttle import ThrottleBook, Throttler
+from tokenpulse.alerts.throttle import THROTTLE_RULE, ThrottleBook, Throttler, throttle_rule
 from tokenpulse.cli import main
 from tokenpulse.client import TenantThrottled, ThrottleGuard
 
@@ -34,9 +34,16 @@ def _evaluator(svc, hook, cooldown_s=120):
     store = AlertStore(svc.backend, svc.settings.database)
     notifiers = build_notifiers(parse_channels({"default": {"type": "webhook", "url": hook.url}}),
                                 sleep=lambda s: None)
-    throttler = Throttler(ThrottleBook([rule.name], cooldown_s), store, notifiers)
-    ev = Evaluator({rule.name: rule}, backend_query(svc.backend), notifiers, store, on_change=throttler.on_alerts)
+    throttler = Throttler(ThrottleBook([rule.name], cooldown_s), store)
+    ev = Evaluator({rule.name: rule, THROTTLE_RULE: throttle_rule()}, throttler.query(backend_query(svc.backend)),
+                   notifiers, store, on_change=throttler.on_alerts)
     return rule, ev, throttler
+
+
+def _tick(ev, rule, now):
+    """The rule, then the throttle notices (evaluated every second in the service)."""
+    ev.evaluate(rule, now)
+    ev.evaluate(ev.rules[THROTTLE_RULE], now)
 
 
 def test_spike_throttles_the_tenant_the_guard_raises_and_calm_releases_after_cooldown(make_service, hook):
@@ -46,7 +53,7 @@ def test_spike_throttles_the_tenant_the_guard_raises_and_calm_releases_after_coo
     rule, ev, throttler = _evaluator(svc, hook)
     guard = ThrottleGuard(f"http://127.0.0.1:{svc.http.port}", cache_s=0)
 
-    ev.evaluate(rule, cur + 5)
+    _tick(ev, rule, cur + 5)
     svc.throttler.refresh()
     with pytest.raises(TenantThrottled) as e:
         guard.check("spiky")
@@ -62,13 +69,13 @@ def test_spike_throttles_the_tenant_the_guard_raises_and_calm_releases_after_coo
     notice = hook.bodies()[names.index("tenant_throttled")]["alerts"][0]
     assert notice["labels"]["tenant"] == "spiky" and notice["annotations"]["customer_message"] == e.value.message
 
-    ev.evaluate(rule, cur + 180)  # traffic calmed: the alert resolves, the cool-down starts
+    _tick(ev, rule, cur + 180)  # traffic calmed: the alert resolves, the cool-down starts
     svc.throttler.refresh()
     assert guard.decision("spiky").throttled and guard.decision("spiky").retry_after_s == 120
-    ev.evaluate(rule, cur + 180 + 115)
+    _tick(ev, rule, cur + 180 + 115)
     svc.throttler.refresh()
     assert guard.decision("spiky").throttled
-    ev.evaluate(rule, cur + 180 + 120)
+    _tick(ev, rule, cur + 180 + 120)
     svc.throttler.refresh()
     guard.check("spiky")  # released
     assert hook.bodies()[-1]["status"] == "resolved"
@@ -81,13 +88,14 @@ def test_restart_keeps_the_decision(make_service, hook):
     svc = make_service(role="receiver")
     cur = _spike(svc)
     rule, ev, throttler = _evaluator(svc, hook)
-    ev.evaluate(rule, cur + 5)
+    _tick(ev, rule, cur + 5)
     ev.close()
     # a new evaluator process: state and decisions come back from ClickHouse
     rule, ev2, throttler2 = _evaluator(svc, hook)
     assert throttler2.book.decision("spiky", cur + 10)["throttled"]
-    assert [a.state for a in ev2.active()] == ["firing"]
-    ev2.evaluate(rule, cur + 10)
+    assert sorted((a.rule, a.state) for a in ev2.active()) == [("tenant_outlier", "firing"),
+                                                                ("tenant_throttled", "firing")]
+    _tick(ev2, rule, cur + 10)
     assert len([b for b in hook.bodies() if b["alerts"][0]["labels"]["alertname"] == "tenant_throttled"]) == 1
     # and a restarted receiver serves it
     svc.shutdown()
@@ -184,7 +192,7 @@ def test_a_manual_throttle_ends_on_time_with_no_rule_evaluated(make_service):
     from tokenpulse.alerts.rules import load_rules
 
     svc = make_service(alert_rules={name: {"enabled": False} for name in load_rules()[0]})
-    assert not svc.evaluator.rules
+    assert set(svc.evaluator.rules) == {"tenant_throttled"}  # only the throttle notices
     admin = f"http://127.0.0.1:{svc.admin.port}"
     assert requests.post(f"{admin}/api/throttle/acme", json={"for": "2s", "reason": "short pause"},
                          timeout=5).status_code == 200
@@ -197,3 +205,29 @@ def test_a_manual_throttle_ends_on_time_with_no_rule_evaluated(make_service):
         time.sleep(0.3)
     assert audit == [["throttle", "short pause"], ["release", "manual throttle expired"]]
     assert not requests.get(f"http://127.0.0.1:{svc.http.port}/v1/throttle/acme", timeout=5).json()["throttled"]
+
+
+def test_a_throttle_notice_the_receiver_missed_is_sent_again(make_service, hook):
+    """Throttle notices were fire-and-forget: a receiver down at that moment meant the operator never
+    heard a tenant was cut off. They now go the alerts' way: recorded, retried, re-sent."""
+    svc = make_service(role="receiver")
+    cur = _spike(svc)
+    rule, ev, throttler = _evaluator(svc, hook)
+    ev.delivery_wait_s = 30  # wait for each delivery, so the test reads the outcome
+    ev.evaluate(rule, cur + 5)  # the alert is delivered and throttles the tenant
+    hook.script = [(503, "down for maintenance", {})] * 10  # then the receiver goes down
+    ev.evaluate(ev.rules[THROTTLE_RULE], cur + 5)
+    hook.script = []
+    notices = [r for r in hook.requests if r["body"]["alerts"][0]["labels"]["alertname"] == "tenant_throttled"]
+    assert notices and all(r["status"] == 503 for r in notices)
+    state = [a for a in ev.active() if a.rule == "tenant_throttled"][0]
+    assert state.deliveries.get("default") is None or state.deliveries["default"].state != "firing"
+    before = len(hook.requests)
+    _tick(ev, rule, cur + 6)  # too early: waits out its back-off, nothing sent
+    assert len(hook.requests) == before
+    _tick(ev, rule, cur + 30)  # past the back-off: sent again, and delivered
+    ok = [r for r in hook.requests if r["status"] == 200
+          and r["body"]["alerts"][0]["labels"]["alertname"] == "tenant_throttled"]
+    assert len(ok) == 1 and ok[0]["body"]["alerts"][0]["labels"]["tenant"] == "spiky"
+    log = sql(svc, "SELECT rule, ok FROM alert_notifications WHERE rule = 'tenant_throttled' ORDER BY at")
+    assert log[0] == ["tenant_throttled", 0] and log[-1] == ["tenant_throttled", 1]

@@ -16,8 +16,11 @@ tokenpulse is not in the request path: it *publishes* decisions
   they keep firing; a *new* alert will.
 
 Every change is an ``Event`` (throttle / release) that the service writes to
-``throttle_audit`` and sends to the operators' channels; the decision itself
-is held in memory (served in microseconds) and written to ``throttle_state``.
+``throttle_audit``; the decision itself is held in memory (served in microseconds) and written to
+``throttle_state``. Operators hear of it through the alert path itself: ``throttle_rule`` is an
+alert rule (``tenant_throttled``, evaluated every second) whose rows are the tenants throttled now,
+so a notice is delivered, retried, recorded and re-sent after a restart exactly as any alert is,
+and nothing a receiver does can hold up a tick or an operator's API call.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from __future__ import annotations
 import logging
 import string
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
+
+from tokenpulse.alerts.rules import Rule
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +80,19 @@ def target(alert) -> str:
     return labels.get("tenant", "") if labels.get("tenant") not in ("", "unattributed") else ""
 
 
-def throttle_fingerprint(t: Throttle) -> str:
-    """A hash like every alert's (rules.Rule.fingerprint): one per throttle episode of a tenant, so
-    its firing and its release pair up in PagerDuty and Alertmanager receivers."""
-    import hashlib
-    import json
+THROTTLE_RULE = "tenant_throttled"
 
-    key = json.dumps(["tenant_throttled", t.tenant, int(t.since)], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+def throttle_rule(channels: Iterable[str] = ("default",)) -> Rule:
+    """The notices of throttle decisions, as an alert rule over the book (``Throttler.rows``): one
+    alert per tenant throttled now, its labels the tenant and the episode's start (one incident per
+    episode in PagerDuty and Alertmanager receivers), resolved when the tenant is released."""
+    return Rule(
+        name=THROTTLE_RULE, path="tokenpulse/alerts/throttle.py", sql="-- the throttle book, not SQL", sql_line=1,
+        summary="Tenant $tenant throttled ($source, by $actor): $reason",
+        description="Agent services asking /v1/throttle/$tenant are told to pause: $customer_message",
+        interval_s=1, severity="critical", channels=tuple(channels) or ("default",),
+        extra=("actor", "reason", "customer_message", "retry_after_s"))
 
 
 def _period_end(labels) -> float | None:
@@ -237,18 +246,12 @@ class ThrottleBook:
 
 
 class Throttler:
-    """The book plus what its events cause: persistence, the audit log, operator notifications."""
+    """The book plus what its events cause: persistence and the audit log. Notices go through the
+    evaluator (``throttle_rule``, ``rows``)."""
 
-    def __init__(self, book: ThrottleBook, store=None, notifiers: Mapping | None = None,
-                 channels: Iterable[str] = ("default",)):
+    def __init__(self, book: ThrottleBook, store=None):
         self.book = book
         self.store = store
-        self.notifiers = dict(notifiers or {})
-        self.channels = tuple(c for c in channels if c in self.notifiers)
-        # Notifications go out in the background: a slow receiver (up to ~30 s with retries) must not
-        # hold the evaluator's tick or an operator's API call.
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenpulse-throttle-notify")
-        self._inflight: set = set()
         if store is not None:
             throttles, suppressed = store.load_throttles()
             book.load(throttles, suppressed)
@@ -267,14 +270,32 @@ class Throttler:
         the service calls it every second, whether or not any rule is evaluated."""
         return self._publish(self.book.advance(now), now)
 
-    def close(self, timeout: float = 5.0) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        wait(list(self._inflight), timeout=timeout)
-
     def refresh(self) -> None:
         """Reload from storage (a receiver-role process serving decisions an evaluator makes)."""
         if self.store is not None:
             self.book.load(*self.store.load_throttles())
+
+    def rows(self, now: float) -> list[dict]:
+        """``throttle_rule``'s rows: the tenants throttled now."""
+        with self.book._lock:
+            current = list(self.book.throttles.values())
+        out = []
+        for t in current:
+            d = self.book.decision(t.tenant, now)
+            if d["throttled"]:
+                out.append({"tenant": t.tenant, "source": t.source,
+                            "since": datetime.fromtimestamp(t.since, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "value": d["retry_after_s"], "actor": t.actor, "reason": t.reason,
+                            "customer_message": d["message"], "retry_after_s": d["retry_after_s"]})
+        return out
+
+    def query(self, rules_query: Callable[[Rule, float], list[dict]]) -> Callable[[Rule, float], list[dict]]:
+        """An evaluator query function: ``throttle_rule`` answered from the book, others by ``rules_query``."""
+
+        def query(rule: Rule, now: float) -> list[dict]:
+            return self.rows(now) if rule.name == THROTTLE_RULE else rules_query(rule, now)
+
+        return query
 
     def _publish(self, events: list[Event], now: float) -> list[Event]:
         if not events:
@@ -290,31 +311,4 @@ class Throttler:
                 self.store.audit_throttle(events)
             except StorageError as err:
                 log.error("could not persist throttle decisions: %s", err)
-        self._notify(events, now)
         return events
-
-    def _notify(self, events: list[Event], now: float) -> None:
-        from tokenpulse.alerts.state import Alert, Notification
-
-        for e in events:
-            t = e.throttle
-            firing = e.action == "throttle"
-            labels = {"alertname": "tenant_throttled", "severity": "critical" if firing else "info",
-                      "tenant": t.tenant, "source": t.source}
-            summary = (f"Tenant {t.tenant} throttled ({t.source}, by {e.actor}): {e.reason}" if firing
-                       else f"Tenant {t.tenant} released (by {e.actor}): {e.reason}")
-            alert = Alert(throttle_fingerprint(t), "tenant_throttled", labels,
-                          {"summary": summary, "customer_message": self.book.decision(t.tenant, now)["message"] if firing else ""},
-                          0.0, "firing" if firing else "resolved", active_at=t.since, fired_at=t.since,
-                          resolved_at=None if firing else now, last_seen=now)
-            for ch in self.channels:
-                note = Notification("tenant_throttled", ch, "first notification" if firing else "all alerts resolved",
-                                    (alert,))
-                fut = self._pool.submit(self.notifiers[ch].send, note)
-                self._inflight.add(fut)
-                fut.add_done_callback(lambda f, ch=ch: self._sent(f, ch))
-
-    def _sent(self, fut, channel: str) -> None:
-        self._inflight.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None:  # a notifier bug must not stop throttling
-            log.error("throttle notification to %s failed: %r", channel, fut.exception())
