@@ -153,6 +153,10 @@ class Settings:
         "doc": "notification channels: {NAME: {type: slack|pagerduty|webhook, url, routing_key, secret, "
                "send_resolved, timeout_s, max_attempts, max_alerts}}; rules send to 'default' unless they "
                "name others", "parse": "channels", "secret": True})
+    alert_inhibit: dict = field(default_factory=dict, metadata={
+        "doc": "inhibition, as Alertmanager's: {NAME: {source: {label: values}, target: {label: values}, "
+               "equal: [labels]}} adds or replaces a rule, {NAME: null} drops a built-in one (docs/alerts.md)",
+        "parse": "inhibit"})
     budgets: dict = field(default_factory=dict, metadata={
         "doc": "spend budgets: {NAME: {dimension: total|tenant|feature|model|agent_role, value: X or '*', "
                "period: day|month, limit_usd: N}}; the budget rule pages at 50/80/100 %", "parse": "budgets"})
@@ -323,6 +327,13 @@ def _rule_overrides(name: str, value: dict, source: str) -> dict:
     return {str(k): dict(v or {}) for k, v in value.items()}
 
 
+def _inhibit(name: str, value: dict, source: str) -> dict:
+    from tokenpulse.alerts.incidents import parse_inhibit
+
+    parse_inhibit(value, f"{name} from {source}")  # fail at start-up
+    return value
+
+
 def _channels(name: str, value: dict, source: str) -> dict:
     from tokenpulse.alerts.notify import parse_channels
 
@@ -381,7 +392,7 @@ def _telemetry(name: str, value: dict, source: str) -> dict:
     return value
 
 
-_PARSERS = {"forward": _forward, "telemetry": _telemetry, "api_keys": _api_keys, "attribute_keys": _attribute_keys, "rule_overrides": _rule_overrides, "channels": _channels,
+_PARSERS = {"forward": _forward, "telemetry": _telemetry, "api_keys": _api_keys, "attribute_keys": _attribute_keys, "rule_overrides": _rule_overrides, "channels": _channels, "inhibit": _inhibit,
             "budgets": _budgets}
 
 

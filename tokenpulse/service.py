@@ -20,6 +20,7 @@ import time
 from tokenpulse.admin import AdminServer, AdminView, add_throttle_routes
 from tokenpulse.alerts.throttle import DEFAULT_MESSAGE, THROTTLE_RULE, ThrottleBook, Throttler, throttle_rule
 from tokenpulse.alerts.engine import Evaluator, backend_query, check_rule
+from tokenpulse.alerts.incidents import parse_inhibit
 from tokenpulse.alerts.notify import Context, build_notifiers, parse_channels
 from tokenpulse.alerts.rules import RuleError, load_rules
 from tokenpulse.alerts.store import AlertStore
@@ -296,7 +297,7 @@ class Service:
                 return query(rule, now)
 
         self.evaluator = Evaluator(rules, traced_query, notifiers, store, metrics=self.metrics,
-                                   on_change=self.throttler.on_alerts)
+                                   on_change=self.throttler.on_alerts, inhibit=parse_inhibit(s.alert_inhibit))
         self.supervisor.start("alerts", self.evaluator.run, self._alert_stop)
 
         def expire(stop: threading.Event) -> None:  # manual throttles end on time, rules evaluated or not

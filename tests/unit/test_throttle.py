@@ -117,12 +117,25 @@ def test_a_budget_throttle_says_when_the_budget_resets():
     assert "resets at 2027-01-01 00:00 UTC" in month.decision("acme", now)["message"]
 
 
-def test_throttle_notices_carry_a_hashed_fingerprint_like_every_alert():
+def test_throttle_notices_are_an_alert_rule_with_hashed_fingerprints():
+    """Notices go the alerts' way (delivered, retried, recorded): a rule over the book's rows."""
     import re
 
-    from tokenpulse.alerts.throttle import Throttle, throttle_fingerprint
+    from tokenpulse.alerts.state import step
+    from tokenpulse.alerts.throttle import Throttler, throttle_rule
 
-    t = Throttle("acme", "rule", "tenant_outlier", "spike", "tokenpulse", 1_790_000_000.0)
-    fp = throttle_fingerprint(t)
-    assert re.fullmatch(r"[0-9a-f]{16}", fp) and "acme" not in fp
-    assert fp == throttle_fingerprint(t) != throttle_fingerprint(Throttle("acme", "rule", "x", "", "", 1_790_000_060.0))
+    now = 1_790_000_000.0
+    thr = Throttler(ThrottleBook())
+    thr.set("acme", 60, "runaway job", "alice", now)
+    rule = throttle_rule(("ops",))
+    res = step({}, thr.rows(now + 1), now + 1, rule)
+    (a,) = res.states.values()
+    assert re.fullmatch(r"[0-9a-f]{16}", a.fingerprint) and "acme" not in a.fingerprint
+    assert a.state == "firing" and a.labels["tenant"] == "acme" and a.labels["source"] == "manual"
+    assert a.annotations["summary"] == "Tenant acme throttled (manual, by alice): runaway job"
+    assert "paused for about 1 min by the operator" in a.annotations["customer_message"]
+    assert [(n.channel, n.reason) for n in res.notifications] == [("ops", "first notification")]
+    thr.clear("acme", "bob", now + 2)
+    res = step(res.states, thr.rows(now + 3), now + 3, rule)
+    assert [x.state for x in res.states.values()] == ["resolved"]
+

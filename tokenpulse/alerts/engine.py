@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Callable, Mapping
 
+from tokenpulse.alerts.incidents import DEFAULT_INHIBIT, Inhibit
 from tokenpulse.alerts.notify import MAX_INLINE_RETRY_AFTER_S, Notifier
 from tokenpulse.alerts.rules import Rule, RuleError
 from tokenpulse.alerts.state import (Alert, Change, Notification, StepResult, instance, mark_sending,
@@ -69,8 +70,10 @@ def _first_line(message: str) -> str:
 class Evaluator:
     def __init__(self, rules: Mapping[str, Rule], query: QueryFn, notifiers: Mapping[str, Notifier],
                  store: AlertStore | None = None, clock: Callable[[], float] = time.time, metrics=None,
-                 on_change: Callable[[list, float], None] | None = None, delivery_wait_s: float = 2.0):
+                 on_change: Callable[[list, float], None] | None = None, delivery_wait_s: float = 2.0,
+                 inhibit: tuple[Inhibit, ...] = DEFAULT_INHIBIT):
         self.query = query
+        self.inhibit = inhibit
         self.notifiers = dict(notifiers)
         self.store = store
         self.clock = clock
@@ -121,7 +124,7 @@ class Evaluator:
         self.errors.pop(rule.name, None)
         with self._lock:
             before = self.states
-            result = step(before, rows, now, rule)
+            result = step(before, rows, now, rule, self.inhibit)
             self.states = result.states
         if self.metrics is not None:
             counts = {"pending": 0, "firing": 0, "resolved": 0}

@@ -23,10 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from tokenpulse.alerts.incidents import DEFAULT_INHIBIT, Inhibit, incident, muted
 from tokenpulse.alerts.rules import SEVERITIES, Rule, render
 
 RESOLVED_RETENTION_S = 15 * 60  # as Prometheus' resolvedRetention
-RESEND_BACKOFF_S = (5, 15, 30, 60, 120, 300)  # after a failed delivery, wait this long before asking again
+RESEND_BACKOFF_S = (5, 15, 30, 60, 120, 300)
+# A resolved alert whose resolve waits for the rest of its incident (incidents.py) is kept this long.
+INCIDENT_RETENTION_S = 24 * 3600  # after a failed delivery, wait this long before asking again
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,10 @@ def instance(rule: Rule, row: Mapping[str, Any]) -> tuple[dict[str, str], dict[s
     return labels, annotations, value
 
 
-def step(states: Mapping[str, Alert], rows: list[Mapping[str, Any]], now: float, rule: Rule) -> StepResult:
-    """Advance this rule's alerts to ``now`` given the query's rows. Pure: nothing is mutated."""
+def step(states: Mapping[str, Alert], rows: list[Mapping[str, Any]], now: float, rule: Rule,
+         inhibit: tuple[Inhibit, ...] = DEFAULT_INHIBIT) -> StepResult:
+    """Advance this rule's alerts to ``now`` given the query's rows. Pure: nothing is mutated.
+    ``states`` holds every rule's alerts: inhibition and incidents look across rules."""
     out: dict[str, Alert] = {fp: a for fp, a in states.items() if a.rule != rule.name}
     changes: list[Change] = []
     seen: set[str] = set()
@@ -136,33 +141,56 @@ def step(states: Mapping[str, Alert], rows: list[Mapping[str, Any]], now: float,
             changes.append(Change(a, "firing"))
             out[fp] = a
             continue
-        # resolved: kept for a while so an undelivered resolve is re-sent
-        if old.resolved_at is not None and now - old.resolved_at < RESOLVED_RETENTION_S:
-            out[fp] = old
-    return StepResult(out, _notifications(out, now, rule), changes)
+        # resolved: kept for a while so an undelivered resolve is re-sent, longer while its resolve
+        # waits for the rest of its incident
+        if old.resolved_at is not None:
+            waiting = any(d.state == "firing" for d in old.deliveries.values())
+            if now - old.resolved_at < (INCIDENT_RETENTION_S if waiting else RESOLVED_RETENTION_S):
+                out[fp] = old
+    return StepResult(out, _notifications(out, now, rule, inhibit), changes)
 
 
-def _due(alert: Alert, channel: str, now: float, rule: Rule) -> str:
+@dataclass(frozen=True)
+class _View:
+    """What the other rules' alerts say, for one step: the firing alerts' labels and open incidents."""
+
+    firing: tuple[Mapping[str, str], ...]
+    open: frozenset[str]
+    inhibit: tuple[Inhibit, ...]
+
+    @classmethod
+    def of(cls, states: Mapping[str, Alert], inhibit: tuple[Inhibit, ...]) -> "_View":
+        firing = tuple(a for a in states.values() if a.state == "firing")
+        return cls(tuple(a.labels for a in firing), frozenset(incident(a.labels, a.fingerprint) for a in firing),
+                   inhibit)
+
+
+def _due(alert: Alert, channel: str, now: float, rule: Rule, view: _View) -> str:
     """Why ``channel`` must hear about ``alert`` now ('' = it need not)."""
     d = alert.deliveries.get(channel, Delivery())
     if now < d.retry_at:
         return ""
     if alert.state == "firing":
         if d.state != "firing":
-            return "new"
+            return "" if muted(alert.labels, view.firing, view.inhibit) else "new"
         if rule.repeat_interval_s > 0 and now - d.at >= rule.repeat_interval_s:
             return "repeat"
         return ""
     if alert.state == "resolved" and d.state == "firing":
-        return "resolved"
+        # said once the whole incident is over, not while the tenant still spikes or is throttled
+        return "" if incident(alert.labels, alert.fingerprint) in view.open else "resolved"
     return ""
 
 
-def _notifications(states: Mapping[str, Alert], now: float, rule: Rule) -> list[Notification]:
+def _notifications(states: Mapping[str, Alert], now: float, rule: Rule,
+                   inhibit: tuple[Inhibit, ...] = DEFAULT_INHIBIT) -> list[Notification]:
     mine = sorted((a for a in states.values() if a.rule == rule.name), key=lambda a: (a.active_at, a.fingerprint))
+    if not mine:
+        return []
+    view = _View.of(states, inhibit)
     out = []
     for channel in rule.channels:
-        due = [(a, _due(a, channel, now, rule)) for a in mine]
+        due = [(a, _due(a, channel, now, rule, view)) for a in mine]
         due = [(a, why) for a, why in due if why]
         if not due:
             continue
@@ -176,7 +204,9 @@ def _notifications(states: Mapping[str, Alert], now: float, rule: Rule) -> list[
         else:
             reason = "repeat interval elapsed"
         news = tuple(a for a, _ in due)
-        group = tuple(a for a in mine if a.state == "firing" or any(a is n for n in news))
+        # the group as Alertmanager sends it: what fires (muted alerts left out, as inhibited ones are) and the news
+        group = tuple(a for a in mine if any(a is n for n in news)
+                      or (a.state == "firing" and not muted(a.labels, view.firing, view.inhibit)))
         out.append(Notification(rule.name, channel, reason, news, group))
     return out
 

@@ -4,14 +4,19 @@ From PagerDuty/developer-docs ``docs/events-API-v2`` (docs/sources.md#webhooks):
 required ``routing_key`` and ``event_action``; for a trigger, ``payload.summary``
 (≤ 1024 chars), ``payload.source`` and ``payload.severity`` (critical, error,
 warning, info: tokenpulse's severities are the same four). ``dedup_key`` (≤ 255)
-is the alert's fingerprint, so a repeat re-triggers the same incident and the
-resolve closes it. Success is 202; 400 is not retried; 429 and 5xx are.
+names the alert's *incident* (``alerts/incidents.py``: its tenant, else its session, else the alert
+itself), as Alertmanager keys PagerDuty by its group: every alert of one tenant's spike (the spike,
+the throttle notice, a repeat) lands in one PagerDuty incident, one page; the resolves are sent
+once the whole incident is resolved, and the first closes it. Success is 202; 400 is not retried;
+429 and 5xx are.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 
+from tokenpulse.alerts.incidents import incident
 from tokenpulse.alerts.notify.base import Notifier, Sent, iso, refused_for_good, runs_url
 from tokenpulse.alerts.state import Alert, Notification
 
@@ -19,7 +24,10 @@ SEVERITY = {"critical": "critical", "error": "error", "warning": "warning", "inf
 
 
 def dedup_key(alert: Alert) -> str:
-    return f"tokenpulse/{alert.rule}/{alert.fingerprint}"
+    key = incident(alert.labels, alert.fingerprint)
+    if key.startswith("alert:"):
+        return f"tokenpulse/{alert.rule}/{alert.fingerprint}"
+    return "tokenpulse/" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def event(alert: Alert, routing_key: str, source: str = "tokenpulse", external_url: str = "") -> dict:
