@@ -153,6 +153,10 @@ class Settings:
         "doc": "notification channels: {NAME: {type: slack|pagerduty|webhook, url, routing_key, secret, "
                "send_resolved, timeout_s, max_attempts, max_alerts}}; rules send to 'default' unless they "
                "name others", "parse": "channels", "secret": True})
+    alert_route: dict = field(default_factory=dict, metadata={
+        "doc": "the routing tree: {routes: [{match: {label: values}, channels: [...], continue, routes}]}; the "
+               "first matching route decides an alert's channels, else its rule's (docs/alerts.md)",
+        "parse": "route"})
     alert_inhibit: dict = field(default_factory=dict, metadata={
         "doc": "inhibition, as Alertmanager's: {NAME: {source: {label: values}, target: {label: values}, "
                "equal: [labels]}} adds or replaces a rule, {NAME: null} drops a built-in one (docs/alerts.md)",
@@ -327,6 +331,13 @@ def _rule_overrides(name: str, value: dict, source: str) -> dict:
     return {str(k): dict(v or {}) for k, v in value.items()}
 
 
+def _route(name: str, value: dict, source: str) -> dict:
+    from tokenpulse.alerts.routing import parse_tree
+
+    parse_tree(value, f"{name} from {source}")  # fail at start-up
+    return value
+
+
 def _inhibit(name: str, value: dict, source: str) -> dict:
     from tokenpulse.alerts.incidents import parse_inhibit
 
@@ -392,7 +403,7 @@ def _telemetry(name: str, value: dict, source: str) -> dict:
     return value
 
 
-_PARSERS = {"forward": _forward, "telemetry": _telemetry, "api_keys": _api_keys, "attribute_keys": _attribute_keys, "rule_overrides": _rule_overrides, "channels": _channels, "inhibit": _inhibit,
+_PARSERS = {"forward": _forward, "telemetry": _telemetry, "api_keys": _api_keys, "attribute_keys": _attribute_keys, "rule_overrides": _rule_overrides, "channels": _channels, "inhibit": _inhibit, "route": _route,
             "budgets": _budgets}
 
 

@@ -21,6 +21,7 @@ from tokenpulse.admin import AdminServer, AdminView, add_throttle_routes
 from tokenpulse.alerts.throttle import DEFAULT_MESSAGE, THROTTLE_RULE, ThrottleBook, Throttler, throttle_rule
 from tokenpulse.alerts.engine import Evaluator, backend_query, check_rule
 from tokenpulse.alerts.incidents import parse_inhibit
+from tokenpulse.alerts.routing import channels_of, parse_tree
 from tokenpulse.alerts.notify import Context, build_notifiers, parse_channels
 from tokenpulse.alerts.rules import RuleError, load_rules
 from tokenpulse.alerts.store import AlertStore
@@ -265,6 +266,9 @@ class Service:
         wrong = [e for e in errors if (s.alert_rules_dir and e.where == s.alert_rules_dir) or e.where.startswith("alert_rules")]
         if wrong:
             raise ConfigError("; ".join(str(e) for e in wrong))
+        unknown = sorted(channels_of(parse_tree(s.alert_route)) - set(s.alert_channels))
+        if unknown:
+            raise ConfigError(f"alert_route names channels that alert_channels does not define: {', '.join(unknown)}")
         return rules, errors
 
     def _start_alerts(self) -> None:
@@ -297,7 +301,8 @@ class Service:
                 return query(rule, now)
 
         self.evaluator = Evaluator(rules, traced_query, notifiers, store, metrics=self.metrics,
-                                   on_change=self.throttler.on_alerts, inhibit=parse_inhibit(s.alert_inhibit))
+                                   on_change=self.throttler.on_alerts, inhibit=parse_inhibit(s.alert_inhibit),
+                                   routes=parse_tree(s.alert_route))
         self.supervisor.start("alerts", self.evaluator.run, self._alert_stop)
 
         def expire(stop: threading.Event) -> None:  # manual throttles end on time, rules evaluated or not

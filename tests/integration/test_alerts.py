@@ -9,6 +9,7 @@ own evaluator does not race the one a test drives.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import time
 
 import pytest
@@ -22,6 +23,7 @@ from tokenpulse.alerts.engine import Evaluator, backend_query, check_rule
 from tokenpulse.alerts.notify import build_notifiers, parse_channels
 from tokenpulse.alerts.rules import RuleError, load_rules, parse_rule
 from tokenpulse.alerts.store import AlertStore
+from tokenpulse.alerts.throttle import THROTTLE_RULE, ThrottleBook, Throttler, throttle_rule
 from tokenpulse.errors import ConfigError
 from tokenpulse.metrics import Metrics
 
@@ -603,6 +605,55 @@ def test_routing_info_and_warning_do_not_open_pagerduty_incidents_and_channels_m
     finally:
         for r in (hook, pd, acme_only):
             r.close()
+
+
+def test_a_routing_tree_sends_every_rule_by_severity_without_an_override_per_rule(svc):
+    """alert_route: critical pages PagerDuty and Slack, warnings only Slack, one tenant's alerts also
+    reach its own hook (a child route), the throttle notices an ops hook too (continue). No rule
+    names a channel: every rule keeps `default`, which is not even configured."""
+    from tokenpulse.alerts.routing import parse_tree
+
+    cur = _spike(svc)
+    pd, slack, spiky_hook, ops = Receiver("pagerduty"), Receiver("slack"), Receiver("webhook"), Receiver("webhook")
+    try:
+        routes = parse_tree({"routes": [
+            {"match": {"rule": "tenant_throttled"}, "channels": ["ops"], "continue": True},
+            {"match": {"severity": "critical"}, "channels": ["pd", "slack"]},
+            {"match": {"severity": ["warning", "info"]}, "channels": ["slack"],
+             "routes": [{"match": {"tenant": "spiky"}, "channels": ["slack", "spiky-hook"]}]},
+        ]})
+        channels = parse_channels({
+            "pd": {"type": "pagerduty", "url": pd.url, "routing_key": "k" * 32, "match": {}},
+            "slack": {"type": "slack", "url": slack.url},
+            "spiky-hook": {"type": "webhook", "url": spiky_hook.url},
+            "ops": {"type": "webhook", "url": ops.url}})
+        rules, _ = load_rules(overrides={"tenant_outlier": {"min_rate": 1000, "keep_firing_for": "0s"},
+                                         "token_rate_anomaly": {"enabled": False}})
+        warn = replace(rules["tenant_outlier"], name="outlier_warning", severity="warning")
+        crit = rules["tenant_outlier"]
+        store = AlertStore(svc.backend, svc.settings.database)
+        throttler = Throttler(ThrottleBook([crit.name]), store)
+        ev = Evaluator({crit.name: crit, warn.name: warn, THROTTLE_RULE: throttle_rule()},
+                       throttler.query(backend_query(svc.backend)), build_notifiers(channels, sleep=lambda s: None),
+                       store, on_change=throttler.on_alerts, inhibit=(), routes=routes)
+        ev.evaluate(ev.rules[warn.name], cur + 5)
+        assert [r["body"]["text"].startswith("[FIRING:1] outlier_warning:") for r in slack.requests] == [True]
+        assert len(spiky_hook.requests) == 1 and pd.requests == [] and ops.requests == []
+        ev.evaluate(ev.rules[crit.name], cur + 5)
+        ev.evaluate(ev.rules[THROTTLE_RULE], cur + 5)
+        assert sorted(r["body"]["payload"]["class"] for r in pd.requests) == ["tenant_outlier", "tenant_throttled"]
+        assert len(slack.requests) == 3 and len(spiky_hook.requests) == 1  # critical: not the warning route
+        assert [r["body"]["alerts"][0]["labels"]["alertname"] for r in ops.requests] == ["tenant_throttled"]
+    finally:
+        for r in (pd, slack, spiky_hook, ops):
+            r.close()
+
+
+def test_a_route_to_a_channel_that_is_not_configured_stops_the_start(make_service):
+    with pytest.raises(ConfigError, match="alert_route names channels that alert_channels does not define: pagr"):
+        make_service(alert_route={"routes": [{"match": {"severity": "critical"}, "channels": ["pagr"]}]})
+    with pytest.raises(ConfigError, match=r"alert_route.*routes\[0\]: names no channels"):
+        make_service(alert_route={"routes": [{"match": {"severity": "critical"}}]})
 
 
 def test_a_channel_match_that_is_not_a_mapping_is_refused_at_start():

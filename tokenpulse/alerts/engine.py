@@ -24,6 +24,7 @@ from typing import Callable, Mapping
 
 from tokenpulse.alerts.incidents import DEFAULT_INHIBIT, Inhibit
 from tokenpulse.alerts.notify import MAX_INLINE_RETRY_AFTER_S, Notifier
+from tokenpulse.alerts.routing import Route, channels_of, decide
 from tokenpulse.alerts.rules import Rule, RuleError
 from tokenpulse.alerts.state import (Alert, Change, Notification, StepResult, instance, mark_sending,
                                      record_delivery, step)
@@ -71,9 +72,11 @@ class Evaluator:
     def __init__(self, rules: Mapping[str, Rule], query: QueryFn, notifiers: Mapping[str, Notifier],
                  store: AlertStore | None = None, clock: Callable[[], float] = time.time, metrics=None,
                  on_change: Callable[[list, float], None] | None = None, delivery_wait_s: float = 2.0,
-                 inhibit: tuple[Inhibit, ...] = DEFAULT_INHIBIT):
+                 inhibit: tuple[Inhibit, ...] = DEFAULT_INHIBIT, routes: tuple[Route, ...] = ()):
         self.query = query
         self.inhibit = inhibit
+        self.routes = routes
+        self._own_channels: dict[str, tuple[str, ...]] = {}  # each rule's channels, for alerts no route takes
         self.notifiers = dict(notifiers)
         self.store = store
         self.clock = clock
@@ -89,7 +92,11 @@ class Evaluator:
                 log.error("alert rule not loaded: %s", self.errors[name])
                 continue
             # no 'default' channel configured: the rule still keeps state and history
-            self.rules[name] = _with_channels(rule, tuple(c for c in rule.channels if c in self.notifiers))
+            own = tuple(c for c in rule.channels if c in self.notifiers)
+            self._own_channels[name] = own
+            # with routes, every channel a route names may hear this rule's alerts (decided per alert in _send)
+            routed = tuple(sorted(c for c in channels_of(routes) if c in self.notifiers and c not in own))
+            self.rules[name] = _with_channels(rule, own + routed)
         loaded = store.load() if store else {}
         self.states: dict[str, Alert] = {fp: a for fp, a in loaded.items() if a.rule in self.rules}
         # Alerts of rules no longer loaded (removed, disabled, broken) can never resolve by evaluation:
@@ -183,11 +190,14 @@ class Evaluator:
         retry_after = None
         ch = getattr(notifier, "channel", None)
         full = note
-        # Routing: alerts this channel does not accept (its match) count as told, the rest is sent.
-        skipped = frozenset(a.fingerprint for a in note.alerts if ch is not None and not ch.accepts(a.labels))
+        # Routing: alerts the routing tree sends elsewhere, or this channel does not accept (its match),
+        # count as told; the rest is sent.
+        skipped = frozenset(a.fingerprint for a in note.alerts if not self._routed_here(a, note.channel)
+                            or (ch is not None and not ch.accepts(a.labels)))
         if skipped:
             kept = tuple(a for a in note.alerts if a.fingerprint not in skipped)
-            note = replace(note, alerts=kept, group=tuple(a for a in note.group if ch.accepts(a.labels))) \
+            note = replace(note, alerts=kept, group=tuple(
+                a for a in note.group if self._routed_here(a, note.channel) and (ch is None or ch.accepts(a.labels)))) \
                 if kept else note
         if len(skipped) == len(full.alerts) or not notifier.wants(note):  # none routed here, or send_resolved off
             delivered = frozenset(a.fingerprint for a in full.alerts)  # counts as told
@@ -218,6 +228,14 @@ class Evaluator:
                 self.store.log([(note, res)], done_at)
             except StorageError as e:
                 log.warning("could not write the notification log: %s", e)
+
+    def _routed_here(self, alert: Alert, channel: str) -> bool:
+        """Whether the routing tree (``alert_routes``) sends ``alert`` to ``channel``; without routes,
+        or when no route matches, its rule's own channels hear it."""
+        if not self.routes:
+            return True
+        got = decide(self.routes, alert.labels)
+        return channel in (got if got is not None else self._own_channels.get(alert.rule, ()))
 
     def _save(self, fingerprints: set[str], dropped: list[Alert]) -> None:
         """Write the *current* state of these alerts (serialized, so an older snapshot never lands last)."""
