@@ -12,6 +12,7 @@ GET /api/panels/{name}?since=1h&by=feature&tenant=...   one panel:
                {"panel", "title", "params", "columns", "rows"}
 GET /api/alerts     alert instances now (pending, firing, recently resolved) and rules that failed to load
 GET /api/alerts/rules   the loaded rules with their settings
+GET /runbooks           each loaded rule's runbook (what it means, what to do first; rules link here)
 GET /api/alerts/history?since=1d&rule=NAME&limit=200   state changes, newest first
 POST /api/alerts/rules/{name}/test[?send=1]   evaluate a rule now (state untouched); send=1 also
                delivers the result as a test notification
@@ -82,6 +83,7 @@ class AdminServer:
         app.router.add_get("/api/panels/{name}", self._panel)
         app.router.add_get("/api/alerts", self._alerts)
         app.router.add_get("/api/alerts/rules", self._alert_rules)
+        app.router.add_get("/runbooks", self._runbooks)
         app.router.add_get("/api/alerts/history", self._alert_history)
         app.router.add_post("/api/alerts/rules/{name}/test", self._alert_test)
         add_throttle_routes(app.router, self.view)
@@ -101,7 +103,8 @@ class AdminServer:
         """With admin_token_sha256 set, every route but /healthz needs ``Authorization: Bearer TOKEN``."""
         digest = self.view.settings.admin_token_sha256
         # The page and its static files hold no data: the page asks for the token for its API calls.
-        public = request.path in ("/healthz", "/") or request.path.startswith("/static/")
+        # /runbooks: rule texts and thresholds, no data; linked from messages opened in a browser
+        public = request.path in ("/healthz", "/", "/runbooks") or request.path.startswith("/static/")
         if digest and not public:
             import hashlib
             import hmac
@@ -197,6 +200,11 @@ class AdminServer:
         ev = self._evaluator()
         return web.json_response({"rules": [r.describe() for r in ev.rules.values()],
                                   "rule_errors": [str(e) for e in self.view.rule_errors()]})
+
+    async def _runbooks(self, request: web.Request) -> web.Response:
+        from tokenpulse.alerts.runbook import render
+
+        return web.Response(text=render(self._evaluator().rules.values()), content_type="text/html")
 
     async def _alert_history(self, request: web.Request) -> web.Response:
         try:

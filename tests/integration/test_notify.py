@@ -8,6 +8,7 @@ import logging
 import socket
 
 import pytest
+import requests
 
 from tokenpulse.alerts.notify import Context, build_notifiers, parse_channels
 from tokenpulse.alerts.rules import parse_rule
@@ -242,3 +243,35 @@ def test_the_webhook_carries_the_whole_group_as_alertmanager_does(receivers, not
     body = receivers["webhook"].bodies()[-1]
     assert body["status"] == "firing" and body["notification_reason"] == "new alerts added"
     assert sorted(a["labels"]["tenant"] for a in body["alerts"]) == ["acme", "globex"]
+
+
+def test_every_message_links_to_the_rules_runbook(receivers, notifiers, make_service):
+    """Built-in rules link to the service's own /runbooks page (written from the loaded rules); a rule
+    may name its own URL. Slack's context line, PagerDuty's links and the webhook's runbook_url."""
+    from dataclasses import replace
+
+    from tokenpulse.alerts.rules import load_rules
+
+    rules, _ = load_rules(overrides={"tenant_spike": {"factor": 4}})
+    assert rules["tenant_spike"].runbook == "/runbooks#tenant_spike"
+    rule = replace(RULE, runbook=rules["tenant_spike"].runbook)
+    note = step({}, [{"tenant": "acme", "value": 1, "ratio": 2}], 1_790_000_000, rule).notifications[0]
+    for channel in ("slack", "pd", "hook"):
+        assert notifiers[channel].send(note).ok
+    url = "http://tokenpulse.local:4319/runbooks#tenant_spike"
+    slack_context = receivers["slack"].bodies()[0]["blocks"][-1]["elements"][0]["text"]
+    assert f"<{url}|runbook>" in slack_context
+    assert {"href": url, "text": "runbook"} in receivers["pagerduty"].bodies()[0]["links"]
+    assert receivers["webhook"].bodies()[0]["alerts"][0]["annotations"]["runbook_url"] == url
+    # a URL of your own is kept as it is
+    own = replace(RULE, runbook="https://wiki.example.com/spend#outlier")
+    note = step({}, [{"tenant": "acme", "value": 1, "ratio": 2}], 1_790_000_000, own).notifications[0]
+    assert notifiers["hook"].send(note).ok
+    assert receivers["webhook"].bodies()[1]["alerts"][0]["annotations"]["runbook_url"] == own.runbook
+    # the page: every loaded rule has its section with the settings in force, no admin token needed
+    svc = make_service(admin_token_sha256="0" * 64, alert_rules={"tenant_spike": {"factor": 4}})
+    page = requests.get(f"http://127.0.0.1:{svc.admin.port}/runbooks", timeout=10)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    for name in ("tenant_spike", "tenant_outlier", "budget", "agent_loop", "tenant_throttled"):
+        assert f"id='{name}'" in page.text
+    assert "<tr><th><code>factor</code></th><td>4.0</td>" in page.text

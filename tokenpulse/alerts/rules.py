@@ -13,6 +13,7 @@ A rule file looks like this (``queries/rules/tenant_outlier.sql``)::
     -- channels: default
     -- extra: tokens_per_min, median_tokens_per_min
     -- action: throttle
+    -- runbook: https://wiki.example.com/runbooks/tenant-outlier
     -- param: factor Float64 10 Page when a tenant is this many times the median tenant
     SELECT tenant, ... AS value, ... FROM usage_minute WHERE minute >= {now:DateTime64(3, 'UTC')} - ...
 
@@ -21,7 +22,9 @@ and the message-only columns named in ``extra``. Every rule receives the
 evaluation time as the query parameter ``{now:DateTime64(3, 'UTC')}`` (so a
 test steps time by passing it) plus its declared ``param``s, bound
 server-side. ``summary`` and ``description`` are ``string.Template`` texts
-over the labels, extras and ``$value``.
+over the labels, extras and ``$value``. ``runbook`` is the rule's runbook (a URL, or a path on the
+service such as ``/runbooks#NAME``); every message links to it. Built-in rules default to their
+section of the service's own ``/runbooks`` page (admin.py), rendered from the rules themselves.
 
 A bad rule is reported as ``FILE:LINE: reason`` and skipped; the others load.
 """
@@ -43,7 +46,7 @@ from tokenpulse.queries import parse_duration, QueryError
 SEVERITIES = ("critical", "error", "warning", "info")
 PARAM_TYPES = ("UInt32", "UInt64", "Float64", "String")
 _KEYS = ("name", "summary", "description", "interval", "for", "keep_firing_for", "repeat_interval", "severity",
-         "labels", "channels", "extra", "action", "param")
+         "labels", "channels", "extra", "action", "runbook", "param")
 _HEADER_RE = re.compile(r"^--\s*([a-z_]+):\s*(.*)$")
 _PARAM_RE = re.compile(r'^(\w+)\s+(\w+)\s+("[^"]*"|\S+)\s*(.*)$')
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -89,6 +92,7 @@ class Rule:
     action: str = ""
     params: tuple[RuleParam, ...] = ()
     values: Mapping[str, Any] = field(default_factory=dict)  # bound param values (defaults + overrides)
+    runbook: str = ""  # a URL, or a path on the service ("/runbooks#NAME")
 
     def query_params(self, now: float) -> dict:
         return {**self.values, "now": format_time(now)}
@@ -102,7 +106,7 @@ class Rule:
         return {"name": self.name, "path": self.path, "summary": self.summary, "description": self.description,
                 "interval_s": self.interval_s, "for_s": self.for_s, "keep_firing_for_s": self.keep_firing_for_s,
                 "repeat_interval_s": self.repeat_interval_s, "severity": self.severity, "labels": dict(self.labels),
-                "channels": list(self.channels), "action": self.action,
+                "channels": list(self.channels), "action": self.action, "runbook": self.runbook,
                 "params": {p.name: self.values[p.name] for p in self.params}}
 
     def where(self, message: str, prefix_lines: int = 0) -> str:
@@ -241,12 +245,13 @@ def parse_rule(path: str, text: str) -> Rule:
         repeat_interval_s=_duration(*get("repeat_interval", "4h"), "repeat_interval"),
         severity=severity, labels=labels, channels=channels or ("default",), extra=extra, action=action,
         params=tuple(params), values={p.name: _convert_param(p, p.default, path) for p in params},
+        runbook=get("runbook")[0],
     )
 
 
 # Keys of an `alert_rules:` override that are not rule parameters.
 OVERRIDE_KEYS = {"enabled", "interval", "for", "keep_firing_for", "repeat_interval", "severity", "channels",
-                 "labels", "action"}
+                 "labels", "action", "runbook"}
 
 
 def apply_overrides(rule: Rule, over: Mapping[str, Any], source: str) -> Rule | None:
@@ -267,6 +272,8 @@ def apply_overrides(rule: Rule, over: Mapping[str, Any], source: str) -> Rule | 
         changes["channels"] = tuple([ch] if isinstance(ch, str) else ch)
     if "labels" in over:
         changes["labels"] = {**rule.labels, **{str(k): str(v) for k, v in dict(over["labels"]).items()}}
+    if "runbook" in over:
+        changes["runbook"] = str(over["runbook"] or "")
     if "action" in over:
         changes["action"] = "" if over["action"] in (None, "", "none") else str(over["action"])
     byname = {p.name: p for p in rule.params}
@@ -315,6 +322,8 @@ def load_rules(extra_dir: str = "", overrides: Mapping[str, Mapping[str, Any]] |
         except RuleError as e:
             errors.append(e)
             continue
+        if not rule.runbook and path.startswith("tokenpulse/queries/rules/"):
+            rule = replace(rule, runbook=f"/runbooks#{rule.name}")
         rules[rule.name] = rule
     overrides = overrides or {}
     for name, over in overrides.items():

@@ -98,6 +98,8 @@ def instance(rule: Rule, row: Mapping[str, Any]) -> tuple[dict[str, str], dict[s
     if rule.description:
         annotations["description"] = render(rule.description, own, context, value)
     annotations.update({k: "" if v is None else str(v) for k, v in extra.items()})
+    if rule.runbook:
+        annotations["runbook_url"] = rule.runbook  # Prometheus' name; a path is made absolute when sent
     return labels, annotations, value
 
 

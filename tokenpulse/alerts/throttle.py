@@ -92,7 +92,7 @@ def throttle_rule(channels: Iterable[str] = ("default",)) -> Rule:
         summary="Tenant $tenant throttled ($source, by $actor): $reason",
         description="Agent services asking /v1/throttle/$tenant are told to pause: $customer_message",
         interval_s=1, severity="critical", channels=tuple(channels) or ("default",),
-        extra=("actor", "reason", "customer_message", "retry_after_s"))
+        extra=("actor", "reason", "customer_message", "retry_after_s"), runbook=f"/runbooks#{THROTTLE_RULE}")
 
 
 def _period_end(labels) -> float | None:

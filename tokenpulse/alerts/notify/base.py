@@ -121,6 +121,14 @@ def runs_url(external_url: str, labels: Mapping[str, str]) -> str:
     return f"{external_url.rstrip('/')}/{'?' + query if query else ''}#runs-panel"
 
 
+def runbook_url(external_url: str, annotations: Mapping[str, str]) -> str:
+    """The alert's runbook as a link: a URL as it is, a path (``/runbooks#NAME``) on the service."""
+    url = annotations.get("runbook_url", "")
+    if url.startswith("/"):
+        return f"{external_url.rstrip('/')}{url}" if external_url else ""
+    return url
+
+
 def duration(seconds: float) -> str:
     """'2h 5m', '3m 20s', '45s'."""
     s = max(0, int(round(seconds)))

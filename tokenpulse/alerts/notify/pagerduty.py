@@ -17,7 +17,7 @@ import hashlib
 import json
 
 from tokenpulse.alerts.incidents import incident
-from tokenpulse.alerts.notify.base import Notifier, Sent, iso, refused_for_good, runs_url
+from tokenpulse.alerts.notify.base import Notifier, Sent, iso, refused_for_good, runbook_url, runs_url
 from tokenpulse.alerts.state import Alert, Notification
 
 SEVERITY = {"critical": "critical", "error": "error", "warning": "warning", "info": "info"}
@@ -55,6 +55,9 @@ def event(alert: Alert, routing_key: str, source: str = "tokenpulse", external_u
         body["client_url"] = runs_url(external_url, alert.labels)  # the dashboard view: the runs behind it
         body["links"] = [{"href": body["client_url"], "text": "runs behind this alert (tokenpulse dashboard)"},
                          {"href": f"{external_url.rstrip('/')}/api/alerts?rule={alert.rule}", "text": "alert state"}]
+    runbook = runbook_url(external_url, alert.annotations)
+    if runbook:
+        body.setdefault("links", []).append({"href": runbook, "text": "runbook"})
     body["payload"] = {k: v for k, v in body["payload"].items() if v != ""}
     return body
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 
-from tokenpulse.alerts.notify.base import Notifier, Sent, duration, refused_for_good, runs_url
+from tokenpulse.alerts.notify.base import Notifier, Sent, duration, refused_for_good, runbook_url, runs_url
 from tokenpulse.alerts.state import Alert, Notification
 
 MAX_ALERT_BLOCKS = 20  # leaves room under Slack's ~50 blocks per message
@@ -43,6 +43,9 @@ def payload(note: Notification, external_url: str = "") -> dict:
     if external_url:
         context += f" · <{external_url.rstrip('/')}/api/alerts?rule={note.rule}|alerts>"
         context += f" · <{runs_url(external_url, first.labels)}|runs behind it>"
+    runbook = runbook_url(external_url, first.annotations)
+    if runbook:
+        context += f" · <{escape(runbook)}|runbook>"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
     return {"text": _cut(text, 3000), "blocks": blocks}
 

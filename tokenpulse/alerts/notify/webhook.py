@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 
-from tokenpulse.alerts.notify.base import Notifier, Sent, iso, refused_for_good, runs_url
+from tokenpulse.alerts.notify.base import Notifier, Sent, iso, refused_for_good, runbook_url, runs_url
 from tokenpulse.alerts.state import Notification
 
 SIGNATURE_HEADER = "X-Tokenpulse-Signature"
@@ -44,7 +44,9 @@ def payload(note: Notification, receiver: str, external_url: str = "", max_alert
         "alerts": [{
             "status": a.state,
             "labels": dict(a.labels),
-            "annotations": dict(a.annotations),
+            # runbook_url as Prometheus names it, absolute (a path on the service made a URL)
+            "annotations": {**a.annotations, **({"runbook_url": runbook_url(base, a.annotations)}
+                                                if a.annotations.get("runbook_url") else {})},
             "startsAt": iso(a.fired_at or a.active_at),
             "endsAt": iso(a.resolved_at if a.state == "resolved" else None),
             "generatorURL": f"{base}/api/alerts?rule={a.rule}" if base else "",
