@@ -285,6 +285,32 @@ def test_budget_thresholds_fire_once_per_period_and_resolve_at_its_end(svc):
         receiver.close()
 
 
+def test_budget_forecast_pages_before_the_crossing_with_the_projected_time(svc):
+    store = AlertStore(svc.backend, svc.settings.database)
+    store.replace_budgets([
+        {"name": "acme-daily", "dimension": "tenant", "value": "acme", "period": "day", "limit_usd": 10.0},
+        {"name": "roomy", "dimension": "tenant", "value": "acme", "period": "day", "limit_usd": 100.0},
+    ])
+    day = NOW - NOW % 86400
+    now = day + 3600 * 12
+    # gpt-4o input: $2.50 per 1M tokens. $2 in the morning, $1 in the last hour: $3 spent, $1/h
+    send(svc, [chat(now - 6 * 3600, 800_000, 0), chat(now - 1800, 400_000, 0)], **{"tenant.id": "acme"})
+    assert rows(svc, "budget_forecast", now=now) == []  # the $7 left last 7 h: beyond the 6 h horizon
+    (r,) = rows(svc, "budget_forecast", now=now, horizon=8 * 3600)
+    date = time.strftime("%Y-%m-%d", time.gmtime(day))
+    assert (r["budget"], r["key"], r["crossing_utc"], r["hours_left"], r["rate_usd_per_hour"], r["percent"]) == \
+        ("acme-daily", "acme", f"{date} 19:00", 7, 1, 30)
+    send(svc, [chat(now - 600, 800_000, 0)], **{"tenant.id": "acme"})  # $2 more: $5 spent, $3/h
+    (r,) = rows(svc, "budget_forecast", now=now)
+    assert (r["crossing_utc"], r["hours_left"], r["value"]) == (f"{date} 13:40", 1.7, 5)
+    assert r["period_start"] == f"{date} 00:00:00"  # a label: one alert per budget and period
+    # $100 a day would last past midnight at $3/h: no forecast for it; none in a period's first minutes
+    assert rows(svc, "budget_forecast", now=now, min_elapsed=13 * 3600) == []
+    # spent: the crossing itself (rule budget) says it, and silences the forecast (incidents.py)
+    send(svc, [chat(now - 60, 2_000_000, 0)], **{"tenant.id": "acme"})
+    assert rows(svc, "budget_forecast", now=now) == []
+
+
 def test_agent_loop_same_tool_same_arguments_and_repeated_llm_input(svc):
     spans = [tool(NOW - 100 + i, "search", '{"q": "weather"}', "loop-session") for i in range(5)]
     spans += [tool(NOW - 100 + i, "search", f'{{"q": "{i}"}}', "healthy-session") for i in range(6)]

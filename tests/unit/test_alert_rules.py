@@ -26,7 +26,7 @@ FROM usage_minute
 WHERE x > {factor:Float64} AND minute > {now:DateTime64(3, 'UTC')} - {window:UInt32} AND y = {thresholds:String}
 """
 
-BUILTINS = ("run_size_rate", "token_rate_anomaly", "token_rate_anomaly_by_role", "tenant_spike", "tenant_outlier", "user_surge",
+BUILTINS = ("run_size_rate", "token_rate_anomaly", "token_rate_anomaly_by_role", "tenant_spike", "tenant_outlier", "user_surge", "budget_forecast",
             "budget", "agent_loop", "context_bloat", "io_ratio_drift", "unpriced_model", "unattributed_share")
 
 

@@ -64,6 +64,13 @@ DEFAULT_RULES: dict[str, dict] = {
     "budget_warning_over_info": {"source": {"rule": "budget", "severity": "warning"},
                                  "target": {"rule": "budget", "severity": "info"},
                                  "equal": ["budget", "key", "period_start"]},
+    # a budget forecast pages before the crossing; the crossing, once there, says it; the forecast
+    # says more than the 50 and 80 % marks
+    "budget_crossed_over_forecast": {"source": {"rule": "budget", "severity": "critical"},
+                                     "target": {"rule": "budget_forecast"}, "equal": ["budget", "key", "period_start"]},
+    "budget_forecast_over_marks": {"source": {"rule": "budget_forecast"},
+                                   "target": {"rule": "budget", "severity": ["warning", "info"]},
+                                   "equal": ["budget", "key", "period_start"]},
 }
 
 
@@ -102,6 +109,8 @@ def incident(labels: Mapping[str, str], fingerprint: str) -> str:
         return f"tenant:{tenant}"
     if labels.get("session"):
         return f"session:{labels['session']}"
+    if labels.get("budget"):  # a budget's forecast and crossings, one period
+        return f"budget:{labels['budget']}:{labels.get('key', '')}:{labels.get('period_start', '')}"
     return f"alert:{fingerprint}"
 
 
