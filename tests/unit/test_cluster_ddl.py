@@ -55,7 +55,7 @@ def test_materialized_views_read_and_write_local_tables():
                          "TO tp.usage_minute_local AS")
     assert "FROM tp.spans_local AS s" in mv and "FROM tp.spans AS" not in mv
     mvs = [s for s in stmts if s.startswith("CREATE MATERIALIZED VIEW")]
-    assert len(mvs) == 7 and all(" TO tp." in s and "_local AS" in s for s in mvs)
+    assert len(mvs) == 9 and all(" TO tp." in s and "_local AS" in s for s in mvs)
 
 
 def test_the_joining_view_runs_per_shard():

@@ -42,6 +42,8 @@ SHARDED = {
     "sessions": "rand()",
     "user_minute": "rand()",
     "usage_10s": "rand()",
+    "recent_calls": "cityHash64(trace_id)",
+    "session_inputs": "rand()",
 }
 # The scheduled rollups (0006, 0007) are global too: one job writes them and panels read them with
 # FINAL. The job itself stays off in cluster mode for now (service.py), so on a cluster they stay

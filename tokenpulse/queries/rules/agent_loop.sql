@@ -11,18 +11,11 @@ WITH {now:DateTime64(3, 'UTC')} AS t
 SELECT kind, session, target, input_hash, value, tenant, example_trace
 FROM
 (
-    SELECT
-        if(operation = 'execute_tool', 'tool', 'llm_input') AS kind,
-        if(session_id != '', session_id, trace_id) AS session,
-        if(operation = 'execute_tool', tool_name, model) AS target,
-        attributes['tokenpulse.input_hash'] AS input_hash,
-        count() AS value,
-        any(tenant) AS tenant,
-        any(trace_id) AS example_trace
-    FROM spans
+    -- recent_calls (migration 0014): one narrow row per counted LLM call and per tool call
+    SELECT kind, session, target, input_hash, count() AS value, any(tenant) AS tenant, any(trace_id) AS example_trace
+    FROM recent_calls
     WHERE start_time > t - toIntervalSecond({window:UInt32}) AND start_time <= t
-      AND (operation = 'execute_tool' OR (counted = 1 AND operation IN ('chat', 'text_completion', 'generate_content')))
-      AND attributes['tokenpulse.input_hash'] != ''
+      AND kind IN ('tool', 'llm_input') AND input_hash != ''
     GROUP BY kind, session, target, input_hash
     HAVING value >= {min_repeats:UInt32}
 )

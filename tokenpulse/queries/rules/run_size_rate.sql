@@ -15,9 +15,9 @@ SELECT
     arrayStringConcat(arraySlice(arraySort(groupUniqArray(tenant)), 1, 5), ', ') AS tenants
 FROM
 (
-    SELECT trace_id, any(tenant) AS tenant, sum(input_tokens + output_tokens) AS tokens
-    FROM spans
-    WHERE start_time > t - toIntervalSecond({window:UInt32}) AND start_time <= t AND counted = 1
+    SELECT trace_id, any(tenant) AS tenant, sum(tokens) AS tokens
+    FROM recent_calls  -- counted LLM calls and tool calls, narrow (migration 0014)
+    WHERE start_time > t - toIntervalSecond({window:UInt32}) AND start_time <= t
     GROUP BY trace_id
     HAVING tokens > {min_tokens:UInt64}
     ORDER BY tokens DESC
