@@ -491,7 +491,26 @@ def test_ticks_are_interval_aligned_and_missed_ticks_counted():
     assert ev.missed == {"fast": 4}
     assert ev.tick(1260.0) == ["fast", "slow"]
     assert ev.missed == {"fast": 9}
-    assert [n for n, _ in calls] == ["fast", "slow", "fast", "fast", "fast", "slow"]
+    assert sorted(calls) == [("fast", 1200.0), ("fast", 1205.0), ("fast", 1231.0), ("fast", 1260.0),
+                             ("slow", 1200.0), ("slow", 1260.0)]
+
+
+def test_rules_due_at_one_tick_run_side_by_side():
+    """A tick lasts as long as its slowest rule, not all of them in a row: two rules whose queries
+    each wait for the other finish only if they run at the same time (a barrier, no clock)."""
+    import threading
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    def query(rule, now):
+        barrier.wait()  # raises BrokenBarrierError after 10 s if the other never arrives
+        return []
+
+    a = parse_rule("a.sql", "-- summary: x\n-- interval: 5s\nSELECT 1 AS value")
+    b = parse_rule("b.sql", "-- summary: x\n-- interval: 5s\nSELECT 1 AS value")
+    ev = Evaluator({"a": a, "b": b}, query, {})
+    assert ev.tick(1200.0) == ["a", "b"]
+    assert ev.errors == {}  # neither query failed waiting
 
 
 # ---------------------------------------------------------------- end to end: SDK -> service -> webhook; CLI

@@ -4,9 +4,9 @@ chDB allows one process per data directory (a second one fails to lock
 ``status``) and, within a process, one path (docs/sources.md#platform). So the service owns
 the directory; other processes read through the admin API (``tokenpulse sql``).
 
-Three connections: the writer's; the service's reader (panels, alert rules,
-the spool's checks); and the users' (``/api/sql``), so a user's minute-long
-query never holds the service's reads. The two readers have ``readonly=1`` set
+Connections: the writer's; the service's readers (panels, alert rules, the spool's checks: a
+few, so that the alert rules due at one tick run side by side); and the users' (``/api/sql``), so
+a user's minute-long query never holds the service's reads. The two readers have ``readonly=1`` set
 for the whole session (ClickHouse refuses ``SET readonly=0`` in readonly mode).
 Each connection is used under its own lock: chDB resolves ``Python(name)``
 objects per session, and concurrent use of one session mixed up batches on
@@ -26,6 +26,8 @@ import pyarrow as pa
 
 from tokenpulse.errors import ConfigError, QueryBusy
 from tokenpulse.storage.backend import INSERT_SETTINGS, READ_LIMITS, classify
+
+READERS = 3  # the service's reader connections
 
 # Directories this process's engine has open (its own lock must not count as another's).
 _OPENED_HERE: set[str] = set()
@@ -48,13 +50,13 @@ class EmbeddedBackend:
         self._database = ""
         try:
             self._rw = chdb.connect(self.data_dir)
-            self._ro = self._reader()
+            self._readers = [self._reader() for _ in range(READERS)]
             self._user = self._reader()
         except Exception as e:  # chDB raises RuntimeError subclasses
             raise ConfigError(f"cannot open embedded ClickHouse at {self.data_dir}: {e}") from None
         _OPENED_HERE.add(self.data_dir)
         self._rw_lock = threading.Lock()
-        self._ro_lock = threading.Lock()
+        self._reader_locks = [threading.Lock() for _ in range(READERS)]
         self._user_lock = threading.Lock()
         self._closed = False
 
@@ -69,16 +71,20 @@ class EmbeddedBackend:
             conn.query(f"USE {self._database}")
         return conn
 
-    def _renew(self, attr: str) -> None:
+    def _renew(self, attr: str, index: int = 0) -> None:
         """Replace a reader whose query failed (its next answer would be the failed one's; module doc)."""
         try:
-            getattr(self, attr).close()
+            (self._readers[index] if attr == "_readers" else getattr(self, attr)).close()
         except Exception:
             pass
         try:
-            setattr(self, attr, self._reader())
+            conn = self._reader()
         except Exception as e:
             raise classify(e, "cannot reopen the embedded reader") from None
+        if attr == "_readers":
+            self._readers[index] = conn
+        else:
+            setattr(self, attr, conn)
 
     def command(self, sql: str) -> None:
         with self._rw_lock:
@@ -91,8 +97,17 @@ class EmbeddedBackend:
         if not readonly:
             with self._rw_lock:
                 return self._run(self._rw, sql, fmt, params, None)
-        with self._ro_lock:
-            return self._run(self._ro, sql, fmt, params, "_ro")
+        # the first reader free, else wait for the first one
+        for i, lock in enumerate(self._reader_locks):
+            if lock.acquire(blocking=False):
+                break
+        else:
+            i, lock = 0, self._reader_locks[0]
+            lock.acquire()
+        try:
+            return self._run(self._readers[i], sql, fmt, params, "_readers", i)
+        finally:
+            lock.release()
 
     def user_query(self, sql: str, fmt: str = "JSONCompact", wait_s: float = 5.0) -> bytes:
         if not self._user_lock.acquire(timeout=wait_s):
@@ -102,13 +117,13 @@ class EmbeddedBackend:
         finally:
             self._user_lock.release()
 
-    def _run(self, conn, sql: str, fmt: str, params: dict | None, renew: str | None) -> bytes:
+    def _run(self, conn, sql: str, fmt: str, params: dict | None, renew: str | None, index: int = 0) -> bytes:
         try:
             res = conn.query(sql, fmt, params=params) if params else conn.query(sql, fmt)
         except Exception as e:
             err = classify(e, "ClickHouse query failed")
             if renew:
-                self._renew(renew)
+                self._renew(renew, index)
             raise err from None
         return res.bytes() if hasattr(res, "bytes") else bytes(res)
 
@@ -124,10 +139,18 @@ class EmbeddedBackend:
             except Exception as e:
                 raise classify(e, f"insert into {table} failed") from None
 
+    def _all_locks(self):
+        from contextlib import ExitStack
+
+        stack = ExitStack()
+        for lock in (self._rw_lock, *self._reader_locks, self._user_lock):
+            stack.enter_context(lock)
+        return stack
+
     def use_database(self, database: str) -> None:
-        with self._rw_lock, self._ro_lock, self._user_lock:
+        with self._all_locks():
             try:
-                for conn in (self._rw, self._ro, self._user):
+                for conn in (self._rw, *self._readers, self._user):
                     conn.query(f"USE {database}")
             except Exception as e:
                 raise classify(e, f"cannot use database {database}") from None
@@ -137,8 +160,8 @@ class EmbeddedBackend:
         if self._closed:
             return
         self._closed = True
-        with self._rw_lock, self._ro_lock, self._user_lock:
-            for conn in (self._user, self._ro, self._rw):
+        with self._all_locks():
+            for conn in (self._user, *self._readers, self._rw):
                 try:
                     conn.close()
                 except Exception:
