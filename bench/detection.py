@@ -1,25 +1,30 @@
-"""Detection benchmark: time from the first anomalous span received to the webhook received.
+"""Detection benchmark: how fast incidents page, how often calm pages, how many pages one incident makes.
 
-Starts `tokenpulse serve` (embedded chDB, fresh directory, default rules, one
-webhook channel pointing at a receiver in this process), then:
+Starts `tokenpulse serve` (embedded chDB, fresh directory, the built-in rules) with three channels,
+each a real local HTTP server speaking the vendor's side of the wire: Slack (incoming webhook),
+PagerDuty (Events API v2) and an Alertmanager-style webhook; a routing tree sends every alert to
+all three (PagerDuty takes critical ones, its default). Then:
 
-1. seeds 62 minutes of history at the steady rate (spans with past start
-   times, through the real OTLP/HTTP receiver), so the baselines exist;
-2. sends steady agent traffic in real time: several tenants, features and
-   agent roles, sessions of a few turns with growing context, tools with
-   varied arguments, known models, everything attributed;
-3. a calm period (--calm-minutes): every alert that fires is a false alert;
-4. incidents, each --repeats times, a new session or tenant each time:
-   * loop:      one session calls the same tool with the same arguments over and over
-   * explosion: one session's prompt doubles every turn (prompt-size explosion)
-   * spike:     a stuck integration: one tenant sends 500k tokens at once (a steady tenant
-                 sends ~15k a minute)
-   and measures, for each, the time from the moment its first span was
-   acknowledged by the receiver to the webhook carrying its alert.
+1. seeds 62 minutes of history (spans with past start times, through the real OTLP/HTTP receiver):
+   16 tenants with a heavy-tailed mix (the largest ~12x the median; each minute +-30 % noise);
+2. sends the same traffic live, once a second;
+3. a calm period (--calm-minutes): every page then is a false page;
+4. incidents, each --repeats times, on a tenant at or near the median:
+   * burst:    a stuck integration, 500k tokens at once;
+   * rise3/10/20: the tenant's own rate rises 3x, 10x, 20x and stays there (--rise-seconds);
+   * loop:     one session calls the same tool with the same arguments 5 times;
+   * forecast: a tenant with a daily budget spends a quarter of it at once: at that rate the
+               budget goes within hours (rule budget_forecast);
+   and measures, for each, the time from its first span acknowledged to the first page on the
+   webhook naming it, then waits until it is over and counts the messages each channel got for it
+   (Slack and webhook: firing messages; PagerDuty: incidents opened, i.e. distinct dedup keys).
 
-Prints p50/p95 per incident kind and the false alerts of the calm period.
+Prints p50/p95 per incident kind, the false pages of the calm period, pages per incident per channel.
 
-    python bench/detection.py [--calm-minutes 10] [--repeats 5] [--server-arg=--log-level=info]
+    python bench/detection.py [--calm-minutes 5] [--repeats 3] [--server-arg=--log-level=info]
+
+Alert evaluation time under load: `python bench/ingest.py --transport grpc --batch 5000 --rate 20000
+--seconds 300 --rules` (every rule runs while 20k spans/s are stored).
 """
 
 from __future__ import annotations
@@ -44,10 +49,11 @@ from spans import _kv  # noqa: E402  (the shared attribute encoder)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 from opentelemetry.proto.trace.v1.trace_pb2 import Span  # noqa: E402
 
-TENANTS = ["acme", "globex", "initech", "umbrella", "hooli"]
+N_TENANTS = 16
+MEDIAN_CALLS_PER_MIN = 12  # ~1,500 tokens a call: the median tenant burns ~18k tokens/min
+TOKENS_PER_CALL = 1500
 FEATURES = ["search", "support", "summarize"]
-ROLES = ["planner", "worker"]
-CALLS_PER_MINUTE = 60  # steady rate, all tenants together (~1,500 tokens per call)
+BUDGET_USD = 20.0  # the forecast tenants' daily budget
 
 
 def free_port() -> int:
@@ -58,41 +64,64 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Hook:
-    """The webhook receiver: records (arrival time, payload)."""
+class Receiver:
+    """A channel's receiving end: records (arrival time, JSON body); answers as the vendor does."""
 
-    def __init__(self):
+    def __init__(self, kind: str):
+        self.kind = kind
         self.events: list[tuple[float, dict]] = []
         self.cond = threading.Condition()
-        hook = self
+        me = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with hook.cond:
-                    hook.events.append((time.time(), body))
-                    hook.cond.notify_all()
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                with me.cond:
+                    me.events.append((time.time(), json.loads(raw)))
+                    me.cond.notify_all()
+                status, text = {"slack": (200, "ok"), "pagerduty": (202, '{"status":"success"}')}.get(me.kind, (200, ""))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(text)))
                 self.end_headers()
+                self.wfile.write(text.encode())
 
             def log_message(self, *a):
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
 
-    def firing_since(self, t: float) -> list[tuple[float, dict]]:
+    def since(self, t: float) -> list[tuple[float, dict]]:
         with self.cond:
-            return [(at, a) for at, body in self.events if at >= t for a in body["alerts"] if a["status"] == "firing"]
+            return [(at, b) for at, b in self.events if at >= t]
 
-    def wait(self, match, since: float, timeout: float) -> float | None:
+    def pages(self, t0: float, t1: float, match) -> int:
+        """Messages that told of a new firing alert about ``match`` in [t0, t1] (Slack, webhook), or
+        incidents opened (PagerDuty: distinct dedup keys triggered)."""
+        got = [(at, b) for at, b in self.since(t0) if at <= t1]
+        if self.kind == "pagerduty":
+            return len({b["dedup_key"] for _, b in got if b.get("event_action") == "trigger"
+                        and match(b["payload"].get("custom_details", {}), b["payload"].get("class", ""))})
+        if self.kind == "slack":
+            return sum(1 for _, b in got if b["text"].startswith("[FIRING") and match_text(b, match))
+        seen: set[str] = set()
+        count = 0
+        for _, b in got:  # the webhook carries the whole group: a message counts when it brings news
+            new = {a["fingerprint"] for a in b["alerts"] if a["status"] == "firing"
+                   and match(a["labels"], a["labels"]["alertname"]) and a["fingerprint"] not in seen}
+            if new:
+                count += 1
+                seen |= new
+        return count
+
+    def first(self, since: float, match, timeout: float) -> float | None:
         deadline = time.time() + timeout
         with self.cond:
             while True:
-                for at, body in self.events:
-                    if at >= since and any(a["status"] == "firing" and match(a["labels"]) for a in body["alerts"]):
+                for at, b in self.events:
+                    if at >= since and any(a["status"] == "firing" and match(a["labels"], a["labels"]["alertname"])
+                                           for a in b.get("alerts", [])):
                         return at
                 left = deadline - time.time()
                 if left <= 0:
@@ -100,25 +129,28 @@ class Hook:
                 self.cond.wait(left)
 
 
-def chat_span(start_ns: int, tenant: str, feature: str, role: str, session: str, inp: int, out: int,
-              model: str = "gpt-4o-mini", trace: bytes | None = None, prompt: str = "") -> Span:
-    s = Span(trace_id=trace or os.urandom(16), span_id=os.urandom(8), name=f"chat {model}",
-             kind=Span.SPAN_KIND_CLIENT, start_time_unix_nano=start_ns, end_time_unix_nano=start_ns + 800_000_000)
+def match_text(body: dict, match) -> bool:
+    """A Slack message is about ``match`` when its text names the tenant/session the matcher wants."""
+    return any(match({"tenant": word, "session": word, "key": word}, "") for word in
+               body["text"].replace(",", " ").replace(":", " ").replace("(", " ").replace(")", " ").split())
+
+
+def chat(start_ns: int, tenant: str, tokens: int, session: str = "", model: str = "gpt-4o-mini") -> Span:
+    s = Span(trace_id=os.urandom(16), span_id=os.urandom(8), name=f"chat {model}", kind=Span.SPAN_KIND_CLIENT,
+             start_time_unix_nano=start_ns, end_time_unix_nano=start_ns + 800_000_000)
     attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": model,
-             "gen_ai.response.model": model, "gen_ai.usage.input_tokens": inp, "gen_ai.usage.output_tokens": out,
-             "tenant.id": tenant, "app.feature": feature, "gen_ai.agent.name": role,
-             "gen_ai.conversation.id": session}
-    if prompt:
-        attrs["gen_ai.input.messages"] = prompt
+             "gen_ai.response.model": model, "gen_ai.usage.input_tokens": tokens - tokens // 10,
+             "gen_ai.usage.output_tokens": tokens // 10, "tenant.id": tenant, "app.feature": random.choice(FEATURES),
+             "gen_ai.conversation.id": session or os.urandom(6).hex()}
     s.attributes.extend(_kv(k, v) for k, v in attrs.items())
     return s
 
 
-def tool_span(start_ns: int, tenant: str, feature: str, session: str, tool: str, args: str) -> Span:
-    s = Span(trace_id=os.urandom(16), span_id=os.urandom(8), name=f"execute_tool {tool}",
+def tool(start_ns: int, tenant: str, session: str, name: str, args: str) -> Span:
+    s = Span(trace_id=os.urandom(16), span_id=os.urandom(8), name=f"execute_tool {name}",
              kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=start_ns, end_time_unix_nano=start_ns + 50_000_000)
-    attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool, "gen_ai.tool.call.arguments": args,
-             "tenant.id": tenant, "app.feature": feature, "gen_ai.conversation.id": session}
+    attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name, "gen_ai.tool.call.arguments": args,
+             "tenant.id": tenant, "app.feature": "support", "gen_ai.conversation.id": session}
     s.attributes.extend(_kv(k, v) for k, v in attrs.items())
     return s
 
@@ -131,24 +163,35 @@ def body(spans: list[Span]) -> bytes:
     return req.SerializeToString()
 
 
-class Traffic:
-    """Steady traffic: sessions of 3-6 turns with slowly growing context, a tool call between turns."""
+class Mix:
+    """16 tenants, heavy-tailed: tenant k sends ~ MEDIAN x (8.5 / (k + 1)) ** 1.2 calls/min (tenant-00 ~12x
+    the median), each minute +-30 %; ``boost`` multiplies one tenant's rate (a sustained rise)."""
 
     def __init__(self, rnd: random.Random):
         self.rnd = rnd
+        self.tenants = [f"tenant-{k:02d}" for k in range(N_TENANTS)]
+        self.rate = {t: MEDIAN_CALLS_PER_MIN * (8.5 / (k + 1)) ** 1.2 for k, t in enumerate(self.tenants)}
+        self.boost: dict[str, float] = {}
+        self._noise: dict[tuple[str, int], float] = {}
 
-    def calls(self, n: int, start_ns: int, span_ns: int) -> list[Span]:
+    def median_tenants(self) -> list[str]:
+        return self.tenants[6:11]  # around the middle of the mix
+
+    def noise(self, tenant: str, minute: int) -> float:
+        key = (tenant, minute)
+        if key not in self._noise:
+            self._noise[key] = self.rnd.uniform(0.7, 1.3)
+        return self._noise[key]
+
+    def second(self, t_ns: int) -> list[Span]:
+        """One second of traffic starting at ``t_ns``."""
+        minute = t_ns // (60 * 10**9)
         out = []
-        while len(out) < n:
-            tenant, feature = self.rnd.choice(TENANTS), self.rnd.choice(FEATURES)
-            session = os.urandom(6).hex()
-            base = self.rnd.randint(800, 1400)
-            for turn in range(self.rnd.randint(3, 6)):
-                t = start_ns + self.rnd.randrange(span_ns)
-                out.append(chat_span(t, tenant, feature, ROLES[turn % 2], session, base + 150 * turn,
-                                     self.rnd.randint(80, 200)))
-                out.append(tool_span(t + 1, tenant, feature, session, self.rnd.choice(["search", "fetch", "sql"]),
-                                     json.dumps({"q": os.urandom(4).hex()})))
+        for tenant in self.tenants:
+            mean = self.rate[tenant] * self.noise(tenant, minute) * self.boost.get(tenant, 1.0) / 60
+            n = int(mean) + (1 if self.rnd.random() < mean - int(mean) else 0)
+            out += [chat(t_ns + self.rnd.randrange(10**9), tenant, int(TOKENS_PER_CALL * self.rnd.uniform(0.8, 1.2)))
+                    for _ in range(n)]
         return out
 
 
@@ -157,28 +200,43 @@ def post(url: str, data: bytes) -> None:
     r.raise_for_status()
 
 
+def quantile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--calm-minutes", type=float, default=10.0)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--gap-s", type=float, default=20.0, help="pause between incidents")
+    p.add_argument("--calm-minutes", type=float, default=5.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rise-seconds", type=float, default=45.0, help="how long a rise lasts")
     p.add_argument("--server-arg", action="append", default=[])
     args = p.parse_args()
 
-    hook = Hook()
+    slack, pd, hook = Receiver("slack"), Receiver("pagerduty"), Receiver("webhook")
+    receivers = {"slack": slack, "pagerduty": pd, "webhook": hook}
+    rnd = random.Random(7)
+    mix = Mix(rnd)
+    forecast_tenants = [f"budget-{i}" for i in range(args.repeats)]
     tmp = tempfile.mkdtemp(prefix="tp-detect-")
     ports = {k: free_port() for k in ("grpc", "http", "admin")}
     config = os.path.join(tmp, "config.yaml")
     with open(config, "w") as fh:
-        json.dump({"alert_channels": {"default": {"type": "webhook", "url": hook.url}}}, fh)  # JSON is YAML
+        json.dump({  # JSON is YAML
+            "alert_channels": {"slack": {"type": "slack", "url": slack.url},
+                               "pd": {"type": "pagerduty", "url": pd.url, "routing_key": "k" * 32},
+                               "hook": {"type": "webhook", "url": hook.url}},
+            "alert_route": {"routes": [{"match": {}, "channels": ["slack", "pd", "hook"]}]},
+            "budgets": {t: {"dimension": "tenant", "value": t, "period": "day", "limit_usd": BUDGET_USD}
+                        for t in forecast_tenants},
+            "throttle_cooldown_s": 30,  # compressed: an incident is over 30 s after its alerts resolve
+        }, fh)
     cmd = [sys.executable, "-m", "tokenpulse.cli", "serve", "--config", config, "--listen-host", "127.0.0.1",
            "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]), "--admin-port", str(ports["admin"]),
            "--data-dir", os.path.join(tmp, "data"), "--log-level", "warning", *args.server_arg]
     server = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{ports['http']}/v1/traces"
     admin = f"http://127.0.0.1:{ports['admin']}"
-    rnd = random.Random(7)
-    traffic = Traffic(rnd)
     stop = threading.Event()
     try:
         for _ in range(600):
@@ -187,85 +245,95 @@ def main() -> None:
                     break
             except requests.RequestException:
                 time.sleep(0.1)
-        # 1. history: 62 minutes at the steady rate
-        now = time.time()
-        minute0 = int(now // 60 * 60)
-        for m in range(62, 0, -1):
-            post(url, body(traffic.calls(CALLS_PER_MINUTE, (minute0 - m * 60) * 10**9, 60 * 10**9)))
-        print(f"seeded 62 minutes of history ({CALLS_PER_MINUTE} calls/min)", flush=True)
+        # 1. history: 62 minutes of the mix, a minute per request
+        now = int(time.time())
+        for m in range(62 * 60, 0, -60):
+            post(url, body([sp for s in range(60) for sp in mix.second((now - m + s) * 10**9)]))
+        print(f"seeded 62 minutes of history: {N_TENANTS} tenants, median ~{MEDIAN_CALLS_PER_MIN} calls/min, "
+              f"largest ~{mix.rate[mix.tenants[0]] / MEDIAN_CALLS_PER_MIN:.0f}x the median", flush=True)
 
-        # 2. steady traffic in real time: one session at a time, paced to CALLS_PER_MINUTE
-        def steady():
+        # 2. live, once a second
+        def live():
             next_at = time.time()
             while not stop.is_set():
-                spans = traffic.calls(1, int(time.time() * 1e9), 10**9)  # one session, 3-6 calls
-                post(url, body(spans))
-                next_at += (len(spans) // 2) * 60 / CALLS_PER_MINUTE
+                post(url, body(mix.second(int(time.time() * 1e9) - 10**9)))
+                next_at += 1.0
                 stop.wait(max(0.0, next_at - time.time()))
 
-        threading.Thread(target=steady, daemon=True).start()
+        threading.Thread(target=live, daemon=True).start()
 
         # 3. calm
         calm_start = time.time()
         print(f"calm period: {args.calm_minutes:g} minutes", flush=True)
         time.sleep(args.calm_minutes * 60)
-        false_alerts = hook.firing_since(calm_start)
+        false_pages = {name: r.pages(calm_start, time.time(), lambda labels, rule: True) for name, r in receivers.items()}
 
         # 4. incidents
-        results: dict[str, list[float]] = {"loop": [], "explosion": [], "spike": []}
-        missed: dict[str, int] = {k: 0 for k in results}
+        kinds = ("burst", "rise3", "rise10", "rise20", "loop", "forecast")
+        latency: dict[str, list[float]] = {k: [] for k in kinds}
+        missed = dict.fromkeys(kinds, 0)
+        pages: dict[str, dict[str, list[int]]] = {k: {c: [] for c in receivers} for k in kinds}
+        medians = mix.median_tenants()
+        n = 0
         for i in range(args.repeats):
-            for kind in results:
-                ns = time.time_ns()
-                if kind == "loop":
-                    session = f"loop-{i}"
-                    spans = [tool_span(ns + j, "acme", "support", session, "search", '{"q": "status of order 42"}')
-                             for j in range(5)]
-                    match = lambda labels, s=session: labels.get("alertname") == "agent_loop" and labels.get("session") == s  # noqa: E731
-                elif kind == "explosion":
-                    session = f"explosion-{i}"
-                    trace = os.urandom(16)
-                    spans = [chat_span(ns + j * 1000, "globex", "summarize", "worker", session, 1000 * 2 ** j, 200,
-                                       trace=trace) for j in range(12)]
-                    match = lambda labels, s=session: labels.get("session") == s or labels.get("alertname") in (  # noqa: E731
-                        "run_size_rate", "token_rate_anomaly", "token_rate_anomaly_by_role")
+            for kind in kinds:
+                n += 1
+                tenant = medians[n % len(medians)]
+                t0 = time.time()
+                if kind == "burst":
+                    post(url, body([chat(time.time_ns() + j, tenant, 12_500) for j in range(40)]))
+                elif kind.startswith("rise"):
+                    mix.boost[tenant] = float(kind[4:])
+                elif kind == "loop":
+                    tenant = f"loop-{i}"
+                    post(url, body([tool(time.time_ns() + j, "tenant-00", tenant, "search", '{"q": "order 42"}')
+                                    for j in range(5)]))
                 else:
-                    tenant = f"stuck-{i}"
-                    spans = [chat_span(ns + j, tenant, "support", "worker", os.urandom(6).hex(), 12_000, 500)
-                             for j in range(40)]
-                    match = lambda labels, t=tenant: labels.get("alertname") == "tenant_outlier" and labels.get("tenant") == t  # noqa: E731
-                post(url, body(spans))
-                received = time.time()  # acknowledged: stored and visible to the rules
-                at = hook.wait(match, received - 1, timeout=60)
+                    tenant = forecast_tenants[i]
+                    # gpt-4o-mini at $0.15/M input: $5 (a quarter of the budget) in a few seconds
+                    post(url, body([chat(time.time_ns() + j, tenant, 1_000_000) for j in range(37)]))
+
+                def about(labels, rule, t=tenant):
+                    return t in (labels.get("tenant"), labels.get("session"), labels.get("key"))
+
+                at = hook.first(t0, about, timeout=90)
                 if at is None:
                     missed[kind] += 1
-                    print(f"{kind} #{i}: no alert within 60 s", flush=True)
+                    print(f"{kind} #{i} ({tenant}): no page within 90 s", flush=True)
                 else:
-                    results[kind].append(at - received)
-                    print(f"{kind} #{i}: webhook after {at - received:.2f} s", flush=True)
-                # a random phase against the 5 s ticks: a fixed gap would always land just after one
-                time.sleep(args.gap_s + rnd.uniform(0, 5))
+                    latency[kind].append(at - t0)
+                    print(f"{kind} #{i} ({tenant}): paged after {at - t0:.1f} s", flush=True)
+                if kind.startswith("rise"):
+                    stop.wait(max(0.0, t0 + args.rise_seconds - time.time()))
+                    mix.boost.pop(tenant, None)
+                # over: nothing about it firing for 10 s (resolved, throttle released), at most 4 min
+                deadline = time.time() + 240
+                quiet_since = time.time()
+                while time.time() < deadline:
+                    firing = [a for a in requests.get(admin + "/api/alerts", timeout=10).json()["alerts"]
+                              if a["state"] in ("pending", "firing") and about(a["labels"], a["rule"])]
+                    if firing:
+                        quiet_since = time.time()
+                    elif time.time() - quiet_since > 10:
+                        break
+                    time.sleep(2)
+                for name, r in receivers.items():
+                    pages[kind][name].append(r.pages(t0, time.time(), about))
+                time.sleep(rnd.uniform(0, 5))  # a random phase against the ticks
         stop.set()
 
-        print(f"\ncalm period {args.calm_minutes:g} min: {len(false_alerts)} false alerts"
-              + "".join(f"\n  {a['labels'].get('alertname')} {a['annotations'].get('summary', '')}"
-                        for _, a in false_alerts))
-        print("incident    n  p50 s  p95 s  max s  missed")
-        for kind, xs in results.items():
-            xs.sort()
+        print(f"\ncalm period {args.calm_minutes:g} min, {N_TENANTS} tenants (heavy-tailed): false pages "
+              + ", ".join(f"{c} {v}" for c, v in false_pages.items()))
+        print(f"{'incident':<9} {'n':>2} {'p50 s':>6} {'p95 s':>6} {'max s':>6} {'missed':>6}   pages per incident "
+              f"(mean, max): slack / pagerduty / webhook")
+        for kind in kinds:
+            xs = latency[kind]
+            per = " / ".join(f"{sum(v) / max(len(v), 1):.1f}, {max(v, default=0)}" for v in pages[kind].values())
             if xs:
-                p95 = xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
-                print(f"{kind:<10} {len(xs):>2}  {xs[len(xs) // 2]:5.2f}  {p95:5.2f}  {xs[-1]:5.2f}  {missed[kind]}")
+                print(f"{kind:<9} {len(xs):>2} {quantile(xs, .5):>6.1f} {quantile(xs, .95):>6.1f} {max(xs):>6.1f} "
+                      f"{missed[kind]:>6}   {per}")
             else:
-                print(f"{kind:<10}  0      -      -      -  {missed[kind]}")
-        sums: dict[str, list[float]] = {}
-        for line in requests.get(admin + "/metrics", timeout=10).text.splitlines():
-            for suffix, i in (("_sum{", 0), ("_count{", 1)):
-                if line.startswith("tokenpulse_alert_evaluation_seconds" + suffix):
-                    rule = line.split('rule="', 1)[1].split('"', 1)[0]
-                    sums.setdefault(rule, [0.0, 0.0])[i] = float(line.rsplit(" ", 1)[1])
-        print("mean evaluation ms per rule: " + ", ".join(
-            f"{r} {1000 * s / c:.0f}" for r, (s, c) in sorted(sums.items()) if c))
+                print(f"{kind:<9}  0      -      -      - {missed[kind]:>6}   {per}")
     finally:
         stop.set()
         server.terminate()

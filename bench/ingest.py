@@ -17,6 +17,8 @@ merges; gRPC's I/O).
     python bench/ingest.py                       # grpc+http, batches 512 and 5000
     python bench/ingest.py --transport grpc --batch 5000 --concurrency 4 --seconds 20
     python bench/ingest.py --forward both        # each case without, then with forwarding
+    python bench/ingest.py --transport grpc --batch 5000 --rate 20000 --seconds 300 --rules
+                                                 # alert evaluation time per rule under 20k spans/s
 
 With --forward, the service forwards every stored span, enriched, over OTLP/gRPC to a
 sink in this process (a real gRPC server that counts bytes without parsing them), and the
@@ -151,8 +153,46 @@ def metric_sum(admin: str, name: str, **labels) -> float:
                if s.name == name and labels.items() <= s.labels.items())
 
 
+def rule_stats(admin: str) -> dict[str, list[float]]:
+    """rule -> [evaluation seconds sum, count, unused, ticks missed] from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[float]] = {}
+    text = requests.get(admin + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            rule = s.labels.get("rule")
+            if rule is None:
+                continue
+            row = out.setdefault(rule, [0.0, 0.0, 0.0, 0.0])
+            if s.name == "tokenpulse_alert_evaluation_seconds_sum":
+                row[0] = s.value
+            elif s.name == "tokenpulse_alert_evaluation_seconds_count":
+                row[1] = s.value
+            elif s.name == "tokenpulse_alert_ticks_missed_total":
+                row[3] = s.value
+    return out
+
+
+def bucket_max(admin: str) -> dict[str, float]:
+    """rule -> the smallest histogram bound that holds every evaluation (an upper bound of the slowest)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, list[tuple[float, float]]] = {}
+    for family in text_string_to_metric_families(requests.get(admin + "/metrics", timeout=10).text):
+        for s in family.samples:
+            if s.name == "tokenpulse_alert_evaluation_seconds_bucket":
+                counts.setdefault(s.labels["rule"], []).append((float(s.labels["le"]), s.value))
+    out = {}
+    for rule, bs in counts.items():
+        bs.sort()
+        total = bs[-1][1]
+        out[rule] = next(le for le, c in bs if c >= total)
+    return out
+
+
 def run_case(transport: str, batch: int, concurrency: int, seconds: float, clickhouse_url: str | None,
-             forward: bool = False) -> dict:
+             forward: bool = False, rate: float = 0.0) -> dict:
     tmp = tempfile.mkdtemp(prefix="tp-bench-")
     sink = Sink() if forward else None
     env = dict(os.environ)
@@ -190,7 +230,13 @@ def run_case(transport: str, batch: int, concurrency: int, seconds: float, click
             else:
                 session = requests.Session()
                 url = f"http://127.0.0.1:{ports['http']}/v1/traces"
+            # --rate: each worker paces its requests so that all together send ``rate`` spans/s
+            interval = batch * concurrency / rate if rate else 0.0
+            next_at = time.monotonic()
             while time.monotonic() < stop_at:
+                if interval:
+                    next_at += interval
+                    time.sleep(max(0.0, next_at - time.monotonic()))
                 body = template.next()
                 t0 = time.perf_counter()
                 try:
@@ -218,6 +264,7 @@ def run_case(transport: str, batch: int, concurrency: int, seconds: float, click
         cpu0 = cpu_seconds(server.pid)
         stored0 = metric_sum(admin, "tokenpulse_spans_stored_total")
         inserts0 = metric_sum(admin, "tokenpulse_storage_insert_rows_count")
+        rules0 = rule_stats(admin)
         threads = [threading.Thread(target=worker) for _ in range(concurrency)]
         for t in threads:
             t.start()
@@ -242,7 +289,15 @@ def run_case(transport: str, batch: int, concurrency: int, seconds: float, click
                     break
                 time.sleep(0.5)
         rss = peak_rss_mb(server.pid)
-        return {"forward": forward, "forwarded": forwarded, "forward_dropped": dropped,
+        rules1 = rule_stats(admin)
+        rules = {r: {"evaluations": v[1] - rules0.get(r, [0, 0, 0, 0])[1],
+                     "mean_ms": 1000 * (v[0] - rules0.get(r, [0, 0, 0, 0])[0])
+                     / max(v[1] - rules0.get(r, [0, 0, 0, 0])[1], 1),
+                     "missed_ticks": v[3] - rules0.get(r, [0, 0, 0, 0])[3]} for r, v in rules1.items()}
+        slowest = bucket_max(admin)
+        for r in rules:
+            rules[r]["max_ms_bound"] = 1000 * slowest.get(r, float("nan"))
+        return {"rules": rules,"forward": forward, "forwarded": forwarded, "forward_dropped": dropped,
                 "sink_mb": sink.bytes / 1e6 if sink else 0.0,
             "transport": transport, "batch": batch, "concurrency": concurrency,
             "acked": counts["acked"], "stored": stored, "retries": counts["retry"],
@@ -271,6 +326,10 @@ def main() -> None:
     p.add_argument("--clickhouse-url", default=None, help="benchmark a ClickHouse server instead of chDB")
     p.add_argument("--server-arg", action="append", default=[], help="extra flag for `tokenpulse serve`, "
                    "e.g. --server-arg=--batch-eager-spans=20000 (repeatable)")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="total spans/s to send, paced (default 0: as fast as the service acknowledges)")
+    p.add_argument("--rules", action="store_true",
+                   help="also print each alert rule's evaluation time during the load (the service runs every rule)")
     p.add_argument("--forward", choices=("off", "on", "both"), default="off",
                    help="forward every stored span to an OTLP/gRPC sink (both: each case without, then with)")
     args = p.parse_args()
@@ -285,7 +344,8 @@ def main() -> None:
     for transport in transports:
         for batch in (int(b) for b in args.batch.split(",")):
             for forward in forwards:
-                r = run_case(transport, batch, args.concurrency, args.seconds, args.clickhouse_url, forward)
+                r = run_case(transport, batch, args.concurrency, args.seconds, args.clickhouse_url, forward,
+                             args.rate)
                 fwd = f"{r['forwarded']:,.0f}" if forward else "-"
                 fwd_dropped = f"{r['forward_dropped']:,.0f}" if forward else "-"
                 print(f"{r['transport']:<9} {r['batch']:>6} {r['concurrency']:>4} {'on' if forward else 'off':>7} "
@@ -294,6 +354,15 @@ def main() -> None:
                       f"{fwd:>10} {fwd_dropped:>11} {r['rows_per_insert']:>11,.0f} "
                       f"{r['cpu_python_us'] + r['cpu_other_us']:>9.0f} = {r['cpu_python_us']:.0f} + {r['cpu_other_us']:.0f}",
                       flush=True)
+                if args.rules:
+                    print_rules(r["rules"])
+
+
+def print_rules(rules: dict) -> None:
+    print(f"  {'rule':<28} {'evaluations':>11} {'mean ms':>8} {'max ms <=':>9} {'ticks missed':>12}")
+    for name, v in sorted(rules.items(), key=lambda kv: -kv[1]["mean_ms"]):
+        print(f"  {name:<28} {v['evaluations']:>11.0f} {v['mean_ms']:>8.1f} {v['max_ms_bound']:>9.0f} "
+              f"{v['missed_ticks']:>12.0f}")
 
 
 if __name__ == "__main__":

@@ -153,22 +153,23 @@ def test_tenant_spike_against_its_own_baseline_in_seconds(svc):
     # (spans end at start + 0.5 s, so the window [NOW-30, NOW] holds the calls that ended in it)
     _send_by_tenant(svc, [("big", chat(NOW - 18 + i, 100_000, 0)) for i in (0, 10)]
                     + [("small", chat(NOW - 18 + i, 5_000, 0)) for i in range(0, 20, 3)])
-    (row,) = rows(svc, "tenant_spike")
+    assert rows(svc, "tenant_spike") == []  # 7 calls: fewer than min_calls (10), chance bunching
+    (row,) = rows(svc, "tenant_spike", min_calls=7)
     # 7 calls x 5,000 = 35,000 tokens in the 20 s since the 10-second bucket the window starts in
     # (NOW - 20 s falls on a bucket's start)
     assert row["tenant"] == "small" and int(row["value"]) == 105_000 and int(row["baseline"]) == 10_000
     assert row["ratio"] == 10.5 and int(row["history_minutes"]) == 60 and int(row["window_s"]) == 20
-    assert rows(svc, "tenant_spike", factor=11) == []
-    assert rows(svc, "tenant_spike", min_rate=110_000) == []
+    assert rows(svc, "tenant_spike", factor=11, min_calls=7) == []
+    assert rows(svc, "tenant_spike", min_rate=110_000, min_calls=7) == []
     # 20 s later the window holds none of it: resolved within seconds too
-    assert rows(svc, "tenant_spike", now=NOW + 40) == []
+    assert rows(svc, "tenant_spike", now=NOW + 40, min_calls=7) == []
 
 
 def test_tenant_spike_on_a_fresh_install_pages_from_the_history_there_is(svc):
     _send_by_tenant(svc, _per_minute({"new": 10_000}, 4))  # four minutes of history
     _send_by_tenant(svc, [("new", chat(NOW - 10, 100_000, 0))])
-    assert rows(svc, "tenant_spike") == []  # 4 < min_history (5 minutes)
-    (row,) = rows(svc, "tenant_spike", min_history=3)
+    assert rows(svc, "tenant_spike", min_calls=1) == []  # 4 < min_history (5 minutes)
+    (row,) = rows(svc, "tenant_spike", min_history=3, min_calls=1)
     assert int(row["history_minutes"]) == 4 and int(row["baseline"]) == 10_000
 
 
@@ -203,7 +204,7 @@ def test_import_gives_a_fresh_install_its_baseline_at_once(svc, tmp_path, capsys
     assert f"{path}:2: refused: HTTP 400" in err
     assert "imported 30 spans in 3 requests; 1 documents not imported" in out
     _send_by_tenant(svc, [("imported", chat(NOW - 10, 100_000, 0))])
-    (row,) = rows(svc, "tenant_spike")
+    (row,) = rows(svc, "tenant_spike", min_calls=1)
     assert row["tenant"] == "imported" and int(row["history_minutes"]) == 30 and int(row["baseline"]) == 10_000
     # a service that is not there: a clear line, no traceback
     code = main(["import", str(path), "--endpoint", "http://127.0.0.1:9", "--max-wait", "0"])
