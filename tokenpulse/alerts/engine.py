@@ -79,6 +79,8 @@ class Evaluator:
         self.routes = routes
         self._own_channels: dict[str, tuple[str, ...]] = {}  # each rule's channels, for alerts no route takes
         self.notifiers = dict(notifiers)
+        # channels keyed by incident (PagerDuty): a resolve there waits for the whole incident
+        self.held = frozenset(n for n, x in self.notifiers.items() if getattr(x, "keys_by_incident", False))
         self.store = store
         self.clock = clock
         self.metrics = metrics
@@ -133,7 +135,7 @@ class Evaluator:
         self.errors.pop(rule.name, None)
         with self._lock:
             before = self.states
-            result = step(before, rows, now, rule, self.inhibit)
+            result = step(before, rows, now, rule, self.inhibit, self.held)
             self.states = result.states
         if self.metrics is not None:
             counts = {"pending": 0, "firing": 0, "resolved": 0}

@@ -8,8 +8,9 @@ going wrong. Two mechanisms, both as Alertmanager has them:
 * **Incidents** (Alertmanager's ``group_by``, per tenant): ``incident(alert)`` is the tenant the
   alert is about (its ``tenant`` label, or a tenant budget's ``key``), else its session, else the
   alert alone. PagerDuty gets one ``dedup_key`` per incident, so every alert of it lands in one
-  PagerDuty incident (one page); and an alert's resolve waits until the whole incident is resolved
-  (``state.step``), so no channel hears "resolved" while the tenant is still spiking or throttled.
+  PagerDuty incident (one page); there an alert's resolve waits until the whole incident is
+  resolved (``state.step``, ``held``), so the incident is not closed while the tenant still spikes
+  or is throttled. Other channels hear each alert resolve, as Alertmanager's group messages do.
 * **Inhibition** (Alertmanager's ``inhibit_rules``): an alert matching a rule's ``target`` is not
   sent while an alert matching its ``source`` fires with the same values of the ``equal`` labels.
   It is only muted: it still fires, shows in ``/api/alerts`` and throttles; when the source

@@ -104,9 +104,10 @@ def instance(rule: Rule, row: Mapping[str, Any]) -> tuple[dict[str, str], dict[s
 
 
 def step(states: Mapping[str, Alert], rows: list[Mapping[str, Any]], now: float, rule: Rule,
-         inhibit: tuple[Inhibit, ...] = DEFAULT_INHIBIT) -> StepResult:
+         inhibit: tuple[Inhibit, ...] = DEFAULT_INHIBIT, held: frozenset[str] = frozenset()) -> StepResult:
     """Advance this rule's alerts to ``now`` given the query's rows. Pure: nothing is mutated.
-    ``states`` holds every rule's alerts: inhibition and incidents look across rules."""
+    ``states`` holds every rule's alerts: inhibition and incidents look across rules. ``held``: the
+    channels that key by incident (PagerDuty), where a resolve waits for the whole incident."""
     out: dict[str, Alert] = {fp: a for fp, a in states.items() if a.rule != rule.name}
     changes: list[Change] = []
     seen: set[str] = set()
@@ -149,7 +150,7 @@ def step(states: Mapping[str, Alert], rows: list[Mapping[str, Any]], now: float,
             waiting = any(d.state == "firing" for d in old.deliveries.values())
             if now - old.resolved_at < (INCIDENT_RETENTION_S if waiting else RESOLVED_RETENTION_S):
                 out[fp] = old
-    return StepResult(out, _notifications(out, now, rule, inhibit), changes)
+    return StepResult(out, _notifications(out, now, rule, inhibit, held), changes)
 
 
 @dataclass(frozen=True)
@@ -159,12 +160,13 @@ class _View:
     firing: tuple[Mapping[str, str], ...]
     open: frozenset[str]
     inhibit: tuple[Inhibit, ...]
+    held: frozenset[str]
 
     @classmethod
-    def of(cls, states: Mapping[str, Alert], inhibit: tuple[Inhibit, ...]) -> "_View":
+    def of(cls, states: Mapping[str, Alert], inhibit: tuple[Inhibit, ...], held: frozenset[str]) -> "_View":
         firing = tuple(a for a in states.values() if a.state == "firing")
         return cls(tuple(a.labels for a in firing), frozenset(incident(a.labels, a.fingerprint) for a in firing),
-                   inhibit)
+                   inhibit, held)
 
 
 def _due(alert: Alert, channel: str, now: float, rule: Rule, view: _View) -> str:
@@ -179,17 +181,20 @@ def _due(alert: Alert, channel: str, now: float, rule: Rule, view: _View) -> str
             return "repeat"
         return ""
     if alert.state == "resolved" and d.state == "firing":
-        # said once the whole incident is over, not while the tenant still spikes or is throttled
-        return "" if incident(alert.labels, alert.fingerprint) in view.open else "resolved"
+        # on a channel keyed by incident, said once the whole incident is over: its resolve closes it
+        if channel in view.held and incident(alert.labels, alert.fingerprint) in view.open:
+            return ""
+        return "resolved"
     return ""
 
 
 def _notifications(states: Mapping[str, Alert], now: float, rule: Rule,
-                   inhibit: tuple[Inhibit, ...] = DEFAULT_INHIBIT) -> list[Notification]:
+                   inhibit: tuple[Inhibit, ...] = DEFAULT_INHIBIT, held: frozenset[str] = frozenset()
+                   ) -> list[Notification]:
     mine = sorted((a for a in states.values() if a.rule == rule.name), key=lambda a: (a.active_at, a.fingerprint))
     if not mine:
         return []
-    view = _View.of(states, inhibit)
+    view = _View.of(states, inhibit, held)
     out = []
     for channel in rule.channels:
         due = [(a, _due(a, channel, now, rule, view)) for a in mine]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tokenpulse.record import SpanBatch
 
@@ -96,13 +98,61 @@ def _clamp(values: list[int], low: int, high: int, default: int) -> list[int]:
     return [v if low <= v <= high else default for v in values]
 
 
-def _map_array(dicts: list[dict[str, str]]) -> pa.Array:
+def _map_array(dicts: list[dict[str, str]], lean: dict[str, pa.Array] | None = None) -> pa.Array:
     # Flattened keys/values/offsets: ~3x faster than pa.array(list_of_dicts).
     keys = pa.array(list(itertools.chain.from_iterable(dicts)), pa.string())
     values = pa.array(list(itertools.chain.from_iterable(d.values() for d in dicts)), pa.string())
-    offsets = [0]
-    offsets.extend(itertools.accumulate(map(len, dicts)))
-    return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), keys, values)
+    lengths = np.fromiter(map(len, dicts), np.int32, len(dicts))
+    if lean is not None and len(keys):
+        keys, values, lengths = _lean(keys, values, lengths, lean)
+    offsets = np.zeros(len(dicts) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.MapArray.from_arrays(pa.array(offsets), keys, values)
+
+
+# Attribute keys whose value a typed column holds unchanged: the stored ``attributes`` map leaves
+# them out for a row where the column has the very same text (docs/spans-table.md, "Lean rows").
+# Where enrichment changed the value (a provider name normalized, input tokens with cache added
+# back, an excluded span's zeroed counts) the key stays, with the value as it came.
+LEAN_KEYS: tuple[tuple[str, str], ...] = (
+    ("gen_ai.operation.name", "operation"), ("gen_ai.provider.name", "provider"),
+    ("gen_ai.request.model", "request_model"), ("gen_ai.response.model", "model"),
+    ("gen_ai.usage.input_tokens", "input_tokens"), ("gen_ai.usage.output_tokens", "output_tokens"),
+    ("gen_ai.usage.cache_read.input_tokens", "cache_read_tokens"),
+    ("gen_ai.usage.cache_creation.input_tokens", "cache_write_tokens"),
+    ("gen_ai.usage.reasoning.output_tokens", "reasoning_tokens"),
+    ("gen_ai.agent.name", "agent_name"), ("gen_ai.agent.id", "agent_id"),
+    ("gen_ai.conversation.id", "session_id"), ("gen_ai.tool.name", "tool_name"),
+    ("gen_ai.tool.call.id", "tool_call_id"), ("error.type", "error_type"),
+    ("tenant.id", "tenant"), ("app.feature", "feature"), ("user.id", "user_id"),
+)
+_LEAN_SET = pa.array([k for k, _ in LEAN_KEYS], pa.string())
+_LEAN_COLUMN = dict(LEAN_KEYS)
+
+
+def _lean(keys: pa.Array, values: pa.Array, lengths: np.ndarray, columns: dict[str, pa.Array]):
+    """(keys, values, lengths) without the entries a typed column repeats: whole-column Arrow
+    operations, never a loop over rows (one pass finds the candidate entries; each lean key then
+    compares only its own entries with its column, taken at their rows)."""
+    candidates = pc.is_in(keys, value_set=_LEAN_SET)
+    if not pc.any(candidates).as_py():
+        return keys, values, lengths
+    where = pc.indices_nonzero(candidates)
+    rows = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    cand_rows = pa.array(rows[where.to_numpy()])
+    cand_keys, cand_values = keys.take(where), values.take(where)
+    drop = np.zeros(len(keys), bool)
+    for key in pc.unique(cand_keys).to_pylist():
+        mine = pc.indices_nonzero(pc.equal(cand_keys, key))
+        column = columns[_LEAN_COLUMN[key]]
+        typed = column if column.type == pa.string() else pc.cast(column, pa.string())
+        same = pc.equal(cand_values.take(mine), typed.take(cand_rows.take(mine))).to_numpy(zero_copy_only=False)
+        drop[where.to_numpy()[mine.to_numpy()][same]] = True
+    if not drop.any():
+        return keys, values, lengths
+    keep = pa.array(~drop)
+    lengths = lengths - np.bincount(rows[drop], minlength=len(lengths)).astype(np.int32)
+    return keys.filter(keep), values.filter(keep), lengths
 
 
 def _shared_map_array(dicts: list[dict[str, str]]) -> pa.Array:
@@ -123,13 +173,15 @@ def _shared_map_array(dicts: list[dict[str, str]]) -> pa.Array:
 
 
 def batch_to_arrow(batch: SpanBatch) -> pa.Table:
-    """One Arrow table in ``SPAN_COLUMNS`` order."""
+    """One Arrow table in ``SPAN_COLUMNS`` order; the span attributes lean (``LEAN_KEYS``)."""
     arrays = []
+    by_column: dict[str, pa.Array] = {}
     n = len(batch)
     for column, field, typ, _ in SPAN_COLUMNS:
         values = getattr(batch, field)
         if typ == _MAP:
-            arrays.append(_shared_map_array(values) if field == "resource_attributes" else _map_array(values))
+            arrays.append(_shared_map_array(values) if field == "resource_attributes"
+                          else _map_array(values, by_column))
             continue
         if column == "kind":
             values = _names(values, _KIND_NAMES)
@@ -138,10 +190,12 @@ def batch_to_arrow(batch: SpanBatch) -> pa.Table:
         if n and typ == pa.string() and values.count(values[0]) == n:
             # Constant columns (unset enrichment fields, one service): no per-row conversion.
             arrays.append(pa.repeat(pa.scalar(values[0], pa.string()), n))
+            by_column[column] = arrays[-1]
             continue
         elif typ == pa.uint64():
             values = _clamp(values, 0, 2**64 - 1, 0)
         elif typ == _TS:
             values = _clamp(values, 0, MAX_TIME_NS, MAX_TIME_NS)
         arrays.append(pa.array(values, type=typ))
+        by_column[column] = arrays[-1]
     return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)

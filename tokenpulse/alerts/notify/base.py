@@ -212,6 +212,10 @@ class Context:
 class Notifier:
     """Base: ``send`` one notification, return what got through."""
 
+    # True for a receiver that keys what it is sent by incident (PagerDuty's dedup_key): an alert's
+    # resolve is then held until its whole incident is over (alerts/incidents.py).
+    keys_by_incident = False
+
     def __init__(self, channel: Channel, context: Context = Context(), sleep: Callable[[float], None] = time.sleep,
                  backoff_s: float = 0.5):
         self.channel = channel

@@ -6,8 +6,8 @@ required ``routing_key`` and ``event_action``; for a trigger, ``payload.summary`
 warning, info: tokenpulse's severities are the same four). ``dedup_key`` (≤ 255)
 names the alert's *incident* (``alerts/incidents.py``: its tenant, else its session, else the alert
 itself), as Alertmanager keys PagerDuty by its group: every alert of one tenant's spike (the spike,
-the throttle notice, a repeat) lands in one PagerDuty incident, one page; the resolves are sent
-once the whole incident is resolved, and the first closes it. Success is 202; 400 is not retried;
+the throttle notice, a repeat) lands in one PagerDuty incident, one page; the resolves are held
+until the whole incident is resolved (``keys_by_incident``), and the first then closes it. Success is 202; 400 is not retried;
 429 and 5xx are.
 """
 
@@ -63,6 +63,8 @@ def event(alert: Alert, routing_key: str, source: str = "tokenpulse", external_u
 
 
 class PagerDutyNotifier(Notifier):
+    keys_by_incident = True  # one dedup_key per incident: a resolve closes the whole incident
+
     def send(self, note: Notification) -> Sent:
         delivered: set[str] = set()
         refused: set[str] = set()
