@@ -23,8 +23,12 @@ Prints p50/p95 per incident kind, the false pages of the calm period, pages per 
 
     python bench/detection.py [--calm-minutes 5] [--repeats 3] [--server-arg=--log-level=info]
 
-Alert evaluation time under load: `python bench/ingest.py --transport grpc --batch 5000 --rate 20000
---seconds 300 --rules` (every rule runs while 20k spans/s are stored).
+Alert evaluation time under load (`--evaluation-load 20000`): instead of the above, every rule's
+evaluation time while the service stores that many spans/s (bench/ingest.py's paced gRPC load of
+5,000-span requests for --evaluation-seconds): evaluations, mean ms, an upper bound of the slowest
+(its histogram bucket), and ticks missed.
+
+    python bench/detection.py --evaluation-load 20000 --evaluation-seconds 300
 """
 
 from __future__ import annotations
@@ -211,7 +215,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--rise-seconds", type=float, default=45.0, help="how long a rise lasts")
     p.add_argument("--server-arg", action="append", default=[])
+    p.add_argument("--evaluation-load", type=float, default=0.0, help="spans/s: measure rule evaluation time under it")
+    p.add_argument("--evaluation-seconds", type=float, default=300.0)
     args = p.parse_args()
+    if args.evaluation_load:
+        import ingest
+
+        ingest.SERVER_ARGS.extend(args.server_arg)
+        r = ingest.run_case("grpc", 5000, 4, args.evaluation_seconds, None, False, args.evaluation_load)
+        print(f"{r['spans_per_s']:,.0f} spans/s stored for {args.evaluation_seconds:g} s (asked {args.evaluation_load:,.0f}); "
+              f"CPU {r['cpu_python_us'] + r['cpu_other_us']:.0f} us/span; every rule evaluated meanwhile:")
+        ingest.print_rules(r["rules"])
+        return
 
     slack, pd, hook = Receiver("slack"), Receiver("pagerduty"), Receiver("webhook")
     receivers = {"slack": slack, "pagerduty": pd, "webhook": hook}

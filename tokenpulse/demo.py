@@ -46,6 +46,7 @@ DEMO_RULES = {
     "agent_loop": {"interval": "2s", "keep_firing_for": "20s", "window": 60},
     "context_bloat": {"interval": "2s", "keep_firing_for": "20s", "window": 60},
     "tenant_outlier": {"interval": "2s", "keep_firing_for": "10s"},
+    "tenant_spike": {"keep_firing_for": "10s"},
     "token_rate_anomaly": {"interval": "5s", "keep_firing_for": "20s"},
     "token_rate_anomaly_by_role": {"interval": "5s", "keep_firing_for": "20s"},
 }
@@ -278,6 +279,8 @@ class Watcher:
             self.say(f"(admin API: {e})")
             return
         for a in alerts:
+            if a["rule"] == "tenant_throttled":
+                continue  # the throttle has its own lines (THROTTLE, released) below
             before = self.states.get(a["fingerprint"])
             if a["state"] != before and a["state"] in ("firing", "resolved"):
                 what = a["annotations"].get("summary") or a["rule"]

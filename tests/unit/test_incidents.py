@@ -107,3 +107,22 @@ def test_alert_inhibit_setting_adds_replaces_and_drops_rules():
                 {"x": {"source": {}, "target": {}, "when": 1}}, {"x": {"source": {"a": 1}, "target": {}}}):
         with pytest.raises(ConfigError, match="alert_inhibit.x"):
             parse_inhibit(bad)
+
+
+def test_while_a_tenant_is_throttled_its_other_alerts_are_not_news():
+    """throttle_says_it: equal on `incident`, so a tenant budget's forecast (its tenant in `key`) is the
+    throttled tenant's too."""
+    forecast = parse_rule("rules/budget_forecast.sql", """\
+-- summary: forecast $key
+-- severity: critical
+-- channels: pager, chat
+SELECT 'b' AS budget, 'tenant' AS dimension, 'acme' AS key, 1 AS value
+""")
+    w = World()
+    w.eval(THROTTLED, ACME, 0)
+    w.eval(OUTLIER, ACME, 1)
+    w.eval(forecast, [{"budget": "b", "dimension": "tenant", "key": "acme", "value": 1},
+                      {"budget": "b", "dimension": "tenant", "key": "globex", "value": 1}], 2)
+    assert w.told() == [("tenant_throttled", "firing"), ("budget_forecast", "firing")]
+    (told,) = [a for a in w.states.values() if a.rule == "budget_forecast" and a.deliveries]
+    assert told.labels["key"] == "globex"

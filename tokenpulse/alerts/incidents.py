@@ -39,7 +39,16 @@ class Inhibit:
 
     def mutes(self, target: Mapping[str, str], source: Mapping[str, str]) -> bool:
         return (self._matches(self.target, target) and self._matches(self.source, source)
-                and all(target.get(k, "") == source.get(k, "") for k in self.equal))
+                and all(_same(k, target, source) for k in self.equal))
+
+
+def _same(label: str, target: Mapping[str, str], source: Mapping[str, str]) -> bool:
+    """``equal`` on one label; ``incident`` stands for the incident both belong to (a tenant's alerts
+    share it whatever their labels are called: ``tenant``, a tenant budget's ``key``)."""
+    if label == "incident":
+        mine = incident(target, "")
+        return not mine.startswith("alert:") and mine == incident(source, "")
+    return target.get(label, "") == source.get(label, "")
 
 
 def _rule(source: dict, target: dict, equal: Iterable[str] = ()) -> Inhibit:
@@ -58,6 +67,11 @@ DEFAULT_RULES: dict[str, dict] = {
     # the spike page came first and says it all; the outlier still throttles (and the throttle is told)
     "spike_before_outlier": {"source": {"rule": "tenant_spike"}, "target": {"rule": "tenant_outlier"},
                              "equal": ["tenant"]},
+    # while a tenant is throttled, the throttle notice says what is going on with it: its spike,
+    # outlier or budget forecast firing (again, or later than the notice) is not news
+    "throttle_says_it": {"source": {"rule": "tenant_throttled"},
+                         "target": {"rule": ["tenant_spike", "tenant_outlier", "budget_forecast"]},
+                         "equal": ["incident"]},
     # a budget: the highest threshold crossed, once (100 % silences 80 and 50; 80 silences 50)
     "budget_highest_threshold": {"source": {"rule": "budget", "severity": "critical"},
                                  "target": {"rule": "budget", "severity": ["warning", "info"]},

@@ -44,9 +44,9 @@ LEFT JOIN
 (
     -- the tenant's own baseline, as tenant_spike computes it
     SELECT tenant, history_minutes,
-           greatest(toFloat64(arrayReduce('quantileExact', arrayConcat(history,
-                        arrayWithConstant(greatest(history_minutes - length(history), 0), 0)))),
-                    arraySum(history) / greatest(history_minutes, 1)) AS baseline
+           arrayConcat(history, arrayWithConstant(greatest(history_minutes - length(history), 0), 0)) AS padded,
+           greatest(toFloat64(arrayReduce('quantileExact', padded)),
+                    arrayAvg(arrayFilter(x -> x <= arrayReduce('quantileExact(0.9)', padded), padded))) AS baseline
     FROM
     (
         SELECT tenant, groupArray(tokens) AS history,
