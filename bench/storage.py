@@ -42,8 +42,8 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run(inserts: list[pa.Table], drop_views: bool) -> tuple[int, float, float]:
-    """(views attached, rows/s, us of CPU per row)."""
+def run(inserts: list[pa.Table], drop_views: bool, without: tuple[str, ...] = ()) -> tuple[int, float, float]:
+    """(views attached, rows/s, us of CPU per row); ``without``: views dropped first."""
     tmp = tempfile.mkdtemp(prefix="tp-bench-storage-")
     backend = EmbeddedBackend(os.path.join(tmp, "data"))
     try:
@@ -51,9 +51,10 @@ def run(inserts: list[pa.Table], drop_views: bool) -> tuple[int, float, float]:
         backend.use_database("bench")
         views = backend.query("SELECT name FROM system.tables WHERE database = 'bench' "
                               "AND engine = 'MaterializedView'", "TSV").decode().split()
-        if drop_views:
-            for v in views:
-                backend.command(f"DROP VIEW bench.{v}")
+        for v in (views if drop_views else [v for v in views if v in without]):
+            backend.command(f"DROP VIEW bench.{v}")
+            if not drop_views:
+                views.remove(v)
         cpu0, t0 = _cpu(), time.perf_counter()
         for table in inserts:
             backend.insert_arrow("spans", table)
@@ -74,6 +75,8 @@ def run(inserts: list[pa.Table], drop_views: bool) -> tuple[int, float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=400_000)
+    p.add_argument("--each-view", action="store_true",
+                   help="then 20,000-row inserts without each materialized view in turn: what each one costs")
     p.add_argument("--insert-sizes", default="5000,10000,20000,50000",
                    help="rows per insert for the 'as stored' case, comma-separated (multiples of 5,000)")
     args = p.parse_args()
@@ -92,6 +95,12 @@ def main() -> None:
         print(f"{'as stored, ' + format(size, ',') + ' rows/insert':<40} ({views} views): {rate:>9,.0f} rows/s, "
               f"{us:5.1f} us of CPU per row", flush=True)
     inserts = inserts_of(20_000)
+    if args.each_view:
+        for view in ("usage_minute_mv", "runs_mv", "sessions_mv", "user_minute_mv", "trace_tags_mv", "agent_spans_mv",
+                     "usage_10s_mv", "recent_calls_mv", "session_inputs_mv"):
+            views, rate, us = run(inserts, False, (view,))
+            print(f"{'without ' + view + ', 20,000':<40} ({views} views): {rate:>9,.0f} rows/s, "
+                  f"{us:5.1f} us of CPU per row", flush=True)
     for label, data in (("no views, 20,000 rows/insert", inserts),
                         ("no views, empty attribute maps, 20,000", [_empty_maps(t) for t in inserts])):
         views, rate, us = run(data, True)

@@ -234,7 +234,7 @@ class Evaluator:
                 log.warning("could not write the notification log: %s", e)
 
     def _routed_here(self, alert: Alert, channel: str) -> bool:
-        """Whether the routing tree (``alert_routes``) sends ``alert`` to ``channel``; without routes,
+        """Whether the routing tree (``alert_route``) sends ``alert`` to ``channel``; without routes,
         or when no route matches, its rule's own channels hear it."""
         if not self.routes:
             return True

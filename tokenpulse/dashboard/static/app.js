@@ -203,7 +203,8 @@ async function costPerSuccessfulRun() {
 
 async function alerts() {
   const doc = await api("/api/alerts");
-  const firing = doc.alerts.filter(a => a.state === "firing");
+  // throttle notices (the tenant_throttled rule) have their own panel: #throttled
+  const firing = doc.alerts.filter(a => a.state === "firing" && a.rule !== "tenant_throttled");
   text("alerts-count", firing.length);
   document.getElementById("alerts-count").classList.toggle("hot", firing.length > 0);
   table("alerts", firing.map(a => [a.rule, {text: a.labels.severity || "", cls: "sev-" + (a.labels.severity || "")},
