@@ -245,8 +245,15 @@ function drillTo(d, from = "") {
   runs().then(() => document.getElementById("runs-panel").scrollIntoView({block: "start"})).catch(showError);
 }
 
+// Answers can arrive out of order (a refresh started before a click answers after it): only the
+// latest request of each of these two panels draws, so a stale answer never replaces a newer one.
+let runsSeq = 0;
+let spansSeq = 0;
+
 async function runs() {
+  const seq = ++runsSeq;
   const doc = await panel("runs", {...drill, limit: "20"});
+  if (seq !== runsSeq) return;
   const rows = rowsOf(doc);
   const cost = r => r.cost_usd === null ? "unpriced" : usd(r.cost_usd) + (num(r.unpriced_calls) ? ` + ${int(r.unpriced_calls)} unpriced` : "");
   table("runs", rows.map(r => [String(r.start).slice(11, 19), r.tenant, r.feature, String(r.user_id || "").slice(0, 8),
@@ -261,7 +268,9 @@ async function runs() {
 
 async function openRun(traceId) {
   openTrace = traceId;
+  const seq = ++spansSeq;
   const rows = rowsOf(await api(`/api/panels/run_spans?trace_id=${encodeURIComponent(traceId)}`));
+  if (seq !== spansSeq) return;
   const parent = new Map(rows.map(r => [r.span_id, r.parent_span_id]));
   const depth = id => { let d = 0; for (let p = parent.get(id); p && parent.has(p) && d < 32; p = parent.get(p)) d++; return d; };
   table("spans", rows.map(r => {
