@@ -154,7 +154,7 @@ def metric_sum(admin: str, name: str, **labels) -> float:
 
 
 def rule_stats(admin: str) -> dict[str, list[float]]:
-    """rule -> [evaluation seconds sum, count, unused, ticks missed] from /metrics."""
+    """rule -> [evaluation seconds sum, count, ticks missed] from /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, list[float]] = {}
@@ -164,13 +164,13 @@ def rule_stats(admin: str) -> dict[str, list[float]]:
             rule = s.labels.get("rule")
             if rule is None:
                 continue
-            row = out.setdefault(rule, [0.0, 0.0, 0.0, 0.0])
+            row = out.setdefault(rule, [0.0, 0.0, 0.0])
             if s.name == "tokenpulse_alert_evaluation_seconds_sum":
                 row[0] = s.value
             elif s.name == "tokenpulse_alert_evaluation_seconds_count":
                 row[1] = s.value
             elif s.name == "tokenpulse_alert_ticks_missed_total":
-                row[3] = s.value
+                row[2] = s.value
     return out
 
 
@@ -290,10 +290,11 @@ def run_case(transport: str, batch: int, concurrency: int, seconds: float, click
                 time.sleep(0.5)
         rss = peak_rss_mb(server.pid)
         rules1 = rule_stats(admin)
-        rules = {r: {"evaluations": v[1] - rules0.get(r, [0, 0, 0, 0])[1],
-                     "mean_ms": 1000 * (v[0] - rules0.get(r, [0, 0, 0, 0])[0])
-                     / max(v[1] - rules0.get(r, [0, 0, 0, 0])[1], 1),
-                     "missed_ticks": v[3] - rules0.get(r, [0, 0, 0, 0])[3]} for r, v in rules1.items()}
+        rules = {}
+        for r, (total, count, missed) in rules1.items():
+            total0, count0, missed0 = rules0.get(r, (0.0, 0.0, 0.0))
+            rules[r] = {"evaluations": count - count0, "mean_ms": 1000 * (total - total0) / max(count - count0, 1),
+                        "missed_ticks": missed - missed0}
         slowest = bucket_max(admin)
         for r in rules:
             rules[r]["max_ms_bound"] = 1000 * slowest.get(r, float("nan"))

@@ -47,7 +47,7 @@ def documents(path: str) -> Iterator[tuple[int, bytes]]:
     stripped = data.strip()
     if not stripped:
         return
-    lines = [ln for ln in stripped.split(b"\n")]
+    lines = stripped.split(b"\n")
     if len(lines) > 1 and all(ln.strip().startswith(b"{") for ln in lines if ln.strip()):
         try:  # JSON lines, unless the whole file is one pretty-printed document
             json.loads(lines[0])

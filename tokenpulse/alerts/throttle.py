@@ -276,18 +276,13 @@ class Throttler:
             self.book.load(*self.store.load_throttles())
 
     def rows(self, now: float) -> list[dict]:
-        """``throttle_rule``'s rows: the tenants throttled now."""
-        with self.book._lock:
-            current = list(self.book.throttles.values())
-        out = []
-        for t in current:
-            d = self.book.decision(t.tenant, now)
-            if d["throttled"]:
-                out.append({"tenant": t.tenant, "source": t.source,
-                            "since": datetime.fromtimestamp(t.since, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                            "value": d["retry_after_s"], "actor": t.actor, "reason": t.reason,
-                            "customer_message": d["message"], "retry_after_s": d["retry_after_s"]})
-        return out
+        """``throttle_rule``'s rows: the tenants throttled now (the decisions the API serves)."""
+        decisions = self.book.all(now)
+        actors = {t: th.actor for t, th, _ in self.book.snapshot(d["tenant"] for d in decisions) if th is not None}
+        return [{"tenant": d["tenant"], "source": d["source"],
+                 "since": datetime.fromtimestamp(d["since"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 "value": d["retry_after_s"], "actor": actors.get(d["tenant"], ""), "reason": d["reason"],
+                 "customer_message": d["message"], "retry_after_s": d["retry_after_s"]} for d in decisions]
 
     def query(self, rules_query: Callable[[Rule, float], list[dict]]) -> Callable[[Rule, float], list[dict]]:
         """An evaluator query function: ``throttle_rule`` answered from the book, others by ``rules_query``."""

@@ -138,8 +138,9 @@ def _lean(keys: pa.Array, values: pa.Array, lengths: np.ndarray, columns: dict[s
     if not pc.any(candidates).as_py():
         return keys, values, lengths
     where = pc.indices_nonzero(candidates)
+    where_np = where.to_numpy()
     rows = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-    cand_rows = pa.array(rows[where.to_numpy()])
+    cand_rows = pa.array(rows[where_np])
     cand_keys, cand_values = keys.take(where), values.take(where)
     drop = np.zeros(len(keys), bool)
     for key in pc.unique(cand_keys).to_pylist():
@@ -147,7 +148,7 @@ def _lean(keys: pa.Array, values: pa.Array, lengths: np.ndarray, columns: dict[s
         column = columns[_LEAN_COLUMN[key]]
         typed = column if column.type == pa.string() else pc.cast(column, pa.string())
         same = pc.equal(cand_values.take(mine), typed.take(cand_rows.take(mine))).to_numpy(zero_copy_only=False)
-        drop[where.to_numpy()[mine.to_numpy()][same]] = True
+        drop[where_np[mine.to_numpy()][same]] = True
     if not drop.any():
         return keys, values, lengths
     keep = pa.array(~drop)
