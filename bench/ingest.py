@@ -24,11 +24,16 @@ With --forward, the service forwards every stored span, enriched, over OTLP/gRPC
 sink in this process (a real gRPC server that counts bytes without parsing them), and the
 table adds the spans forwarded (from the service's tokenpulse_forward_spans_total, after
 up to 30 s for its queue to drain) and those it dropped.
+
+After each case, a line gives the raw-bytes limit for the same requests (bench/rawbytes.py: chDB's
+Protobuf input and one view, no Python per span, in its own process once the service has stopped)
+and the case's spans/s as a share of it (--no-raw-limit skips it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -197,8 +202,6 @@ def run_case(transport: str, batch: int, concurrency: int, seconds: float, click
     sink = Sink() if forward else None
     env = dict(os.environ)
     if sink is not None:
-        import json
-
         env["TOKENPULSE_FORWARD"] = json.dumps({"sink": {"endpoint": f"127.0.0.1:{sink.port}",
                                                          "queue_spans": 2_000_000}})
     ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
@@ -333,6 +336,8 @@ def main() -> None:
                    help="also print each alert rule's evaluation time during the load (the service runs every rule)")
     p.add_argument("--forward", choices=("off", "on", "both"), default="off",
                    help="forward every stored span to an OTLP/gRPC sink (both: each case without, then with)")
+    p.add_argument("--no-raw-limit", dest="raw_limit", action="store_false",
+                   help="skip the raw-bytes limit measured after each case (bench/rawbytes.py)")
     args = p.parse_args()
     SERVER_ARGS.extend(args.server_arg)
     transports = ("grpc", "http") if args.transport == "both" else (args.transport,)
@@ -355,8 +360,26 @@ def main() -> None:
                       f"{fwd:>10} {fwd_dropped:>11} {r['rows_per_insert']:>11,.0f} "
                       f"{r['cpu_python_us'] + r['cpu_other_us']:>9.0f} = {r['cpu_python_us']:.0f} + {r['cpu_other_us']:.0f}",
                       flush=True)
+                if args.raw_limit:
+                    print_raw_limit(r, min(args.seconds, 10.0))
                 if args.rules:
                     print_rules(r["rules"])
+
+
+def print_raw_limit(r: dict, seconds: float) -> None:
+    """The raw-bytes limit for this case's requests (bench/rawbytes.py, its own process, run now that
+    the service has stopped) and the case's figure as a share of it."""
+    per_insert = max(1, round(r["rows_per_insert"] / r["batch"]))
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "rawbytes.py"),
+                          "--json", "--batch", str(r["batch"]), "--per-insert", str(per_insert),
+                          "--seconds", str(seconds)], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"  raw-bytes limit: not measured ({(out.stderr.strip().splitlines() or ['?'])[-1]})")
+        return
+    raw = json.loads(out.stdout)
+    print(f"  raw-bytes limit (chDB Protobuf input + one view, same requests, {per_insert} per insert): "
+          f"{raw['spans_per_s']:,.0f} spans/s at {raw['cpu_us']:.1f} us CPU/span; "
+          f"this case: {100 * r['spans_per_s'] / raw['spans_per_s']:.1f} % of it", flush=True)
 
 
 def print_rules(rules: dict) -> None:
