@@ -30,7 +30,7 @@ from tokenpulse.enrich import Pipeline
 from tokenpulse.enrich.content import Content
 from tokenpulse.storage.late_attribution import LateAttribution
 from tokenpulse.enrich.attribute import Attributor, TraceTags
-from tokenpulse.enrich.calls import DuplicateCalls
+from tokenpulse.enrich.fast.calls import TraceCalls
 from tokenpulse.enrich.price import PriceTable, load_overrides
 from tokenpulse.enrich.reload import PriceReloader
 from tokenpulse.enrich.reprice import Repricer, RepriceReport, RepriceRequest
@@ -111,7 +111,7 @@ class Service:
                         on_unknown_model=lambda model: self.metrics.unknown_model.labels(self.metrics.model_label(model)).inc(),
                         on_excluded=lambda reason, n: self.metrics.excluded.labels(reason).inc(n),
                         content=Content(s.capture_content, s.content_max_chars),
-                        calls=DuplicateCalls(int(200_000 * scale)))
+                        calls=TraceCalls(int(200_000 * scale)))
 
     def _local_user_id_key(self) -> bytes:
         """Embedded storage only: a key generated once and kept beside the data (mode 0600)."""

@@ -7,6 +7,9 @@
                 tag-or-reject)
     content    (prompt and completion attributes dropped, or capped when captured)
 
+The service runs the fast counterparts of normalize, calls and attribute (``enrich/fast/``); the
+modules above are their reference, kept for the differential test (``Pipeline(reference=True)``).
+
 The pipeline takes a batch and the request's context (``RequestContext``) and returns an
 ``Enriched`` result; it knows nothing of OTLP or of the receivers. Each step is a plain function
 of the batch and its loaded tables, with no I/O, tested with tables of cases. ``calls`` and ``attribute`` keep bounded memories
@@ -22,6 +25,7 @@ from typing import Callable
 from tokenpulse.enrich.attribute import Attributor
 from tokenpulse.enrich.calls import DuplicateCalls
 from tokenpulse.enrich.content import Content
+from tokenpulse.enrich.fast.calls import TraceCalls
 from tokenpulse.enrich.normalize import normalize_calls
 from tokenpulse.enrich.price import PriceTable, make_price_step
 from tokenpulse.record import SpanBatch, scoped_traces
@@ -46,9 +50,12 @@ class Pipeline:
     def __init__(self, price_table: PriceTable | None = None, attributor: Attributor | None = None,
                  on_unknown_model: Callable[[str], None] = lambda model: None,
                  on_excluded: Callable[[str, int], None] = lambda reason, n: None, content: Content | None = None,
-                 calls: DuplicateCalls | None = None):
+                 calls: DuplicateCalls | TraceCalls | None = None, reference: bool = False):
+        """``reference``: the reference steps throughout (the differential test's other side); an
+        ``attributor`` or ``calls`` passed in is used as it is either way."""
         self.attributor = attributor or Attributor(user_id_mode="raw")
-        self.calls = calls or DuplicateCalls()
+        self.calls = calls or (DuplicateCalls() if reference else TraceCalls())
+        self._normalize = normalize_calls
         self._on_unknown_model = on_unknown_model
         self.set_price_table(price_table or PriceTable())
         self._on_excluded = on_excluded
@@ -61,7 +68,7 @@ class Pipeline:
         self._price = make_price_step(table, self._on_unknown_model)
 
     def __call__(self, batch: SpanBatch, ctx: RequestContext = RequestContext()) -> Enriched:
-        batch, inferred = normalize_calls(batch)
+        batch, inferred = self._normalize(batch)
         traces = scoped_traces(ctx.tenant, batch.trace_id)  # per-trace memory keys, computed once
         batch = self.calls(batch, inferred, ctx.tenant, traces)
         self._count_excluded(batch)
