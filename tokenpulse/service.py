@@ -29,7 +29,7 @@ from tokenpulse.config import Settings
 from tokenpulse.enrich import Pipeline
 from tokenpulse.enrich.content import Content
 from tokenpulse.storage.late_attribution import LateAttribution
-from tokenpulse.enrich.attribute import Attributor, TraceTags
+from tokenpulse.enrich.fast.attribute import ColumnarAttributor, TraceMemory
 from tokenpulse.enrich.fast.calls import TraceCalls
 from tokenpulse.enrich.price import PriceTable, load_overrides
 from tokenpulse.enrich.reload import PriceReloader
@@ -102,8 +102,8 @@ class Service:
         if s.user_id_mode == "pseudonymize" and key is None:
             key = self._local_user_id_key()
         scale = s.memory_scale  # the bounded memories shrink with a memory_budget under the 2 GiB default
-        attributor = Attributor(keys=s.attribute_keys, user_id_mode=s.user_id_mode, user_id_key=key,
-                                memory=TraceTags(int(100_000 * scale), int(500_000 * scale)),
+        attributor = ColumnarAttributor(keys=s.attribute_keys, user_id_mode=s.user_id_mode, user_id_key=key,
+                                memory=TraceMemory(int(100_000 * scale), int(500_000 * scale)),
                                 require=s.required_tags, outcome_attribute=s.outcome_attribute,
                                 outcome_success_values=tuple(s.outcome_success_values.split(",")),
                                 personal_keys=tuple(k.strip() for k in s.personal_keys.split(",") if k.strip()))

@@ -30,6 +30,7 @@ from tokenpulse.enrich import normalize as N
 from tokenpulse.enrich.attribute import DEFAULT_KEYS, Attributor
 from tokenpulse.enrich.calls import DuplicateCalls
 from tokenpulse.enrich.content import Content
+from tokenpulse.enrich.fast.attribute import ColumnarAttributor
 from tokenpulse.enrich.fast.calls import TraceCalls
 from tokenpulse.enrich.price import PriceTable
 from tokenpulse.enrich.quirks import QUIRKS
@@ -144,7 +145,7 @@ PRICES = PriceTable()
 
 def _pipelines(config: dict) -> tuple[Pipeline, Pipeline]:
     def one(reference: bool) -> Pipeline:
-        return Pipeline(PRICES, Attributor(**config), content=Content(capture=config["user_id_mode"] == "raw"),
+        return Pipeline(PRICES, (Attributor if reference else ColumnarAttributor)(**config), content=Content(capture=config["user_id_mode"] == "raw"),
                         calls=DuplicateCalls() if reference else TraceCalls(), reference=reference)
     return one(False), one(True)
 

@@ -25,6 +25,7 @@ from typing import Callable
 from tokenpulse.enrich.attribute import Attributor
 from tokenpulse.enrich.calls import DuplicateCalls
 from tokenpulse.enrich.content import Content
+from tokenpulse.enrich.fast.attribute import ColumnarAttributor
 from tokenpulse.enrich.fast.calls import TraceCalls
 from tokenpulse.enrich.normalize import normalize_calls
 from tokenpulse.enrich.price import PriceTable, make_price_step
@@ -53,7 +54,7 @@ class Pipeline:
                  calls: DuplicateCalls | TraceCalls | None = None, reference: bool = False):
         """``reference``: the reference steps throughout (the differential test's other side); an
         ``attributor`` or ``calls`` passed in is used as it is either way."""
-        self.attributor = attributor or Attributor(user_id_mode="raw")
+        self.attributor = attributor or (Attributor if reference else ColumnarAttributor)(user_id_mode="raw")
         self.calls = calls or (DuplicateCalls() if reference else TraceCalls())
         self._normalize = normalize_calls
         self._on_unknown_model = on_unknown_model

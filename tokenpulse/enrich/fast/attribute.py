@@ -1,0 +1,245 @@
+"""Attribute: ``enrich/attribute.py``'s answers, with its memory kept per trace.
+
+The reference learns trace tags and agent roles span by span into two maps keyed by trace and by
+(trace, span); here one record per trace holds the trace's tags, each span's parent and the roles
+seen, and a request's spans of one trace meet that record once in a row. The rest is the
+reference's rules, with per-span checks replaced by whole-dict comparisons in C:
+
+* a span's trace tags change nothing (the usual case after the first span of a trace) when every
+  trace-level tag it carries is already known and it is not the root: one ``keys() <=`` test;
+* a span needs nothing from its trace when the trace knows no tag the span lacks: the same test;
+* the Langfuse JSON decoding and the user-key scrubbing are decided once per attribute shape.
+
+Bound: ``max_traces`` traces and ``max_spans`` spans; past either, whole traces are forgotten, the
+one first seen longest ago first (the reference forgets tags and roles apart).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+from tokenpulse.enrich.attribute import TRACE_LEVEL, Attributor
+from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS
+from tokenpulse.record import UNATTRIBUTED, SpanBatch, scoped_traces
+
+MAX_SHAPES = 4096
+_TRACE_LEVEL = frozenset(TRACE_LEVEL)
+
+
+class _Trace:
+    __slots__ = ("tags", "parents", "roles")
+
+    def __init__(self) -> None:
+        self.tags: dict[str, str] | None = None
+        self.parents: dict[str, str] = {}  # span -> its parent ("" for a root)
+        self.roles: dict[str, str] = {}  # span -> its own agent role, when it has one
+
+
+class TraceMemory:
+    """``attribute.TraceTags``'s interface (scope, trace, add_trace), one record per trace."""
+
+    scope = staticmethod(scoped_traces)
+
+    def __init__(self, max_traces: int = 100_000, max_spans: int = 500_000):
+        self.max_traces = max_traces
+        self.max_spans = max_spans
+        self.records: OrderedDict[str, _Trace] = OrderedDict()
+        self.spans = 0
+
+    def trace(self, trace_id: str) -> dict[str, str] | None:
+        t = self.records.get(trace_id)
+        return t.tags if t is not None else None
+
+    def record(self, trace_id: str) -> _Trace:
+        t = self.records.get(trace_id)
+        if t is None:
+            t = self.records[trace_id] = _Trace()
+        return t
+
+    def add_trace(self, trace_id: str, tags: dict[str, str], is_root: bool) -> None:
+        t = self.record(trace_id)
+        if t.tags is None:
+            t.tags = dict(tags)
+        else:
+            known = t.tags
+            for k, v in tags.items():
+                if is_root or k not in known:
+                    known[k] = v
+        self.forget_oldest()
+
+    def forget_oldest(self) -> None:
+        records = self.records
+        while records and (len(records) > self.max_traces or self.spans > self.max_spans):
+            self.spans -= len(records.popitem(last=False)[1].parents)
+
+    def ancestor_role(self, t: _Trace, parent: str) -> str:
+        parents, roles = t.parents, t.roles
+        for _ in range(64):  # ancestors of one trace; bounded against cycles
+            if parent not in parents:
+                return ""
+            role = roles.get(parent)
+            if role:
+                return role
+            parent = parents[parent]
+            if not parent:
+                return ""
+        return ""
+
+
+class ColumnarAttributor(Attributor):
+    """``Attributor`` (same settings, same answers) over a ``TraceMemory``."""
+
+    def __init__(self, *args, memory: TraceMemory | None = None, **kw):
+        super().__init__(*args, memory=memory or TraceMemory(), **kw)
+        self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+    def _shape(self, attrs: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(the Langfuse-decoded fields a span of this shape may carry, its user keys)."""
+        shape = tuple(attrs)
+        got = self._shapes.get(shape)
+        if got is None:
+            if len(self._shapes) >= MAX_SHAPES:
+                self._shapes.clear()
+            fields = self._index.pick({k: "x" for k in shape})
+            got = self._shapes[shape] = (tuple(d for d in fields if d in self._langfuse_fields),
+                                         tuple(k for k in shape if k in self._user_keys))
+        return got
+
+    def _scrub_keys(self, attrs: dict, keys: tuple[str, ...]) -> dict:
+        if not keys or self.user_id_mode == "raw":
+            return attrs
+        out = dict(attrs)
+        for k in keys:
+            if self.user_id_mode == "drop":
+                del out[k]
+            else:
+                out[k] = self._user(attrs[k])
+        return out
+
+    def __call__(self, batch: SpanBatch, tenant: str = "", scoped: list[str] | None = None
+                 ) -> tuple[SpanBatch, list[str]]:
+        self.overridden = 0
+        n = len(batch)
+        pick, shape_of = self._index.pick, self._shape
+        attributes, resource_attributes = batch.attributes, batch.resource_attributes
+        resources: dict[int, tuple[dict, dict]] = {}  # id(resource attrs) -> (its tags, scrubbed copy)
+        own: list[dict] = []
+        user_keys: list[tuple[str, ...]] = []
+        for i in range(n):
+            res = resource_attributes[i]
+            r = resources.get(id(res))
+            if r is None:
+                r = resources[id(res)] = (pick(res), self._scrub(res))
+            attrs = attributes[i]
+            tags = pick(attrs)
+            lf_fields, users = shape_of(attrs)
+            user_keys.append(users)
+            for d in lf_fields:  # a JSON-encoded string (Langfuse metadata) -> the string
+                v = tags.get(d)
+                if v is not None and len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+                    try:
+                        got = json.loads(v)
+                    except ValueError:
+                        continue
+                    if isinstance(got, str):
+                        tags[d] = got
+            if r[0]:
+                tags.update(r[0])  # resource attributes first
+            if tenant:
+                if tags.get("tenant", tenant) != tenant:
+                    self.overridden += 1
+                tags["tenant"] = tenant
+            own.append(tags)
+        mem: TraceMemory = self.memory
+        trace_ids, span_ids, parents = batch.trace_id, batch.span_id, batch.parent_span_id
+        if scoped is None:
+            scoped = mem.scope(tenant, trace_ids)
+        # Pass 1: learn what this request tells about its traces and agent roles, one trace record
+        # fetched per run of spans of that trace.
+        records: list[_Trace] = []
+        last_key, t = None, None
+        for i in range(n):
+            key = scoped[i]
+            if key != last_key:
+                t, last_key = mem.record(key), key
+            records.append(t)
+            tags, parent = own[i], parents[i]
+            if tags:
+                known = t.tags
+                if known is None:
+                    trace_tags = {d: v for d, v in tags.items() if d in _TRACE_LEVEL}
+                    if trace_tags:
+                        t.tags = trace_tags
+                elif not parent or not known.keys() >= tags.keys() - {"agent_role"}:
+                    for d, v in tags.items():
+                        if d in _TRACE_LEVEL and (not parent or d not in known):
+                            known[d] = v
+            sid = span_ids[i]
+            if sid not in t.parents:
+                mem.spans += 1
+            t.parents[sid] = parent
+            role = tags.get("agent_role", "")
+            if role:
+                t.roles[sid] = role
+            else:
+                t.roles.pop(sid, None)
+        # A root whose trace had calls stored unattributed before: they can be moved now.
+        self.late = []
+        if self._unresolved:
+            for i in range(n):
+                if not parents[i] and trace_ids[i] in self._unresolved:
+                    del self._unresolved[trace_ids[i]]
+                    known = records[i].tags
+                    if known and (known.get("tenant") or known.get("feature")):
+                        self.late.append((trace_ids[i], batch.start_time_ns[i]))
+        # Pass 2: fill.
+        rejects: list[str] = []
+        keep: list[int] | None = None
+        require, outcome_key = self.require, self.outcome_attribute
+        counted, operation = batch.counted, batch.operation
+        for i in range(n):
+            tags = own[i]
+            t = records[i]
+            known = t.tags
+            if known and not known.keys() <= tags.keys():
+                for d in TRACE_LEVEL:
+                    if d not in tags and d in known:
+                        tags[d] = known[d]
+            if "agent_role" not in tags and parents[i]:
+                role = mem.ancestor_role(t, parents[i])
+                if role:
+                    tags["agent_role"] = role
+            if require:
+                missing = [d for d in require if not tags.get(d)]
+                if missing:
+                    rejects.append(f"span {batch.name[i]!r} has no {' or '.join(missing)} "
+                                   f"(tag-or-reject mode; set one of: {', '.join(self.keys[missing[0]][:3])}, ...)")
+                    if keep is None:
+                        keep = list(range(i))
+                    continue
+            if keep is not None:
+                keep.append(i)
+            batch.tenant[i] = tags.get("tenant") or UNATTRIBUTED
+            batch.feature[i] = tags.get("feature") or UNATTRIBUTED
+            if (("tenant" not in tags or "feature" not in tags) and parents[i] and counted[i]
+                    and operation[i] in INFERENCE_OPERATIONS):
+                self._unresolved[trace_ids[i]] = None
+                if len(self._unresolved) > mem.max_traces:
+                    self._unresolved.popitem(last=False)
+            if "user_id" in tags:
+                batch.user_id[i] = self._user(tags["user_id"])
+            batch.session_id[i] = tags.get("session_id", "")
+            batch.route[i] = tags.get("route", "")
+            batch.agent_role[i] = tags.get("agent_role", "")
+            batch.environment[i] = tags.get("environment", "")
+            if outcome_key:
+                raw = attributes[i].get(outcome_key) or resource_attributes[i].get(outcome_key)
+                if raw:
+                    batch.outcome[i] = "success" if raw.strip().lower() in self.outcome_success else "failure"
+            attributes[i] = self._scrub_keys(attributes[i], user_keys[i])
+            resource_attributes[i] = resources[id(resource_attributes[i])][1]
+        mem.forget_oldest()
+        if keep is not None:
+            batch = batch.take(keep)
+        return batch, rejects
