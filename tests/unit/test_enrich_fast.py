@@ -88,10 +88,40 @@ SPAN_IDS = [bytes([i + 1]) * 8 for i in range(10)]
 T0 = 1_767_225_600_000_000_000  # 2026-01-01
 
 
+CLEAN_COUNTS = ["0", "12", "50", "250", "300"]
+
+
+def _value(draw, key: str, clean: bool) -> str:
+    pool = VALUES[key]
+    if clean:  # what the columnar path takes: no empty value, plain counts
+        pool = CLEAN_COUNTS if pool is COUNTS else [v for v in pool if v] or pool
+    return draw(st.sampled_from(pool))
+
+
+# A dialect's shape: for each group, one of its spellings or none.
+GROUPS = [N.INPUT_KEYS, N.OUTPUT_KEYS, N.CACHE_READ_KEYS, N.CACHE_WRITE_KEYS, N.REASONING_KEYS, N.TOTAL_KEYS,
+          N.PROVIDER_KEYS, N.MODEL_KEYS, N.REQUEST_MODEL_KEYS, N.REPORTED_COST_KEYS, N.AGENT_NAME_KEYS,
+          N.AGENT_ID_KEYS, N.TOOL_NAME_KEYS, N.TOOL_CALL_ID_KEYS, ("error.type",), ("traceloop.entity.name",),
+          ("gen_ai.operation.name", "openinference.span.kind", "llm.request.type", "traceloop.span.kind",
+           "langsmith.span.kind", "langfuse.observation.type"), ("gen_ai.response.id", "ai.response.id"),
+          ("gen_ai.prompt.0.content", "input.value"), ("user.email",), ("app.outcome",),
+          *DEFAULT_KEYS.values()]
+
+
 @st.composite
-def a_span(draw):
-    keys = draw(st.lists(st.sampled_from(KEYS), max_size=14, unique=True))
-    attrs = {k: draw(st.sampled_from(VALUES[k])) for k in keys}
+def a_shape(draw) -> list[str]:
+    keys = []
+    for group in GROUPS:
+        if draw(st.booleans()):
+            keys.append(draw(st.sampled_from(group)))
+    return list(dict.fromkeys(keys))
+
+
+@st.composite
+def a_span(draw, keys: list[str] | None = None, clean: bool = False):
+    if keys is None:
+        keys = draw(st.lists(st.sampled_from(KEYS), max_size=14, unique=True))
+    attrs = {k: _value(draw, k, clean) for k in keys}
     parent = draw(st.sampled_from([b""] + SPAN_IDS[:5]))
     start = T0 + draw(st.integers(0, 4)) * 1_000_000
     return span(name=draw(st.sampled_from(NAMES)), trace_id=draw(st.sampled_from(TRACES)),
@@ -124,7 +154,11 @@ def a_request(draw):
     resource_keys = draw(st.lists(st.sampled_from(["tenant.id", "app.feature", "deployment.environment.name",
                                                    "user.id", "langfuse.trace.metadata.tenant_id"]), unique=True))
     resource = {k: draw(st.sampled_from(ATTRIBUTION_VALUES)) for k in resource_keys}
-    spans = draw(st.lists(a_span(), min_size=1, max_size=12))
+    if draw(st.booleans()):  # one instrumentation's spans: one shape, often clean (fast/normalize.py's path)
+        keys = draw(a_shape())
+        spans = draw(st.lists(a_span(keys, clean=draw(st.booleans())), min_size=1, max_size=12))
+    else:
+        spans = draw(st.lists(a_span(), min_size=1, max_size=12))
     req = request(spans, resource=resource, scope=draw(st.sampled_from(SCOPES)))
     # A second instrumentation in the same request, reporting some of the same calls again.
     twins = [draw(a_twin(s)) for s in spans if draw(st.integers(0, 2)) == 0]

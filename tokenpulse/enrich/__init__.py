@@ -27,6 +27,7 @@ from tokenpulse.enrich.calls import DuplicateCalls
 from tokenpulse.enrich.content import Content
 from tokenpulse.enrich.fast.attribute import ColumnarAttributor
 from tokenpulse.enrich.fast.calls import TraceCalls
+from tokenpulse.enrich.fast.normalize import Normalizer
 from tokenpulse.enrich.normalize import normalize_calls
 from tokenpulse.enrich.price import PriceTable, make_price_step
 from tokenpulse.record import SpanBatch, scoped_traces
@@ -56,7 +57,7 @@ class Pipeline:
         ``attributor`` or ``calls`` passed in is used as it is either way."""
         self.attributor = attributor or (Attributor if reference else ColumnarAttributor)(user_id_mode="raw")
         self.calls = calls or (DuplicateCalls() if reference else TraceCalls())
-        self._normalize = normalize_calls
+        self._normalize = normalize_calls if reference else Normalizer()
         self._on_unknown_model = on_unknown_model
         self.set_price_table(price_table or PriceTable())
         self._on_excluded = on_excluded

@@ -40,6 +40,11 @@ class KeyIndex:
                     break
         return out
 
+    def plan(self, shape: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """For attributes with these keys: each field some key can fill, with those keys in priority
+        order (a value may still be empty: ``pick`` then falls to the next key)."""
+        return self._plans.get(shape) or self._plan(shape)
+
     def _plan(self, shape: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
         ranked: dict[str, list[tuple[int, str]]] = {}
         # frozenset.intersection probes the shape's keys without building a set of them.
