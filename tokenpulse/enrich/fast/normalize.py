@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from operator import itemgetter
 
-from tokenpulse.enrich import normalize as ref
+import tokenpulse.enrich.normalize as ref
 from tokenpulse.enrich.quirks import provider_from_name, quirk
 from tokenpulse.record import SpanBatch
 
