@@ -57,6 +57,7 @@ class Pipeline:
         ``attributor`` or ``calls`` passed in is used as it is either way."""
         self.attributor = attributor or (Attributor if reference else ColumnarAttributor)(user_id_mode="raw")
         self.calls = calls or (DuplicateCalls() if reference else TraceCalls())
+        self.reference = reference
         self._normalize = normalize_calls if reference else Normalizer()
         self._on_unknown_model = on_unknown_model
         self.set_price_table(price_table or PriceTable())
@@ -70,12 +71,19 @@ class Pipeline:
         self._price = make_price_step(table, self._on_unknown_model)
 
     def __call__(self, batch: SpanBatch, ctx: RequestContext = RequestContext()) -> Enriched:
-        batch, inferred = self._normalize(batch)
         traces = scoped_traces(ctx.tenant, batch.trace_id)  # per-trace memory keys, computed once
+        if self.reference:
+            batch, inferred = self._normalize(batch)
+        else:  # each span's attribute keys as a tuple, made once for normalize and attribute
+            shapes = list(map(tuple, batch.attributes))
+            batch, inferred = self._normalize(batch, shapes)
         batch = self.calls(batch, inferred, ctx.tenant, traces)
         self._count_excluded(batch)
         batch = self._price(batch)  # keeps every row in place: the keys still line up
-        batch, rejects = self.attributor(batch, ctx.tenant, traces)
+        if self.reference or not isinstance(self.attributor, ColumnarAttributor):
+            batch, rejects = self.attributor(batch, ctx.tenant, traces)
+        else:
+            batch, rejects = self.attributor(batch, ctx.tenant, traces, shapes)
         return Enriched(self.content(batch), rejects, self.attributor.overridden, self.attributor.late)
 
     def _count_excluded(self, batch) -> None:

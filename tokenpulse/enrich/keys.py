@@ -27,7 +27,10 @@ class KeyIndex:
 
     def pick(self, attrs: dict) -> dict[str, str]:
         """field -> the value of its best-ranked key present with a non-empty value."""
-        shape = tuple(attrs)
+        return self.pick_shaped(attrs, tuple(attrs))
+
+    def pick_shaped(self, attrs: dict, shape: tuple[str, ...]) -> dict[str, str]:
+        """``pick``, given ``tuple(attrs)`` already made (the fast steps make it once per span)."""
         plan = self._plans.get(shape)
         if plan is None:
             plan = self._plan(shape)

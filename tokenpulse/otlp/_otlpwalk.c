@@ -279,6 +279,10 @@ enum {
 typedef struct {
     PyObject *cols[N_COLS];
     PyObject *reject; /* callable(message) for a span refused for its ids */
+    /* The previous span's trace id and its hex string: spans of one trace usually come together,
+     * and sharing one str lets the per-trace memories hash it once and compare by identity. */
+    uint8_t last_tid[16];
+    PyObject *last_tid_o; /* owned; NULL before the first span */
 } Out;
 
 static int append_new(PyObject *list, PyObject *o) {
@@ -368,7 +372,20 @@ static int span(Ctx *cx, Out *out, Buf s, PyObject *service, PyObject *scope_nam
         }
         /* The columns grow together: an error here is ERR (an exception), and decode.py then
          * drops the whole batch, so unequal lengths never escape. */
-        if (rc == OK) rc = append_new(c[C_TRACE], hex(tid));
+        if (rc == OK) {
+            if (out->last_tid_o && memcmp(out->last_tid, tid.p, 16) == 0) {
+                rc = PyList_Append(c[C_TRACE], out->last_tid_o) < 0 ? ERR : OK;
+            } else {
+                PyObject *t = hex(tid);
+                if (!t) {
+                    rc = ERR;
+                } else {
+                    Py_XSETREF(out->last_tid_o, t);
+                    memcpy(out->last_tid, tid.p, 16);
+                    rc = PyList_Append(c[C_TRACE], t) < 0 ? ERR : OK;
+                }
+            }
+        }
         if (rc == OK) rc = append_new(c[C_SPAN], hex(sid));
         if (rc == OK) rc = PyList_Append(c[C_NAME], name_o) < 0 ? ERR : OK;
         if (rc == OK) rc = append_new(c[C_KIND], PyLong_FromLong((int32_t)kind));
@@ -496,6 +513,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         }
     }
     out.reject = reject;
+    out.last_tid_o = NULL;
     Ctx cx = {render, PyDict_New(), PyUnicode_FromStringAndSize("", 0)};
     int rc = (cx.interned && cx.empty) ? OK : ERR;
     Buf b = {(const uint8_t *)body.buf, (const uint8_t *)body.buf + body.len};
@@ -513,6 +531,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     }
     Py_XDECREF(cx.interned);
     Py_XDECREF(cx.empty);
+    Py_XDECREF(out.last_tid_o);
     PyBuffer_Release(&body);
     if (rc == ERR) return NULL;
     if (PyErr_Occurred()) PyErr_Clear();

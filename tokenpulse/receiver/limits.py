@@ -14,6 +14,7 @@ receiver from senders that do not.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 from tokenpulse.otlp.decode import Decoded
 
@@ -64,6 +65,17 @@ def apply_limits(decoded: Decoded, limits: Limits) -> dict[str, int]:
             got = seen[id(d)] = _limit_attrs(d, limits, counts)
         res[i] = got
     attrs = batch.attributes
+    if _within(attrs, limits):  # the usual request: checked in C, no step per span
+        return counts
     for i, d in enumerate(attrs):
         attrs[i] = _limit_attrs(d, limits, counts)
     return counts
+
+
+def _within(dicts: list[dict], limits: Limits) -> bool:
+    """No dict over ``max_attributes`` and no value over ``max_value_chars``."""
+    if not dicts:
+        return True
+    if max(map(len, dicts)) > limits.max_attributes:
+        return False
+    return max(map(len, chain.from_iterable(map(dict.values, dicts))), default=0) <= limits.max_value_chars

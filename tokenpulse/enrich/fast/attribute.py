@@ -94,9 +94,8 @@ class ColumnarAttributor(Attributor):
         super().__init__(*args, memory=memory or TraceMemory(), **kw)
         self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
-    def _shape(self, attrs: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def _shape(self, shape: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(the Langfuse-decoded fields a span of this shape may carry, its user keys)."""
-        shape = tuple(attrs)
         got = self._shapes.get(shape)
         if got is None:
             if len(self._shapes) >= MAX_SHAPES:
@@ -117,11 +116,14 @@ class ColumnarAttributor(Attributor):
                 out[k] = self._user(attrs[k])
         return out
 
-    def __call__(self, batch: SpanBatch, tenant: str = "", scoped: list[str] | None = None
-                 ) -> tuple[SpanBatch, list[str]]:
+    def __call__(self, batch: SpanBatch, tenant: str = "", scoped: list[str] | None = None,
+                 shapes: list[tuple[str, ...]] | None = None) -> tuple[SpanBatch, list[str]]:
+        """``shapes``: ``tuple(attrs)`` of each span, if the caller made them (Pipeline shares them)."""
         self.overridden = 0
         n = len(batch)
-        pick, shape_of = self._index.pick, self._shape
+        if shapes is None:
+            shapes = list(map(tuple, batch.attributes))
+        pick, pick_shaped, shape_of = self._index.pick, self._index.pick_shaped, self._shape
         attributes, resource_attributes = batch.attributes, batch.resource_attributes
         resources: dict[int, tuple[dict, dict]] = {}  # id(resource attrs) -> (its tags, scrubbed copy)
         own: list[dict] = []
@@ -131,9 +133,9 @@ class ColumnarAttributor(Attributor):
             r = resources.get(id(res))
             if r is None:
                 r = resources[id(res)] = (pick(res), self._scrub(res))
-            attrs = attributes[i]
-            tags = pick(attrs)
-            lf_fields, users = shape_of(attrs)
+            attrs, shape = attributes[i], shapes[i]
+            tags = pick_shaped(attrs, shape)
+            lf_fields, users = shape_of(shape)
             user_keys.append(users)
             for d in lf_fields:  # a JSON-encoded string (Langfuse metadata) -> the string
                 v = tags.get(d)

@@ -33,8 +33,10 @@ class _Trace:
     def __init__(self) -> None:
         self.calls: dict[str, tuple] = {}
         self.by_response: dict[str, str] = {}
-        self.by_output: dict[int, list[str]] = {}
-        self.children: dict[str, list[str]] = {}
+        # Tuples, not lists: a tuple of strings leaves the cyclic collector's care after its first
+        # collection, a list never does (the memory holds ~200k of them).
+        self.by_output: dict[int, tuple[str, ...]] = {}
+        self.children: dict[str, tuple[str, ...]] = {}
 
 
 def _overlap(a: tuple, b: tuple) -> bool:
@@ -139,17 +141,13 @@ class TraceCalls:
             if rid:
                 t.by_response[rid] = sid
             if usage:
-                same = t.by_output.get(c[OUTPUT])
-                if same is None:
-                    t.by_output[c[OUTPUT]] = [sid]
-                elif len(same) < MAX_SAME_OUTPUT:
-                    same.append(sid)
+                same = t.by_output.get(c[OUTPUT], ())
+                if len(same) < MAX_SAME_OUTPUT:
+                    t.by_output[c[OUTPUT]] = same + (sid,)
             if parent:
-                siblings = t.children.get(parent)
-                if siblings is None:
-                    t.children[parent] = [sid]
-                elif len(siblings) < MAX_SAME_OUTPUT:
-                    siblings.append(sid)
+                siblings = t.children.get(parent, ())
+                if len(siblings) < MAX_SAME_OUTPUT:
+                    t.children[parent] = siblings + (sid,)
         for i in inferred:
             c = kept.get(i)
             if c is not None:

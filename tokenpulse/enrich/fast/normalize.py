@@ -49,8 +49,10 @@ class Normalizer:
         self._providers: dict[str, str] = {}
         self._ops: dict[tuple, str] = {}
 
-    def __call__(self, batch: SpanBatch) -> tuple[SpanBatch, set[int]]:
-        shapes = list(map(tuple, batch.attributes))
+    def __call__(self, batch: SpanBatch, shapes: list[tuple[str, ...]] | None = None) -> tuple[SpanBatch, set[int]]:
+        """``shapes``: ``tuple(attrs)`` of each span, if the caller made them (Pipeline shares them)."""
+        if shapes is None:
+            shapes = list(map(tuple, batch.attributes))
         groups: dict[tuple[str, ...], list[int]] = {}
         if shapes and shapes.count(shapes[0]) == len(shapes):  # one shape: no loop over the rows
             groups[shapes[0]] = list(range(len(shapes)))
