@@ -12,7 +12,7 @@ spans / elapsed, checked against count() in ClickHouse), MB/s, p50/p99 Export
 latency, the server's peak RSS, the mean spans per insert, and the server's CPU time per
 stored span during the load, split between its Python threads (receiving, decoding,
 enriching, all under one GIL) and its other threads (ClickHouse's inserts, views and
-merges; gRPC's I/O).
+merges; gRPC's I/O), and how much of the Python part was the garbage collector's pauses.
 
     python bench/ingest.py                       # grpc+http, batches 512 and 5000
     python bench/ingest.py --transport grpc --batch 5000 --concurrency 4 --seconds 20
@@ -267,6 +267,7 @@ def run_case(transport: str, batch: int, concurrency: int, seconds: float, click
         cpu0 = cpu_seconds(server.pid)
         stored0 = metric_sum(admin, "tokenpulse_spans_stored_total")
         inserts0 = metric_sum(admin, "tokenpulse_storage_insert_rows_count")
+        gc0 = metric_sum(admin, "tokenpulse_gc_pause_seconds_total")
         rules0 = rule_stats(admin)
         threads = [threading.Thread(target=worker) for _ in range(concurrency)]
         for t in threads:
@@ -278,6 +279,7 @@ def run_case(transport: str, batch: int, concurrency: int, seconds: float, click
         cpu1 = cpu_seconds(server.pid)
         stored_in_load = metric_sum(admin, "tokenpulse_spans_stored_total") - stored0
         inserts = metric_sum(admin, "tokenpulse_storage_insert_rows_count") - inserts0
+        gc_paused = metric_sum(admin, "tokenpulse_gc_pause_seconds_total") - gc0
         per_span = 1e6 / max(stored_in_load, 1)
         stored = int(requests.post(admin + "/api/sql", data="SELECT count() FROM spans", timeout=60)
                      .json()["data"][0][0])
@@ -310,7 +312,7 @@ def run_case(transport: str, batch: int, concurrency: int, seconds: float, click
             "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
             "peak_rss_mb": rss,
             "cpu_python_us": (cpu1[0] - cpu0[0]) * per_span, "cpu_other_us": (cpu1[1] - cpu0[1]) * per_span,
-            "rows_per_insert": stored_in_load / max(inserts, 1),
+            "rows_per_insert": stored_in_load / max(inserts, 1), "gc_us": gc_paused * per_span,
         }
     finally:
         server.terminate()
@@ -346,7 +348,8 @@ def main() -> None:
     forwards = {"off": (False,), "on": (True,), "both": (False, True)}[args.forward]
     print(f"{'transport':<9} {'batch':>6} {'conc':>4} {'forward':>7} {'spans/s stored':>15} {'MB/s':>6} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MB':>11} {'acked=stored':>12} {'retries':>7} "
-          f"{'forwarded':>10} {'fwd dropped':>11} {'rows/insert':>11} {'CPU us/span: python+other':>26}")
+          f"{'forwarded':>10} {'fwd dropped':>11} {'rows/insert':>11} {'CPU us/span: python+other':>26} "
+          f"{'of it gc':>8}")
     for transport in transports:
         for batch in (int(b) for b in args.batch.split(",")):
             for forward in forwards:
@@ -358,7 +361,8 @@ def main() -> None:
                       f"{r['spans_per_s']:>15,.0f} {r['mb_per_s']:>6.1f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
                       f"{r['peak_rss_mb']:>11.0f} {str(r['acked'] == r['stored']):>12} {r['retries']:>7} "
                       f"{fwd:>10} {fwd_dropped:>11} {r['rows_per_insert']:>11,.0f} "
-                      f"{r['cpu_python_us'] + r['cpu_other_us']:>9.0f} = {r['cpu_python_us']:.0f} + {r['cpu_other_us']:.0f}",
+                      f"{r['cpu_python_us'] + r['cpu_other_us']:>9.0f} = {r['cpu_python_us']:.0f} + "
+                      f"{r['cpu_other_us']:.0f}{r['gc_us']:>15.1f}",
                       flush=True)
                 if args.raw_limit:
                     print_raw_limit(r, min(args.seconds, 10.0))

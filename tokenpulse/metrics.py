@@ -6,8 +6,12 @@ never share counters.
 
 from __future__ import annotations
 
+import gc
+import time
+
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
                                disable_created_metrics, generate_latest)
+from prometheus_client.core import CounterMetricFamily
 
 # The *_created series double the output and no dashboard here reads them.
 disable_created_metrics()
@@ -18,10 +22,40 @@ _TOKEN_TYPES = (("input", "input_tokens"), ("output", "output_tokens"), ("cache_
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+# Seconds the cyclic garbage collector has paused this process, per generation. Every Python
+# thread stops while it runs (it holds the GIL), so on the decode thread it is part of each span's
+# cost; the enrichment memories hold most of what a full collection walks.
+_GC_PAUSED = [0.0, 0.0, 0.0]
+_GC_STARTED = [0.0]
+
+
+def _on_gc(phase: str, info: dict) -> None:
+    if phase == "start":
+        _GC_STARTED[0] = time.perf_counter()
+    else:
+        _GC_PAUSED[info["generation"]] += time.perf_counter() - _GC_STARTED[0]
+
+
+gc.callbacks.append(_on_gc)
+
+
+class _GCPauses:
+    def describe(self):
+        return self.collect()
+
+    def collect(self):
+        family = CounterMetricFamily("tokenpulse_gc_pause_seconds", "Time the Python garbage collector paused "
+                                     "every thread of this process, by generation", labels=["generation"])
+        for generation, seconds in enumerate(_GC_PAUSED):
+            family.add_metric([str(generation)], seconds)
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        r.register(_GCPauses())  # tokenpulse_gc_pause_seconds_total{generation}
         self.requests = Counter(
             "tokenpulse_export_requests", "OTLP Export requests by transport and outcome "
             "(ok, partial, invalid, too_large, unsupported, retry)", ["transport", "outcome"], registry=r)
