@@ -43,3 +43,28 @@ def test_within_limits_nothing_changes():
     before = [dict(x) for x in d.batch.attributes]
     assert apply_limits(d, Limits()) == {"dropped": 0, "truncated": 0}
     assert d.batch.attributes == before and d.rejected == 0
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+from tests.unit.test_decode_fast import _requests  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_requests())
+def test_the_c_walk_measures_what_the_limits_check(req):
+    """The C walk's (most attributes, longest value) is never below what the batch holds, so a
+    request it says is within the limits is: apply_limits then skips its per-span look."""
+    d = decode_protobuf(req.SerializeToString())
+    assert d.widest is not None
+    dicts = d.batch.attributes + d.batch.resource_attributes
+    assert d.widest[0] >= max(map(len, dicts), default=0)
+    assert d.widest[1] >= max((len(v) for x in dicts for v in x.values()), default=0)
+
+
+def test_a_request_measured_within_the_limits_is_left_as_it_is_and_one_over_is_cut():
+    d = decoded(3, attrs={"a": "x" * 10, "b": "y"}, resource={"r": "z" * 4})
+    assert d.widest == (2, 10)  # two attributes on the span and on the resource; the longest value: a's
+    assert apply_limits(d, Limits(max_attributes=2, max_value_chars=10)) == {"dropped": 0, "truncated": 0}
+    assert apply_limits(d, Limits(max_attributes=3, max_value_chars=9)) == {"dropped": 0, "truncated": 3}
+    assert d.batch.attributes[0]["a"] == "x" * 9

@@ -129,6 +129,9 @@ typedef struct {
     PyObject *render;   /* callable(AnyValue bytes) -> str, for arrays, kvlists and bytes */
     PyObject *interned; /* dict: reuse one str object per distinct key */
     PyObject *empty;    /* "" */
+    /* The widest the request is, for the receiver's limits (receiver/limits.py): the most
+     * attributes on one span or resource, the longest value in characters. */
+    Py_ssize_t max_attrs, max_chars;
 } Ctx;
 
 /* AnyValue -> its string form, as decode._attrs_pb renders it. New reference or NULL with
@@ -233,9 +236,12 @@ static int key_value(Ctx *cx, Buf kv, PyObject *d) {
         v = cx->empty;
         Py_INCREF(v);
     }
+    Py_ssize_t chars = PyUnicode_GET_LENGTH(v);
+    if (chars > cx->max_chars) cx->max_chars = chars;
     int rc = PyDict_SetItem(d, k, v);
     Py_DECREF(k);
     Py_DECREF(v);
+    if (rc == 0 && PyDict_GET_SIZE(d) > cx->max_attrs) cx->max_attrs = PyDict_GET_SIZE(d);
     return rc < 0 ? ERR : OK;
 }
 
@@ -485,12 +491,13 @@ static int resource_spans(Ctx *cx, Out *out, Buf rs, PyObject *unknown_service) 
 }
 
 PyDoc_STRVAR(walk_doc,
-"walk(body, columns, reject, render, unknown_service) -> bool\n\n"
+"walk(body, columns, reject, render, unknown_service) -> (max_attrs, max_chars) | False\n\n"
 "Append the spans of an ExportTraceServiceRequest (already parsed once by upb) to the 14\n"
 "column lists in ``columns`` (SpanBatch order: trace_id, span_id, parent_span_id, name,\n"
 "kind, service, scope_name, scope_version, start_time_ns, end_time_ns, status_code,\n"
 "status_message, resource_attributes, attributes). ``reject(message)`` is called for a span\n"
 "with invalid ids; ``render(anyvalue_bytes)`` renders arrays, kvlists and bytes. Returns\n"
+"the most attributes on one span or resource and the longest value in characters, or\n"
 "False when the request needs the message walk (the columns are then partly filled).");
 
 static PyObject *walk(PyObject *self, PyObject *args) {
@@ -514,7 +521,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     }
     out.reject = reject;
     out.last_tid_o = NULL;
-    Ctx cx = {render, PyDict_New(), PyUnicode_FromStringAndSize("", 0)};
+    Ctx cx = {render, PyDict_New(), PyUnicode_FromStringAndSize("", 0), 0, 0};
     int rc = (cx.interned && cx.empty) ? OK : ERR;
     Buf b = {(const uint8_t *)body.buf, (const uint8_t *)body.buf + body.len};
     while (b.p < b.end && rc == OK) {
@@ -535,7 +542,8 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     PyBuffer_Release(&body);
     if (rc == ERR) return NULL;
     if (PyErr_Occurred()) PyErr_Clear();
-    return PyBool_FromLong(rc == OK);
+    if (rc != OK) Py_RETURN_FALSE;
+    return Py_BuildValue("(nn)", cx.max_attrs, cx.max_chars);
 }
 
 /* ---------------------------------------------------------------- keep_first

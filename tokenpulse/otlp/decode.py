@@ -63,6 +63,9 @@ class Decoded:
     # Traces whose earlier calls were stored unattributed and whose root is in this request, with a
     # start time of each (enrichment fills it; storage/late_attribution.py moves their rollup rows).
     late_traces: list = field(default_factory=list)
+    # (most attributes on one span or resource, longest value in characters), when the C walk
+    # measured them while decoding; None from the Python walk (receiver/limits.py then looks).
+    widest: tuple[int, int] | None = None
 
     def reject(self, message: str, kind: str = "invalid_span") -> None:
         """Refuse one span: ``message`` goes to the client, ``kind`` to the metrics label."""
@@ -209,8 +212,10 @@ def _walk_bytes(body: bytes, req: ExportTraceServiceRequest) -> Decoded | None:
     """The C walk; None when it declines the request (then nothing of its output is used)."""
     batch = SpanBatch()
     out = Decoded(batch, source=req)
-    if not _c_walk(body, walk_columns(batch), out.reject, _render_raw, UNKNOWN_SERVICE):
+    widest = _c_walk(body, walk_columns(batch), out.reject, _render_raw, UNKNOWN_SERVICE)
+    if not widest:
         return None
+    out.widest = widest
     batch.fill_defaults()
     return out
 

@@ -14,7 +14,6 @@ receiver from senders that do not.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
 
 from tokenpulse.otlp.decode import Decoded
 
@@ -57,6 +56,9 @@ def apply_limits(decoded: Decoded, limits: Limits) -> dict[str, int]:
             decoded.reject(f"more than {limits.max_spans} spans in one request: the rest were refused "
                            "(send smaller batches)", "too_many_spans")
         batch = decoded.batch = batch.take(list(range(limits.max_spans)))
+    widest = decoded.widest
+    if widest is not None and widest[0] <= limits.max_attributes and widest[1] <= limits.max_value_chars:
+        return counts  # the C walk measured the request while decoding it: nothing to cut
     seen: dict[int, dict] = {}  # resource attribute dicts are shared by the spans of a resource
     res = batch.resource_attributes
     for i, d in enumerate(res):
@@ -65,17 +67,6 @@ def apply_limits(decoded: Decoded, limits: Limits) -> dict[str, int]:
             got = seen[id(d)] = _limit_attrs(d, limits, counts)
         res[i] = got
     attrs = batch.attributes
-    if _within(attrs, limits):  # the usual request: checked in C, no step per span
-        return counts
     for i, d in enumerate(attrs):
         attrs[i] = _limit_attrs(d, limits, counts)
     return counts
-
-
-def _within(dicts: list[dict], limits: Limits) -> bool:
-    """No dict over ``max_attributes`` and no value over ``max_value_chars``."""
-    if not dicts:
-        return True
-    if max(map(len, dicts)) > limits.max_attributes:
-        return False
-    return max(map(len, chain.from_iterable(map(dict.values, dicts))), default=0) <= limits.max_value_chars
