@@ -116,6 +116,39 @@ class ColumnarAttributor(Attributor):
                 out[k] = self._user(attrs[k])
         return out
 
+    def _write(self, batch: SpanBatch, own: list[dict], keep: list[int] | None, parents: list[str],
+               trace_ids: list[str], attributes: list[dict], resource_attributes: list[dict],
+               user_keys: list[tuple[str, ...]], resources: dict[int, tuple[dict, dict]]) -> None:
+        """The dimension columns from each span's final tags, one comprehension per column (rows a
+        refusal drops are written too: ``take`` removes them after)."""
+        batch.tenant = [t.get("tenant") or UNATTRIBUTED for t in own]
+        batch.feature = [t.get("feature") or UNATTRIBUTED for t in own]
+        raw_users = [t.get("user_id") for t in own]
+        users = {u: self._user(u) for u in set(raw_users) if u is not None}
+        batch.user_id = [users[u] if u is not None else old for u, old in zip(raw_users, batch.user_id)]
+        batch.session_id = [t.get("session_id", "") for t in own]
+        batch.route = [t.get("route", "") for t in own]
+        batch.agent_role = [t.get("agent_role", "") for t in own]
+        batch.environment = [t.get("environment", "") for t in own]
+        kept = range(len(own)) if keep is None else keep
+        counted, operation = batch.counted, batch.operation
+        for i in kept:  # calls stored unattributed: their trace is watched for a late root
+            tags = own[i]
+            if (("tenant" not in tags or "feature" not in tags) and parents[i] and counted[i]
+                    and operation[i] in INFERENCE_OPERATIONS):
+                self._unresolved[trace_ids[i]] = None
+                if len(self._unresolved) > self.memory.max_traces:
+                    self._unresolved.popitem(last=False)
+        outcome_key = self.outcome_attribute
+        if outcome_key:
+            for i in kept:
+                raw = attributes[i].get(outcome_key) or resource_attributes[i].get(outcome_key)
+                if raw:
+                    batch.outcome[i] = "success" if raw.strip().lower() in self.outcome_success else "failure"
+        if self.user_id_mode != "raw":
+            batch.attributes = [self._scrub_keys(a, keys) if keys else a for a, keys in zip(attributes, user_keys)]
+        batch.resource_attributes = [resources[id(r)][1] for r in resource_attributes]
+
     def __call__(self, batch: SpanBatch, tenant: str = "", scoped: list[str] | None = None,
                  shapes: list[tuple[str, ...]] | None = None) -> tuple[SpanBatch, list[str]]:
         """``shapes``: ``tuple(attrs)`` of each span, if the caller made them (Pipeline shares them)."""
@@ -195,11 +228,10 @@ class ColumnarAttributor(Attributor):
                     known = records[i].tags
                     if known and (known.get("tenant") or known.get("feature")):
                         self.late.append((trace_ids[i], batch.start_time_ns[i]))
-        # Pass 2: fill.
+        # Pass 2: fill from the trace and the ancestors, then write the columns whole.
         rejects: list[str] = []
         keep: list[int] | None = None
-        require, outcome_key = self.require, self.outcome_attribute
-        counted, operation = batch.counted, batch.operation
+        require = self.require
         for i in range(n):
             tags = own[i]
             t = records[i]
@@ -220,27 +252,9 @@ class ColumnarAttributor(Attributor):
                     if keep is None:
                         keep = list(range(i))
                     continue
-            if keep is not None:
-                keep.append(i)
-            batch.tenant[i] = tags.get("tenant") or UNATTRIBUTED
-            batch.feature[i] = tags.get("feature") or UNATTRIBUTED
-            if (("tenant" not in tags or "feature" not in tags) and parents[i] and counted[i]
-                    and operation[i] in INFERENCE_OPERATIONS):
-                self._unresolved[trace_ids[i]] = None
-                if len(self._unresolved) > mem.max_traces:
-                    self._unresolved.popitem(last=False)
-            if "user_id" in tags:
-                batch.user_id[i] = self._user(tags["user_id"])
-            batch.session_id[i] = tags.get("session_id", "")
-            batch.route[i] = tags.get("route", "")
-            batch.agent_role[i] = tags.get("agent_role", "")
-            batch.environment[i] = tags.get("environment", "")
-            if outcome_key:
-                raw = attributes[i].get(outcome_key) or resource_attributes[i].get(outcome_key)
-                if raw:
-                    batch.outcome[i] = "success" if raw.strip().lower() in self.outcome_success else "failure"
-            attributes[i] = self._scrub_keys(attributes[i], user_keys[i])
-            resource_attributes[i] = resources[id(resource_attributes[i])][1]
+                if keep is not None:
+                    keep.append(i)
+        self._write(batch, own, keep, parents, trace_ids, attributes, resource_attributes, user_keys, resources)
         mem.forget_oldest()
         if keep is not None:
             batch = batch.take(keep)
