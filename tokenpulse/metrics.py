@@ -187,18 +187,20 @@ class Metrics:
     def count_usage(self, batch) -> None:
         """Add a stored batch's counted tokens and cost to the counters (one pass, summed per model)."""
         sums: dict[str, list[float]] = {}
-        for i in range(len(batch)):
-            if not batch.counted[i] or not (batch.input_tokens[i] or batch.output_tokens[i]):
+        for model, counted, inp, out, cr, cw, rs, cost in zip(
+                batch.model, batch.counted, batch.input_tokens, batch.output_tokens, batch.cache_read_tokens,
+                batch.cache_write_tokens, batch.reasoning_tokens, batch.cost_usd):
+            if not counted or not (inp or out):
                 continue
-            acc = sums.get(batch.model[i])
+            acc = sums.get(model)
             if acc is None:
-                acc = sums[batch.model[i]] = [0, 0, 0, 0, 0, 0.0]
-            acc[0] += batch.input_tokens[i]
-            acc[1] += batch.output_tokens[i]
-            acc[2] += batch.cache_read_tokens[i]
-            acc[3] += batch.cache_write_tokens[i]
-            acc[4] += batch.reasoning_tokens[i]
-            acc[5] += batch.cost_usd[i] or 0.0
+                acc = sums[model] = [0, 0, 0, 0, 0, 0.0]
+            acc[0] += inp
+            acc[1] += out
+            acc[2] += cr
+            acc[3] += cw
+            acc[4] += rs
+            acc[5] += cost or 0.0
         for model, acc in sums.items():
             label = self.model_label(model or "(none)")
             for j, (kind, _) in enumerate(_TOKEN_TYPES):
