@@ -227,3 +227,21 @@ def test_trace_calls_forget_the_oldest_trace_first():
     forgotten = calls(N.normalize(batch_of(_chat({"gen_ai.response.id": "r0"}, trace_id=traces[0]))))
     assert forgotten.counted == [1]  # the oldest trace was forgotten
     assert len(calls) == 3
+
+
+def test_trace_memory_forgets_the_oldest_trace_first():
+    from tests.enrich_helpers import CLIENT, INTERNAL, batch_of
+    from tokenpulse.enrich.fast.attribute import TraceMemory
+
+    attributor = ColumnarAttributor(user_id_mode="raw", memory=TraceMemory(max_traces=2, max_spans=100))
+    traces = [bytes([k + 1]) * 16 for k in range(3)]
+    for t in traces:  # tagged roots of three traces: the last two are remembered
+        attributor(batch_of(("root", INTERNAL, {"tenant.id": "t-" + t.hex()[:4]}, {"trace_id": t})))
+    assert len(attributor.memory.records) == 2
+    children, _ = attributor(batch_of(*[("child", CLIENT, {}, {"trace_id": t, "parent": b"\x07" * 8})
+                                        for t in traces]))
+    assert children.tenant == ["unattributed", "t-" + traces[1].hex()[:4], "t-" + traces[2].hex()[:4]]
+    few_spans = ColumnarAttributor(user_id_mode="raw", memory=TraceMemory(max_traces=100, max_spans=3))
+    for t in traces:  # two spans per trace: past 3 spans, whole traces go, oldest first
+        few_spans(batch_of(("a", INTERNAL, {}, {"trace_id": t}), ("b", INTERNAL, {}, {"trace_id": t})))
+    assert list(few_spans.memory.records) == [traces[2].hex()] and few_spans.memory.spans == 2
