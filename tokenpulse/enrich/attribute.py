@@ -59,7 +59,7 @@ import hashlib
 import hmac
 import json
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Iterable
 
 from tokenpulse.enrich.keys import KeyIndex
 from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS
@@ -133,11 +133,12 @@ class TraceTags:
         return ""
 
 
-def _decode_langfuse(tags: dict[str, str], fields: frozenset[str]) -> None:
-    """A JSON-encoded string value (Langfuse metadata: ``"\"tenant-acme\""``) -> the string."""
-    for d in fields.intersection(tags):
-        v = tags[d]
-        if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+def _decode_langfuse(tags: dict[str, str], fields: Iterable[str]) -> None:
+    """A JSON-encoded string value (Langfuse metadata: ``"\"tenant-acme\""``) -> the string, for
+    each of ``fields`` that ``tags`` has."""
+    for d in fields:
+        v = tags.get(d)
+        if v is not None and len(v) >= 2 and v[0] == '"' and v[-1] == '"':
             try:
                 got = json.loads(v)
             except ValueError:
@@ -200,16 +201,23 @@ class Attributor:
         """The attribute map with raw user ids replaced (or removed, in drop mode)."""
         if self.user_id_mode == "raw":
             return attrs
-        present = self._user_keys.intersection(attrs)
-        if not present:
+        return self._scrub_keys(attrs, tuple(self._user_keys.intersection(attrs)))
+
+    def _scrub_keys(self, attrs: dict, keys: tuple[str, ...]) -> dict:
+        """``_scrub``, given the user keys ``attrs`` has."""
+        if not keys or self.user_id_mode == "raw":
             return attrs
         out = dict(attrs)
-        for k in present:
+        for k in keys:
             if self.user_id_mode == "drop":
                 del out[k]
             else:
                 out[k] = self._user(attrs[k])
         return out
+
+    def _refusal(self, name: str, missing: list[str]) -> str:
+        return (f"span {name!r} has no {' or '.join(missing)} "
+                f"(tag-or-reject mode; set one of: {', '.join(self.keys[missing[0]][:3])}, ...)")
 
     def __call__(self, batch: SpanBatch, tenant: str = "", scoped: list[str] | None = None
                  ) -> tuple[SpanBatch, list[str]]:
@@ -272,8 +280,7 @@ class Attributor:
             if self.require:
                 missing = [d for d in self.require if not tags.get(d)]
                 if missing:
-                    rejects.append(f"span {batch.name[i]!r} has no {' or '.join(missing)} "
-                                   f"(tag-or-reject mode; set one of: {', '.join(self.keys[missing[0]][:3])}, ...)")
+                    rejects.append(self._refusal(batch.name[i], missing))
                     if keep is None:
                         keep = list(range(i))
                     continue

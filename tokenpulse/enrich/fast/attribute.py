@@ -16,10 +16,9 @@ one first seen longest ago first (the reference forgets tags and roles apart).
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 
-from tokenpulse.enrich.attribute import TRACE_LEVEL, Attributor
+from tokenpulse.enrich.attribute import TRACE_LEVEL, Attributor, _decode_langfuse
 from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS
 from tokenpulse.record import UNATTRIBUTED, SpanBatch, scoped_traces
 
@@ -105,17 +104,6 @@ class ColumnarAttributor(Attributor):
                                          tuple(k for k in shape if k in self._user_keys))
         return got
 
-    def _scrub_keys(self, attrs: dict, keys: tuple[str, ...]) -> dict:
-        if not keys or self.user_id_mode == "raw":
-            return attrs
-        out = dict(attrs)
-        for k in keys:
-            if self.user_id_mode == "drop":
-                del out[k]
-            else:
-                out[k] = self._user(attrs[k])
-        return out
-
     def _write(self, batch: SpanBatch, own: list[dict], keep: list[int] | None, parents: list[str],
                trace_ids: list[str], attributes: list[dict], resource_attributes: list[dict],
                user_keys: list[tuple[str, ...]], resources: dict[int, tuple[dict, dict]]) -> None:
@@ -170,15 +158,8 @@ class ColumnarAttributor(Attributor):
             tags = pick_shaped(attrs, shape)
             lf_fields, users = shape_of(shape)
             user_keys.append(users)
-            for d in lf_fields:  # a JSON-encoded string (Langfuse metadata) -> the string
-                v = tags.get(d)
-                if v is not None and len(v) >= 2 and v[0] == '"' and v[-1] == '"':
-                    try:
-                        got = json.loads(v)
-                    except ValueError:
-                        continue
-                    if isinstance(got, str):
-                        tags[d] = got
+            if lf_fields:
+                _decode_langfuse(tags, lf_fields)
             if r[0]:
                 tags.update(r[0])  # resource attributes first
             if tenant:
@@ -247,8 +228,7 @@ class ColumnarAttributor(Attributor):
             if require:
                 missing = [d for d in require if not tags.get(d)]
                 if missing:
-                    rejects.append(f"span {batch.name[i]!r} has no {' or '.join(missing)} "
-                                   f"(tag-or-reject mode; set one of: {', '.join(self.keys[missing[0]][:3])}, ...)")
+                    rejects.append(self._refusal(batch.name[i], missing))
                     if keep is None:
                         keep = list(range(i))
                     continue
