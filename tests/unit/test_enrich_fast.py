@@ -32,6 +32,7 @@ from tokenpulse.enrich.calls import DuplicateCalls
 from tokenpulse.enrich.content import Content
 from tokenpulse.enrich.fast.attribute import ColumnarAttributor
 from tokenpulse.enrich.fast.calls import TraceCalls
+from tokenpulse.enrich.fast.normalize import MIN_GROUP, Normalizer
 from tokenpulse.enrich.price import PriceTable
 from tokenpulse.enrich.quirks import QUIRKS
 from tokenpulse.otlp.decode import decode_protobuf
@@ -177,11 +178,16 @@ CONFIGS = [
 PRICES = PriceTable()
 
 
-def _pipelines(config: dict) -> tuple[Pipeline, Pipeline]:
+def _pipelines(config: dict, min_group: int = 1) -> tuple[Pipeline, Pipeline]:
+    """(fast, reference). ``min_group`` 1: every shape group the test draws goes columnar (the
+    service sends groups under ``MIN_GROUP`` rows to the reference)."""
     def one(reference: bool) -> Pipeline:
-        return Pipeline(PRICES, (Attributor if reference else ColumnarAttributor)(**config), content=Content(capture=config["user_id_mode"] == "raw"),
+        attributor = (Attributor if reference else ColumnarAttributor)(**config)
+        return Pipeline(PRICES, attributor, content=Content(capture=config["user_id_mode"] == "raw"),
                         calls=DuplicateCalls() if reference else TraceCalls(), reference=reference)
-    return one(False), one(True)
+    fast = one(False)
+    fast._normalize = Normalizer(min_group)
+    return fast, one(True)
 
 
 def _same(fast: Pipeline, reference: Pipeline, body: bytes, tenant: str) -> None:
@@ -207,8 +213,9 @@ def test_generated_spans_of_every_dialect(config, requests):
 
 
 @pytest.mark.parametrize("library", libraries())
-def test_the_recorded_corpus(library):
-    fast, reference = _pipelines(CONFIGS[0])
+@pytest.mark.parametrize("min_group", [1, MIN_GROUP], ids=["every-group-columnar", "as-served"])
+def test_the_recorded_corpus(library, min_group):
+    fast, reference = _pipelines(CONFIGS[0], min_group)
     for _, body in load(library).requests:
         _same(fast, reference, body, "")
 
