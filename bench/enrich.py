@@ -82,7 +82,7 @@ def main() -> None:
         t2 = time.perf_counter()
         batch = pipe.calls(batch, inferred)
         t3 = time.perf_counter()
-        batch = pipe._price(batch)
+        batch = pipe._price(batch) if args.reference else pipe._price(batch, shapes)
         t4 = time.perf_counter()
         batch, _ = pipe.attributor(batch, "") if args.reference else pipe.attributor(batch, "", None, shapes)
         t5 = time.perf_counter()

@@ -1,5 +1,5 @@
 """The fast enrichment steps (enrich/fast/) against their reference (enrich/normalize.py, calls.py,
-attribute.py): the same rows, column by column.
+price.py, attribute.py): the same rows, column by column.
 
 Two pipelines, one built with ``reference=True``, enrich the same decoded requests in the same
 order (their memories see the same history) and every column of every row must agree, with the
@@ -75,6 +75,11 @@ VALUES: dict[str, list] = {
     "user.email": ["a@example.com"],
     "app.outcome": ["success", "timeout", ""],
     "http.method": ["GET"],
+    # Billing context (price.py): the tier billed, the 1-hour cache writes, the host.
+    "gen_ai.openai.response.service_tier": ["default", "flex", "priority", "batch", ""],
+    "anthropic.usage.cache_creation.ephemeral_1h_input_tokens": ["0", "20", "500"],
+    "output.value": ['{"usage": {"cache_creation": {"ephemeral_1h_input_tokens": 30}}}', "{}"],
+    "server.address": ["api.openai.com", "", "proxy.internal"],
 }
 ATTRIBUTION_VALUES = ["acme", "globex", "", '"quoted"', "planner", "u-1", "s-9"]
 for _keys in DEFAULT_KEYS.values():
@@ -106,6 +111,8 @@ GROUPS = [N.INPUT_KEYS, N.OUTPUT_KEYS, N.CACHE_READ_KEYS, N.CACHE_WRITE_KEYS, N.
           ("gen_ai.operation.name", "openinference.span.kind", "llm.request.type", "traceloop.span.kind",
            "langsmith.span.kind", "langfuse.observation.type"), ("gen_ai.response.id", "ai.response.id"),
           ("gen_ai.prompt.0.content", "input.value"), ("user.email",), ("app.outcome",),
+          ("gen_ai.openai.response.service_tier", "anthropic.usage.cache_creation.ephemeral_1h_input_tokens",
+           "output.value"), ("server.address",),
           *DEFAULT_KEYS.values()]
 
 

@@ -7,8 +7,8 @@
                 tag-or-reject)
     content    (prompt and completion attributes dropped, or capped when captured)
 
-The service runs the fast counterparts of normalize, calls and attribute (``enrich/fast/``); the
-modules above are their reference, kept for the differential test (``Pipeline(reference=True)``).
+The service runs the fast counterparts of normalize, calls, price and attribute (``enrich/fast/``);
+the modules above are their reference, kept for the differential test (``Pipeline(reference=True)``).
 
 The pipeline takes a batch and the request's context (``RequestContext``) and returns an
 ``Enriched`` result; it knows nothing of OTLP or of the receivers. Each step is a plain function
@@ -28,6 +28,7 @@ from tokenpulse.enrich.content import Content
 from tokenpulse.enrich.fast.attribute import ColumnarAttributor
 from tokenpulse.enrich.fast.calls import TraceCalls
 from tokenpulse.enrich.fast.normalize import Normalizer
+from tokenpulse.enrich.fast.price import make_price_step as make_fast_price_step
 from tokenpulse.enrich.normalize import normalize_calls
 from tokenpulse.enrich.price import PriceTable, make_price_step
 from tokenpulse.record import SpanBatch, scoped_traces
@@ -68,7 +69,7 @@ class Pipeline:
         """Price with ``table`` from the next batch on (a reload: one reference swapped, so a batch
         is priced wholly by the old table or wholly by the new one)."""
         self.price_table = table
-        self._price = make_price_step(table, self._on_unknown_model)
+        self._price = (make_price_step if self.reference else make_fast_price_step)(table, self._on_unknown_model)
 
     def __call__(self, batch: SpanBatch, ctx: RequestContext = RequestContext()) -> Enriched:
         traces = scoped_traces(ctx.tenant, batch.trace_id)  # per-trace memory keys, computed once
@@ -79,7 +80,8 @@ class Pipeline:
             batch, inferred = self._normalize(batch, shapes)
         batch = self.calls(batch, inferred, ctx.tenant, traces)
         self._count_excluded(batch)
-        batch = self._price(batch)  # keeps every row in place: the keys still line up
+        # Price keeps every row in place: the memory keys and the key tuples still line up.
+        batch = self._price(batch) if self.reference else self._price(batch, shapes)
         if self.reference or not isinstance(self.attributor, ColumnarAttributor):
             batch, rejects = self.attributor(batch, ctx.tenant, traces)
         else:
