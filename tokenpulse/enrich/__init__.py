@@ -59,7 +59,8 @@ class Pipeline:
         self.attributor = attributor or (Attributor if reference else ColumnarAttributor)(user_id_mode="raw")
         self.calls = calls or (DuplicateCalls() if reference else TraceCalls())
         self.reference = reference
-        self._normalize = normalize_calls if reference else Normalizer()
+        # Every step takes the spans' attribute-key tuples (``shapes``); the reference ones ignore them.
+        self._normalize = (lambda batch, shapes: normalize_calls(batch)) if reference else Normalizer()
         self._on_unknown_model = on_unknown_model
         self.set_price_table(price_table or PriceTable())
         self._on_excluded = on_excluded
@@ -69,23 +70,22 @@ class Pipeline:
         """Price with ``table`` from the next batch on (a reload: one reference swapped, so a batch
         is priced wholly by the old table or wholly by the new one)."""
         self.price_table = table
-        self._price = (make_price_step if self.reference else make_fast_price_step)(table, self._on_unknown_model)
+        if self.reference:
+            step = make_price_step(table, self._on_unknown_model)
+            self._price = lambda batch, shapes: step(batch)
+        else:
+            self._price = make_fast_price_step(table, self._on_unknown_model)
 
     def __call__(self, batch: SpanBatch, ctx: RequestContext = RequestContext()) -> Enriched:
         traces = scoped_traces(ctx.tenant, batch.trace_id)  # per-trace memory keys, computed once
-        if self.reference:
-            batch, inferred = self._normalize(batch)
-        else:  # each span's attribute keys as a tuple, made once for normalize and attribute
-            shapes = list(map(tuple, batch.attributes))
-            batch, inferred = self._normalize(batch, shapes)
+        # Each span's attribute keys, made once for the fast steps (the reference ones take None).
+        shapes = None if self.reference else list(map(tuple, batch.attributes))
+        batch, inferred = self._normalize(batch, shapes)
         batch = self.calls(batch, inferred, ctx.tenant, traces)
         self._count_excluded(batch)
         # Price keeps every row in place: the memory keys and the key tuples still line up.
-        batch = self._price(batch) if self.reference else self._price(batch, shapes)
-        if self.reference or not isinstance(self.attributor, ColumnarAttributor):
-            batch, rejects = self.attributor(batch, ctx.tenant, traces)
-        else:
-            batch, rejects = self.attributor(batch, ctx.tenant, traces, shapes)
+        batch = self._price(batch, shapes)
+        batch, rejects = self.attributor(batch, ctx.tenant, traces, shapes)
         return Enriched(self.content(batch), rejects, self.attributor.overridden, self.attributor.late)
 
     def _count_excluded(self, batch) -> None:

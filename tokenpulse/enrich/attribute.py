@@ -215,13 +215,25 @@ class Attributor:
                 out[k] = self._user(attrs[k])
         return out
 
+    def _stamp(self, tags: dict[str, str], resource_tags: dict[str, str], tenant: str) -> dict[str, str]:
+        """A span's own tags: its resource's win over its attributes', the bound tenant over both
+        (counted in ``overridden`` when the span claimed another)."""
+        if resource_tags:
+            tags.update(resource_tags)
+        if tenant:
+            if tags.get("tenant", tenant) != tenant:
+                self.overridden += 1
+            tags["tenant"] = tenant
+        return tags
+
     def _refusal(self, name: str, missing: list[str]) -> str:
         return (f"span {name!r} has no {' or '.join(missing)} "
                 f"(tag-or-reject mode; set one of: {', '.join(self.keys[missing[0]][:3])}, ...)")
 
-    def __call__(self, batch: SpanBatch, tenant: str = "", scoped: list[str] | None = None
-                 ) -> tuple[SpanBatch, list[str]]:
-        """``tenant``: the sender's authenticated tenant, stamped on every span (see receiver/auth.py)."""
+    def __call__(self, batch: SpanBatch, tenant: str = "", scoped: list[str] | None = None,
+                 shapes: list[tuple[str, ...]] | None = None) -> tuple[SpanBatch, list[str]]:
+        """``tenant``: the sender's authenticated tenant, stamped on every span (see receiver/auth.py).
+        ``shapes`` (each span's attribute keys) is for the fast attributor; the reference ignores it."""
         self.overridden = 0
         n = len(batch)
         pick = self._index.pick
@@ -235,13 +247,7 @@ class Attributor:
             tags = pick(batch.attributes[i])
             if tags:
                 _decode_langfuse(tags, self._langfuse_fields)
-            if r[0]:
-                tags.update(r[0])  # resource attributes first
-            if tenant:
-                if tags.get("tenant", tenant) != tenant:
-                    self.overridden += 1
-                tags["tenant"] = tenant
-            own.append(tags)
+            own.append(self._stamp(tags, r[0], tenant))
         mem = self.memory
         trace_ids, span_ids, parents = batch.trace_id, batch.span_id, batch.parent_span_id
         if scoped is None:  # memory keys; trace_ids stay for storage

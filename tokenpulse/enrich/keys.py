@@ -46,7 +46,8 @@ class KeyIndex:
     def plan(self, shape: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """For attributes with these keys: each field some key can fill, with those keys in priority
         order (a value may still be empty: ``pick`` then falls to the next key)."""
-        return self._plans.get(shape) or self._plan(shape)
+        plan = self._plans.get(shape)
+        return self._plan(shape) if plan is None else plan
 
     def _plan(self, shape: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
         ranked: dict[str, list[tuple[int, str]]] = {}

@@ -346,6 +346,17 @@ def _anthropic_family(provider: str, model: str) -> bool:
     return provider == "anthropic" or "claude" in model.lower()
 
 
+def exclusion_reason(name: str, op: str, aggregated: bool = False) -> str:
+    """Why a span that reports usage is not counted ("": it is)."""
+    if aggregated:
+        return "aggregate:aggregated_usage"
+    if name in VERCEL_OUTER:
+        return "aggregate:vercel_outer"
+    if op in AGGREGATE_OPERATIONS:
+        return f"aggregate:{op}"
+    return "" if op in INFERENCE_OPERATIONS else f"not_inference:{op or 'unknown'}"
+
+
 def exclude(batch: SpanBatch, i: int, reason: str) -> None:
     """Flag span i as not counted. Its typed token columns are zeroed, so a plain
     ``sum(input_tokens)`` never counts it; the reported numbers stay in ``attributes``."""
@@ -413,16 +424,7 @@ def normalize_calls(batch: SpanBatch) -> tuple[SpanBatch, set[int]]:
             status = "ok"
         batch.usage_status[i] = status
 
-        reason = ""
-        if usage.present:
-            if usage.aggregated:
-                reason = "aggregate:aggregated_usage"
-            elif name in VERCEL_OUTER:
-                reason = "aggregate:vercel_outer"
-            elif op in AGGREGATE_OPERATIONS:
-                reason = f"aggregate:{op}"
-            elif op not in INFERENCE_OPERATIONS:
-                reason = f"not_inference:{op or 'unknown'}"
+        reason = exclusion_reason(name, op, usage.aggregated) if usage.present else ""
         if reason:
             exclude(batch, i, reason)
 

@@ -487,11 +487,30 @@ class PriceTable:
                           float(requests) / 1000 if requests is not None else 0.0)
 
 
+class PriceLookups:
+    """``table.price`` memoized per key (provider, model, host, tier, start minute): (entry, price
+    status), or None for a model the table does not know. Bounded: forgotten whole past 100k keys."""
+
+    def __init__(self, table: "PriceTable"):
+        self.table = table
+        self._memo: dict[tuple, tuple | None] = {}
+
+    def __call__(self, key: tuple, start_ns: int) -> tuple | None:
+        got = self._memo.get(key, False)
+        if got is False:
+            at = datetime.fromtimestamp(start_ns / 1e9, tz=timezone.utc)
+            p = self.table.price(key[0], key[1], at, key[3], key[2])
+            got = self._memo[key] = None if p is None else (p.entry, p.status)
+            if len(self._memo) > 100_000:
+                self._memo.clear()
+        return got
+
+
 def make_price_step(table: PriceTable, on_unknown: Callable[[str], None] = lambda model: None):
     """The price step: fills cost columns, price_status, price_id, service_tier and the 1-hour
     cache writes. Runs for every counted call: lookups are memoized per (provider, model, host,
     tier, minute); the arithmetic is ``cost_parts``, as in ``compute_cost``."""
-    lookups: dict[tuple, tuple | None] = {}
+    lookup = PriceLookups(table)
 
     def price(batch: SpanBatch) -> SpanBatch:
         usage_status, counted, models, providers = batch.usage_status, batch.counted, batch.model, batch.provider
@@ -520,13 +539,7 @@ def make_price_step(table: PriceTable, on_unknown: Callable[[str], None] = lambd
                 one_hour = batch.cache_write_1h_tokens[i] = one_hour if one_hour < cw else cw
             # Per minute: genai-prices has time-of-day prices (off-peak rates) besides dated ones.
             key = (providers[i], model, attrs.get("server.address", ""), tier, starts[i] // 60_000_000_000)
-            got = lookups.get(key, False)
-            if got is False:
-                at = datetime.fromtimestamp(starts[i] / 1e9, tz=timezone.utc)
-                p = table.price(key[0], model, at, tier, key[2])
-                got = lookups[key] = None if p is None else (p.entry, p.status)
-                if len(lookups) > 100_000:
-                    lookups.clear()
+            got = lookup(key, starts[i])
             if got is None:
                 batch.price_status[i] = "unknown_model"
                 on_unknown(model)

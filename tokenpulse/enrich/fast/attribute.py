@@ -99,16 +99,16 @@ class ColumnarAttributor(Attributor):
         if got is None:
             if len(self._shapes) >= MAX_SHAPES:
                 self._shapes.clear()
-            fields = self._index.pick({k: "x" for k in shape})
-            got = self._shapes[shape] = (tuple(d for d in fields if d in self._langfuse_fields),
+            got = self._shapes[shape] = (tuple(d for d, _ in self._index.plan(shape) if d in self._langfuse_fields),
                                          tuple(k for k in shape if k in self._user_keys))
         return got
 
-    def _write(self, batch: SpanBatch, own: list[dict], keep: list[int] | None, parents: list[str],
-               trace_ids: list[str], attributes: list[dict], resource_attributes: list[dict],
-               user_keys: list[tuple[str, ...]], resources: dict[int, tuple[dict, dict]]) -> None:
+    def _write(self, batch: SpanBatch, own: list[dict], keep: list[int] | None, user_keys: list[tuple[str, ...]],
+               resources: dict[int, tuple[dict, dict]]) -> None:
         """The dimension columns from each span's final tags, one comprehension per column (rows a
         refusal drops are written too: ``take`` removes them after)."""
+        parents, trace_ids = batch.parent_span_id, batch.trace_id
+        attributes, resource_attributes = batch.attributes, batch.resource_attributes
         batch.tenant = [t.get("tenant") or UNATTRIBUTED for t in own]
         batch.feature = [t.get("feature") or UNATTRIBUTED for t in own]
         raw_users = [t.get("user_id") for t in own]
@@ -144,7 +144,7 @@ class ColumnarAttributor(Attributor):
         n = len(batch)
         if shapes is None:
             shapes = list(map(tuple, batch.attributes))
-        pick, pick_shaped, shape_of = self._index.pick, self._index.pick_shaped, self._shape
+        pick, pick_shaped, shape_of, stamp = self._index.pick, self._index.pick_shaped, self._shape, self._stamp
         attributes, resource_attributes = batch.attributes, batch.resource_attributes
         resources: dict[int, tuple[dict, dict]] = {}  # id(resource attrs) -> (its tags, scrubbed copy)
         own: list[dict] = []
@@ -160,13 +160,7 @@ class ColumnarAttributor(Attributor):
             user_keys.append(users)
             if lf_fields:
                 _decode_langfuse(tags, lf_fields)
-            if r[0]:
-                tags.update(r[0])  # resource attributes first
-            if tenant:
-                if tags.get("tenant", tenant) != tenant:
-                    self.overridden += 1
-                tags["tenant"] = tenant
-            own.append(tags)
+            own.append(stamp(tags, r[0], tenant))
         mem: TraceMemory = self.memory
         trace_ids, span_ids, parents = batch.trace_id, batch.span_id, batch.parent_span_id
         if scoped is None:
@@ -234,7 +228,7 @@ class ColumnarAttributor(Attributor):
                     continue
                 if keep is not None:
                     keep.append(i)
-        self._write(batch, own, keep, parents, trace_ids, attributes, resource_attributes, user_keys, resources)
+        self._write(batch, own, keep, user_keys, resources)
         mem.forget_oldest()
         if keep is not None:
             batch = batch.take(keep)

@@ -20,7 +20,7 @@ from operator import itemgetter
 
 import tokenpulse.enrich.normalize as ref
 from tokenpulse.enrich.quirks import provider_from_name, quirk
-from tokenpulse.record import SpanBatch
+from tokenpulse.record import ENRICHED_FIELDS, SpanBatch
 
 MAX_MEMO = 4096  # shapes, provider spellings, operation keys kept; all forgotten when full
 # Groups smaller than this go to the reference row by row: a shape's columns cost more to set up
@@ -30,8 +30,9 @@ _STRUCTURED = frozenset({"ls_in", "ls_out", "langfuse_usage", "langfuse_cost", "
                         {"agg_" + f for f in ref.TOKEN_FIELDS})
 _KIND_FIELDS = ("op", "oi_kind", "llm_type", "tl_kind", "ls_kind", "lf_type")
 _TOKEN_SET = frozenset(ref.TOKEN_FIELDS)
-_OUT_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-               "total_tokens")
+# The columns enrichment fills: the reference's part is copied back whole (normalize runs first, so
+# the others still hold their defaults on both sides).
+_ENRICHED = tuple(name for name, _, _ in ENRICHED_FIELDS)
 
 
 class _Shape:
@@ -91,7 +92,7 @@ class Normalizer:
     def _reference(batch: SpanBatch, rows: list[int], inferred: set[int]) -> None:
         """The reference on the rows given, its columns copied back in place."""
         part, found = ref.normalize_calls(batch.take(rows))
-        for name in ENRICHED_BY_NORMALIZE:
+        for name in _ENRICHED:
             col, got = getattr(batch, name), getattr(part, name)
             for i, v in zip(rows, got):
                 col[i] = v
@@ -179,8 +180,9 @@ class Normalizer:
                     inferred.add(rows[j])
         if present:
             status = ["inconsistent" if r + w > i or s > o else "ok" for i, o, r, w, s in zip(inp, out, cr, cw, rs)]
-            reasons = [_reason(name, op) for name, op in set(zip(names, ops))]
-            reasons = [] if not any(reasons) else [_reason(name, op) for name, op in zip(names, ops)]
+            pairs = list(zip(names, ops))
+            why = {pair: ref.exclusion_reason(*pair) for pair in set(pairs)}  # few distinct (name, operation)
+            reasons = list(map(why.__getitem__, pairs)) if any(why.values()) else []
         else:
             status = ["missing" if op in ref.INFERENCE_OPERATIONS else "none" for op in ops]
             reasons = []
@@ -217,17 +219,3 @@ class Normalizer:
                 for i, v in zip(rows, values):
                     col[i] = v
 
-
-def _reason(name: str, op: str) -> str:
-    """Why a span with usage is not counted ("": it is)."""
-    if name in ref.VERCEL_OUTER:
-        return "aggregate:vercel_outer"
-    if op in ref.AGGREGATE_OPERATIONS:
-        return f"aggregate:{op}"
-    return "" if op in ref.INFERENCE_OPERATIONS else f"not_inference:{op or 'unknown'}"
-
-
-# The columns normalize writes (copied back from the reference's part).
-ENRICHED_BY_NORMALIZE = ("operation", "provider", "model", "request_model", *_OUT_TOKENS, "usage_status",
-                         "counted", "excluded_reason", "reported_cost_usd", "agent_name", "agent_id", "tool_name",
-                         "tool_call_id", "error_type")

@@ -2,31 +2,29 @@
 
 The reference looks up each counted call's price (memoized per provider, model, host, tier and
 minute) and calls ``billing_context``, ``prices_at`` and ``cost_parts`` for it. Here the calls of
-a request are grouped by that key first; a key's entry is found once, and where its prices do not
-depend on the input size (``PriceEntry.flat``) the cost arithmetic runs as one comprehension over
-the group, the very expressions of ``cost_parts`` in the same order (so the floats are the same
-bits). ``billing_context`` runs only for spans whose attribute shape has one of its keys.
+a request are grouped by that key first, a key's entry is found once, and the costs come from the
+reference's own ``prices_at`` and ``cost_parts`` (an inlined copy of the arithmetic measured no
+faster). ``billing_context`` runs only for spans whose attribute shape has one of its keys (a span
+without any of them has no tier and no 1-hour cache writes).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Callable
 
-from tokenpulse.enrich.price import (ONE_HOUR_KEYS, RAW_RESPONSE_KEYS, TIER_KEYS, PriceTable, billing_context,
-                                     cost_parts, prices_at)
+from tokenpulse.enrich.price import (ONE_HOUR_KEYS, RAW_RESPONSE_KEYS, TIER_KEYS, PriceLookups, PriceTable,
+                                     billing_context, cost_parts, prices_at)
 from tokenpulse.record import SpanBatch
 
 _BILLING_KEYS = frozenset(TIER_KEYS + ONE_HOUR_KEYS + RAW_RESPONSE_KEYS)
 _NO_USAGE = ("none", "missing")
 _PRICED = ("ok", "inconsistent")
-MAX_LOOKUPS = 100_000
 MAX_SHAPES = 4096
 
 
 def make_price_step(table: PriceTable, on_unknown: Callable[[str], None] = lambda model: None):
     """``price(batch, shapes=None)``: the reference step's columns, as the reference fills them."""
-    lookups: dict[tuple, tuple | None] = {}
+    lookup = PriceLookups(table)
     billed_shapes: dict[tuple[str, ...], bool] = {}  # shape -> it has a tier or 1-hour cache key
 
     def has_billing(shape: tuple[str, ...]) -> bool:
@@ -35,16 +33,6 @@ def make_price_step(table: PriceTable, on_unknown: Callable[[str], None] = lambd
             if len(billed_shapes) >= MAX_SHAPES:
                 billed_shapes.clear()
             got = billed_shapes[shape] = not _BILLING_KEYS.isdisjoint(shape)
-        return got
-
-    def lookup(key: tuple, start_ns: int):
-        got = lookups.get(key, False)
-        if got is False:
-            at = datetime.fromtimestamp(start_ns / 1e9, tz=timezone.utc)
-            p = table.price(key[0], key[1], at, key[3], key[2])
-            got = lookups[key] = None if p is None else (p.entry, p.status)
-            if len(lookups) > MAX_LOOKUPS:
-                lookups.clear()
         return got
 
     def price(batch: SpanBatch, shapes: list[tuple[str, ...]] | None = None) -> SpanBatch:
@@ -98,25 +86,8 @@ def _cost(batch: SpanBatch, rows: list[int], entry, status: str) -> None:
     """The six cost components and their sum for ``rows``, all priced by ``entry``."""
     inp, out, cr, cw, rs, cw1h = (batch.input_tokens, batch.output_tokens, batch.cache_read_tokens,
                                   batch.cache_write_tokens, batch.reasoning_tokens, batch.cache_write_1h_tokens)
-    flat = entry.flat
-    if flat is None:  # prices that depend on the input size: the reference's call per row
-        parts = [cost_parts(prices_at(entry, inp[i]), entry.per_request, inp[i], out[i], cr[i], cw[i], rs[i],
-                            cw1h[i]) for i in rows]
-    else:  # cost_parts' expressions, in its order
-        in_p, out_p, cr_p, cw_p, cw1h_p, rs_p = flat
-        per, fee = 1_000_000, entry.per_request
-        parts = []
-        for i in rows:
-            input_tokens, output_tokens, cache_read, cache_write = inp[i], out[i], cr[i], cw[i]
-            reasoning, one_hour = rs[i], cw1h[i]
-            uncached = input_tokens - cache_read - cache_write
-            if reasoning > output_tokens:
-                reasoning = output_tokens
-            if one_hour > cache_write:
-                one_hour = cache_write
-            parts.append(((uncached if uncached > 0 else 0) * in_p / per, cache_read * cr_p / per,
-                          ((cache_write - one_hour) * cw_p + one_hour * cw1h_p) / per,
-                          (output_tokens - reasoning) * out_p / per, reasoning * rs_p / per, fee))
+    parts = [cost_parts(prices_at(entry, inp[i]), entry.per_request, inp[i], out[i], cr[i], cw[i], rs[i], cw1h[i])
+             for i in rows]
     ic, crc, cwc, oc, rc, qc = (batch.input_cost_usd, batch.cache_read_cost_usd, batch.cache_write_cost_usd,
                                 batch.output_cost_usd, batch.reasoning_cost_usd, batch.request_cost_usd)
     total, price_status, price_id = batch.cost_usd, batch.price_status, batch.price_id
