@@ -227,6 +227,32 @@ def test_the_recorded_corpus(library, min_group):
         _same(fast, reference, body, "")
 
 
+def test_a_lazily_remembered_trace_is_indexed_in_the_keep_order():
+    """A trace whose calls repeated nothing is remembered lazily (fast/calls.py) and indexed when it
+    is reported again. Its siblings must then be found in the keep order (more input first), as
+    the reference finds them: a later call without usage, overlapping both, repeats the first."""
+    tid, parent, first, second, third = b"\x01" * 16, b"\x02" * 8, b"\x03" * 8, b"\x04" * 8, b"\x06" * 8
+
+    def chat(sid, attrs):
+        return span(name="chat", trace_id=tid, span_id=sid, parent=parent, start=T0, duration_ns=10_000_000,
+                    attrs={"gen_ai.operation.name": "chat", "gen_ai.response.model": "gpt-4o", **attrs})
+
+    # In the request, the call with the most input (the first in the keep order) is neither first nor last.
+    earlier = request([chat(second, {"gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 8,
+                                     "gen_ai.response.id": "r2"}),
+                       chat(first, {"gen_ai.usage.input_tokens": 200, "gen_ai.usage.output_tokens": 7,
+                                    "gen_ai.response.id": "r1"}),
+                       chat(third, {"gen_ai.usage.input_tokens": 50, "gen_ai.usage.output_tokens": 9})],
+                      scope=SCOPES[0]).SerializeToString()
+    later = request([chat(b"\x05" * 8, {})], scope=SCOPES[1]).SerializeToString()
+    fast, reference = _pipelines(CONFIGS[0])
+    _same(fast, reference, earlier, "")
+    assert type(fast.calls._traces[next(iter(fast.calls._traces))]).__name__ == "_Lazy"
+    _same(fast, reference, later, "")
+    again = fast(decode_protobuf(later).batch).batch
+    assert again.excluded_reason == [f"duplicate_of:{first.hex()}"]
+
+
 def test_trace_calls_forget_the_oldest_trace_first():
     from tests.enrich_helpers import batch_of
     from tests.unit.test_attribute import _chat

@@ -11,7 +11,8 @@ memory forgets first once it is full (the reference forgets per map, the fast st
 Under the bounds, nothing differs.
 
     normalize.py  columns per attribute shape: the key tables resolved once per shape and batch
-    calls.py      the duplicate-call memory kept per trace, a call as a tuple
+    calls.py      the duplicate-call memory kept per trace, a call as a tuple; a trace that
+                  repeated nothing kept as positions in its request's columns until seen again
     price.py      calls grouped by price key, the cost arithmetic per group
     attribute.py  trace tags and agent roles kept per trace, learned once per trace and batch
 """
