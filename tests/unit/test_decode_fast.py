@@ -128,6 +128,27 @@ def test_random_requests_decode_the_same(req):
     assert not _declined(body)  # well-formed requests as SDKs write them never need the Python walk
 
 
+def test_repeated_keys_and_values_are_one_object_and_near_misses_are_not():
+    """The walk reuses the str it made for the same attribute position of the previous span when the
+    bytes are the same (_otlpwalk.c, Slot). A value that differs by a byte, a prefix, its type or its
+    position gets its own str, and the batch is the Python walk's."""
+    spans = [span(attrs={"gen_ai.request.model": "gpt-4o", "n": 5, "s": "ab"}),
+             span(attrs={"gen_ai.request.model": "gpt-4o", "n": "5", "s": "abc"}),
+             span(attrs={"gen_ai.request.model": "gpt-4p", "n": 5, "s": "ab"}),
+             span(attrs={"s": "gpt-4o", "gen_ai.request.model": "gpt-4o", "n": True}),
+             span(attrs={"gen_ai.request.model": "gpt-4o", "n": 5, "s": "ab"}),
+             span(attrs={"gen_ai.request": "gpt-4o"})]  # a key that is a prefix of the slot's key
+    body = request(spans).SerializeToString()
+    _same(body)
+    attrs = decode.decode_protobuf(body).batch.attributes
+    assert [a.get("s") for a in attrs] == ["ab", "abc", "ab", "gpt-4o", "ab", None]
+    assert list(attrs[5]) == ["gen_ai.request"]
+    assert [a.get("n") for a in attrs] == ["5", "5", "5", "true", "5", None]
+    assert attrs[1]["gen_ai.request.model"] is attrs[0]["gen_ai.request.model"]  # same bytes, same position
+    assert attrs[2]["gen_ai.request.model"] == "gpt-4p"
+    assert list(attrs[0])[0] is list(attrs[4])[0]  # keys: one object per distinct key
+
+
 VALID = request([span(attrs={"gen_ai.usage.input_tokens": 5, "k": "v", "d": 0.5, "b": True}, status=2)
                  for _ in range(3)], resource={"tenant.id": "t"}).SerializeToString()
 

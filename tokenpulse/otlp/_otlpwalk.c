@@ -125,6 +125,20 @@ static PyObject *render_double(double d) {
     return o;
 }
 
+/* The key or value last seen at one attribute position of a span: its bytes on the wire (a view
+ * of the request body, which outlives the walk) and the str made from them (owned). */
+typedef struct {
+    const uint8_t *p;
+    Py_ssize_t n;
+    PyObject *o;
+} Slot;
+
+/* Spans of one instrumentation carry the same keys in the same order, and many of the same
+ * values (operation, provider, model, tenant, host): the str made for position i of the previous
+ * span is reused when the bytes are the same, instead of decoding, hashing and interning again.
+ * Later steps then also meet one object per repeated value (its hash computed once). */
+#define SLOTS 64
+
 typedef struct {
     PyObject *render;   /* callable(AnyValue bytes) -> str, for arrays, kvlists and bytes */
     PyObject *interned; /* dict: reuse one str object per distinct key */
@@ -132,7 +146,32 @@ typedef struct {
     /* The widest the request is, for the receiver's limits (receiver/limits.py): the most
      * attributes on one span or resource, the longest value in characters. */
     Py_ssize_t max_attrs, max_chars;
+    Slot keys[SLOTS], values[SLOTS]; /* span attributes by position; zeroed per walk */
 } Ctx;
+
+/* slot's str when it was made from the same bytes (new reference), else NULL. */
+static PyObject *slot_get(Slot *slot, Buf b) {
+    Py_ssize_t n = b.end - b.p;
+    if (slot->o && slot->n == n && memcmp(slot->p, b.p, (size_t)n) == 0) {
+        Py_INCREF(slot->o);
+        return slot->o;
+    }
+    return NULL;
+}
+
+static void slot_set(Slot *slot, Buf b, PyObject *o) {
+    Py_INCREF(o);
+    Py_XSETREF(slot->o, o);
+    slot->p = b.p;
+    slot->n = b.end - b.p;
+}
+
+static void slots_clear(Ctx *cx) {
+    for (int i = 0; i < SLOTS; i++) {
+        Py_CLEAR(cx->keys[i].o);
+        Py_CLEAR(cx->values[i].o);
+    }
+}
 
 /* AnyValue -> its string form, as decode._attrs_pb renders it. New reference or NULL with
  * *status set (BAD, or ERR with an exception). */
@@ -197,8 +236,9 @@ static PyObject *key_str(Ctx *cx, Buf k) {
     return got;
 }
 
-/* One KeyValue into dict d (later keys overwrite earlier ones, as in _attrs_pb). */
-static int key_value(Ctx *cx, Buf kv, PyObject *d) {
+/* One KeyValue into dict d (later keys overwrite earlier ones, as in _attrs_pb); ``pos``: its
+ * position among a span's attributes (the slot to reuse), or -1 (a resource's, a scope's). */
+static int key_value(Ctx *cx, Buf kv, PyObject *d, int pos) {
     Buf key = {NULL, NULL}, value = {NULL, NULL};
     int have_key = 0, have_value = 0;
     while (kv.p < kv.end) {
@@ -216,21 +256,31 @@ static int key_value(Ctx *cx, Buf kv, PyObject *d) {
             return BAD;
         }
     }
+    Slot *ks = pos >= 0 && pos < SLOTS ? &cx->keys[pos] : NULL, *vs = ks ? &cx->values[pos] : NULL;
     PyObject *k;
     if (have_key) {
-        k = key_str(cx, key);
-        if (!k) return PyErr_Occurred() ? ERR : BAD;
+        k = ks ? slot_get(ks, key) : NULL;
+        if (!k) {
+            k = key_str(cx, key);
+            if (!k) return PyErr_Occurred() ? ERR : BAD;
+            if (ks) slot_set(ks, key, k);
+        }
     } else {
         k = cx->empty;
         Py_INCREF(k);
     }
     PyObject *v;
     if (have_value) {
-        int status = OK;
-        v = any_value(cx, value, &status);
+        /* The whole AnyValue's bytes decide: the same bytes render to the same str. */
+        v = vs ? slot_get(vs, value) : NULL;
         if (!v) {
-            Py_DECREF(k);
-            return status == OK ? ERR : status;
+            int status = OK;
+            v = any_value(cx, value, &status);
+            if (!v) {
+                Py_DECREF(k);
+                return status == OK ? ERR : status;
+            }
+            if (vs) slot_set(vs, value, v);
         }
     } else {
         v = cx->empty;
@@ -254,7 +304,7 @@ static int resource(Ctx *cx, Buf r, PyObject *d) {
         if (f == 1) {
             Buf kv;
             if (wt != 2 || read_len(&r, &kv) != OK) return BAD;
-            int rc = key_value(cx, kv, d);
+            int rc = key_value(cx, kv, d, -1);
             if (rc != OK) return rc;
         } else if (skip(&r, wt) != OK) {
             return BAD;
@@ -312,7 +362,7 @@ static int span(Ctx *cx, Out *out, Buf s, PyObject *service, PyObject *scope_nam
                 PyObject *res_attrs) {
     Buf tid = {NULL, NULL}, sid = {NULL, NULL}, pid = {NULL, NULL}, name = {NULL, NULL}, smsg = {NULL, NULL};
     uint64_t kind = 0, start = 0, end = 0, code = 0;
-    int have_status = 0;
+    int have_status = 0, pos = 0;
     PyObject *attrs = PyDict_New();
     if (!attrs) return ERR;
     int rc = OK;
@@ -334,7 +384,7 @@ static int span(Ctx *cx, Out *out, Buf s, PyObject *service, PyObject *scope_nam
         case 9: {
             Buf kv;
             if (wt != 2 || read_len(&s, &kv) != OK) { rc = BAD; break; }
-            rc = key_value(cx, kv, attrs);
+            rc = key_value(cx, kv, attrs, pos++);
             break;
         }
         case 15: {
@@ -521,7 +571,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     }
     out.reject = reject;
     out.last_tid_o = NULL;
-    Ctx cx = {render, PyDict_New(), PyUnicode_FromStringAndSize("", 0), 0, 0};
+    Ctx cx = {render, PyDict_New(), PyUnicode_FromStringAndSize("", 0), 0, 0, {{0}}, {{0}}};
     int rc = (cx.interned && cx.empty) ? OK : ERR;
     Buf b = {(const uint8_t *)body.buf, (const uint8_t *)body.buf + body.len};
     while (b.p < b.end && rc == OK) {
@@ -536,6 +586,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             rc = skip(&b, wt);
         }
     }
+    slots_clear(&cx);
     Py_XDECREF(cx.interned);
     Py_XDECREF(cx.empty);
     Py_XDECREF(out.last_tid_o);
