@@ -203,16 +203,17 @@ class Attributor:
             return attrs
         return self._scrub_keys(attrs, tuple(self._user_keys.intersection(attrs)))
 
-    def _scrub_keys(self, attrs: dict, keys: tuple[str, ...]) -> dict:
-        """``_scrub``, given the user keys ``attrs`` has."""
+    def _scrub_keys(self, attrs: dict, keys: tuple[str, ...], copy: bool = True) -> dict:
+        """``_scrub``, given the user keys ``attrs`` has; ``copy=False`` edits ``attrs`` itself (the
+        fast attributor's own span dicts: one per span, made by the decoder)."""
         if not keys or self.user_id_mode == "raw":
             return attrs
-        out = dict(attrs)
+        out = dict(attrs) if copy else attrs
         for k in keys:
             if self.user_id_mode == "drop":
                 del out[k]
             else:
-                out[k] = self._user(attrs[k])
+                out[k] = self._user(out[k])
         return out
 
     def _stamp(self, tags: dict[str, str], resource_tags: dict[str, str], tenant: str) -> dict[str, str]:

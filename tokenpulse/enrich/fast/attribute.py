@@ -133,8 +133,11 @@ class ColumnarAttributor(Attributor):
                 raw = attributes[i].get(outcome_key) or resource_attributes[i].get(outcome_key)
                 if raw:
                     batch.outcome[i] = "success" if raw.strip().lower() in self.outcome_success else "failure"
-        if self.user_id_mode != "raw":
-            batch.attributes = [self._scrub_keys(a, keys) if keys else a for a, keys in zip(attributes, user_keys)]
+        if self.user_id_mode != "raw":  # in place: a copy of every span's dict cost ~0.6 us per span
+            scrub = self._scrub_keys
+            for a, keys in zip(attributes, user_keys):
+                if keys:
+                    scrub(a, keys, False)
         batch.resource_attributes = [resources[id(r)][1] for r in resource_attributes]
 
     def __call__(self, batch: SpanBatch, tenant: str = "", scoped: list[str] | None = None,
