@@ -53,6 +53,7 @@ class Normalizer:
         self._shapes: dict[tuple[str, ...], _Shape] = {}
         self._providers: dict[str, str] = {}
         self._ops: dict[tuple, str] = {}
+        self._named_ops: dict[str, str] = {}
 
     def __call__(self, batch: SpanBatch, shapes: list[tuple[str, ...]] | None = None) -> tuple[SpanBatch, set[int]]:
         """``shapes``: ``tuple(attrs)`` of each span, if the caller made them (Pipeline shares them)."""
@@ -116,6 +117,16 @@ class Normalizer:
             memo[key] = ref.operation_of(f, key[-1], 0, False)
         return list(map(memo.__getitem__, keys))
 
+    def _named_operations(self, named: list[str]) -> list[str]:
+        """The operation of each row whose operation attribute is set (``operation_of``'s first rule),
+        computed once per distinct value."""
+        memo = self._named_ops
+        if len(memo) >= MAX_MEMO:
+            memo.clear()
+        for value in set(named).difference(memo):
+            memo[value] = ref.operation_of({"op": value}, "", 0, False)
+        return list(map(memo.__getitem__, named))
+
     def _group(self, batch: SpanBatch, rows: list[int], plan: _Shape, whole: bool, inferred: set[int]) -> bool:
         """Normalize one clean group columnar; False (nothing written) when it is not clean."""
         attrs = [batch.attributes[i] for i in rows] if not whole else batch.attributes
@@ -167,8 +178,10 @@ class Normalizer:
                    for i, r, w, h in zip(inp, cr, cw, how)]
         if present and (total is zero or not all(total)):
             total = [t or i + o for t, i, o in zip(total, inp, out)]
-        kind_cols = [cols.get(f, blank) for f in _KIND_FIELDS]
-        ops = self._operations_of(list(zip(*kind_cols, names)))
+        if "op" in cols:  # named on every row (a clean group): the other kinds and the name never matter
+            ops = self._named_operations(cols["op"])
+        else:
+            ops = self._operations_of(list(zip(*[cols.get(f, blank) for f in _KIND_FIELDS], names)))
         if present and "model" in cols:
             chat_if_unnamed = [True] * n
         else:
