@@ -18,7 +18,6 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <string.h>
 
 typedef struct {
@@ -72,9 +71,15 @@ static int same_as_column(const char *value, Py_ssize_t n, PyObject *item) {
         unsigned long long v = PyLong_AsUnsignedLongLong(item);
         if (v == (unsigned long long)-1 && PyErr_Occurred())
             return -1;
+        /* v in decimal, right-aligned in text (snprintf cost more than the rest of the entry) */
         char text[24];
-        int m = snprintf(text, sizeof text, "%llu", v);
-        return m == n && memcmp(text, value, (size_t)n) == 0;
+        char *p = text + sizeof text;
+        do {
+            *--p = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        Py_ssize_t m = text + sizeof text - p;
+        return m == n && memcmp(p, value, (size_t)n) == 0;
     }
     PyErr_SetString(PyExc_TypeError, "a lean column holds neither str nor int");
     return -1;
