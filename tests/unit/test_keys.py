@@ -40,3 +40,15 @@ def test_plans_are_bounded(monkeypatch):
         attrs = {f"k{i}": "x", "tenant": f"t{i}"}
         assert index.pick(attrs) == {"tenant": f"t{i}"}
         assert len(index._plans) <= 3
+
+
+def test_a_shape_with_one_key_per_field_reads_them_at_once_and_still_skips_empty_values():
+    index = KeyIndex({"tenant": ("tenant.id", "tenant"), "feature": ("app.feature",), "user": ("user.id",)})
+    full = {"tenant.id": "acme", "x": "1", "app.feature": "chat"}
+    assert index.pick(full) == {"tenant": "acme", "feature": "chat"}
+    assert tuple(full) in index._direct  # the direct read was planned for this shape
+    assert index.pick({"tenant.id": "", "x": "1", "app.feature": "chat"}) == {"feature": "chat"}
+    assert index.pick({"tenant.id": "acme", "x": "1", "app.feature": ""}) == {"tenant": "acme"}
+    two_keys = {"tenant.id": "", "tenant": "beta", "app.feature": "chat"}
+    assert index.pick(two_keys) == {"tenant": "beta", "feature": "chat"} == index.pick_unplanned(two_keys)
+    assert tuple(two_keys) not in index._direct

@@ -7,10 +7,15 @@ work that depends only on which keys are present is done once per shape and
 kept: a *plan*, for each field, of the keys present in priority order. Picking
 is then one lookup of the shape and one dict read per field. Measured on bench
 spans: 3.4 -> 2.3 us per span for normalize's index, 2.4 -> 1.4 us for
-attribution's. ``pick_unplanned`` is the direct algorithm (the test's reference).
+attribution's. A shape whose plan has a single key for each field (the usual case) is read with one
+``itemgetter`` and the answer built with ``dict(zip(...))``, both in C, when every value is set
+(attribution's pick: ~1 -> ~0.3 us per span). ``pick_unplanned`` is the direct algorithm (the
+test's reference).
 """
 
 from __future__ import annotations
+
+from operator import itemgetter
 
 MAX_PLANS = 4096  # distinct shapes kept; all forgotten when full (a sender with random keys stays correct)
 
@@ -24,6 +29,8 @@ class KeyIndex:
                 self._where.setdefault(key, []).append((field, rank))
         self.keys = frozenset(self._where)
         self._plans: dict[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]] = {}
+        # Shapes whose plan has one key per field (two fields or more): (fields, itemgetter of the keys).
+        self._direct: dict[tuple[str, ...], tuple[tuple[str, ...], itemgetter]] = {}
 
     def pick(self, attrs: dict) -> dict[str, str]:
         """field -> the value of its best-ranked key present with a non-empty value."""
@@ -34,6 +41,11 @@ class KeyIndex:
         plan = self._plans.get(shape)
         if plan is None:
             plan = self._plan(shape)
+        direct = self._direct.get(shape)
+        if direct is not None:  # one key per field and every value set: one read in C, one dict built in C
+            values = direct[1](attrs)
+            if all(values):
+                return dict(zip(direct[0], values))
         out = {}
         for field, keys in plan:
             for key in keys:
@@ -58,6 +70,9 @@ class KeyIndex:
         plan = tuple((field, tuple(key for _, key in sorted(keys))) for field, keys in ranked.items())
         if len(self._plans) >= MAX_PLANS:
             self._plans.clear()
+            self._direct.clear()
+        if len(plan) >= 2 and all(len(keys) == 1 for _, keys in plan):
+            self._direct[shape] = (tuple(f for f, _ in plan), itemgetter(*(keys[0] for _, keys in plan)))
         self._plans[shape] = plan
         return plan
 
