@@ -64,3 +64,20 @@ def test_input_c_declines_gets_the_reference_outcome(bad):
 def test_a_short_column_is_declined_not_read_past_its_end():
     with pytest.raises(ValueError):
         schema._c_flatten([{"tenant.id": "a"}, {"tenant.id": "b"}], {"tenant.id": ["a"]})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(_VALUES) | st.text(max_size=8), max_size=30))
+def test_a_string_column_built_in_c_is_pa_array_s(values):
+    got = schema._string_array(values)
+    got.validate(full=True)
+    assert got.equals(pa.array(values, pa.string()))
+
+
+def test_a_string_column_c_declines_is_pa_array_s_outcome():
+    assert schema._string_array(["a", None]).equals(pa.array(["a", None], pa.string()))  # a null: pyarrow's way
+    with pytest.raises(Exception) as c_path:
+        schema._string_array(["\ud800"])
+    with pytest.raises(Exception) as reference:
+        pa.array(["\ud800"], pa.string())
+    assert type(c_path.value) is type(reference.value)

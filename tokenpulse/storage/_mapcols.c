@@ -1,4 +1,4 @@
-/* The attributes column's Arrow buffers, built in C from the batch's attribute dicts.
+/* Arrow buffers built in C from the batch's Python lists: the attributes column and the String columns.
  *
  * flatten(dicts, lean) -> (map offsets, key offsets, key bytes, value offsets, value bytes):
  * the five buffers of an Arrow Map(String, String) array of len(dicts) rows, int32 offsets,
@@ -153,6 +153,37 @@ done:
     return result;
 }
 
+/* strings(values) -> (offsets, bytes): the two buffers of an Arrow String array (int32 offsets,
+ * no nulls) of a list of str; pa.array does the same at ~21 ns per item, this at a few. */
+static PyObject *strings(PyObject *self, PyObject *args) {
+    PyObject *values;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &values))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    Grow offsets = {0}, data = {0};
+    PyObject *result = NULL;
+    if (grow(&offsets, (size_t)(n + 1) * sizeof(int32_t)) < 0 || put_offset(&offsets, 0) < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        if (!PyUnicode_CheckExact(v)) {
+            PyErr_SetString(PyExc_TypeError, "a value is not a str");
+            goto done;
+        }
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(v, &len);
+        if (!s || put(&data, s, (size_t)len) < 0 || put_offset(&offsets, data.len) < 0)
+            goto done;
+    }
+    result = Py_BuildValue("(y#y#)", offsets.p, (Py_ssize_t)offsets.len, data.p ? data.p : "", (Py_ssize_t)data.len);
+done:
+    PyMem_Free(offsets.p);
+    PyMem_Free(data.p);
+    return result;
+}
+
+PyDoc_STRVAR(strings_doc, "strings(values) -> (offsets, bytes): an Arrow String array's buffers (int32 offsets).");
+
 PyDoc_STRVAR(flatten_doc,
              "flatten(dicts, lean) -> (map offsets, key offsets, key bytes, value offsets, value bytes)\n\n"
              "The Arrow Map(String, String) buffers of the attribute dicts (int32 offsets), leaving out an\n"
@@ -160,6 +191,7 @@ PyDoc_STRVAR(flatten_doc,
 
 static PyMethodDef methods[] = {
     {"flatten", flatten, METH_VARARGS, flatten_doc},
+    {"strings", strings, METH_VARARGS, strings_doc},
     {NULL, NULL, 0, NULL},
 };
 
