@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from spans import make_request  # noqa: E402
 
-from tokenpulse.enrich import Pipeline  # noqa: E402
+from tokenpulse.enrich import Pipeline, span_shapes  # noqa: E402
 from tokenpulse.enrich.attribute import Attributor  # noqa: E402
 from tokenpulse.enrich.fast.attribute import ColumnarAttributor  # noqa: E402
 from tokenpulse.enrich.price import PriceTable  # noqa: E402
@@ -78,7 +78,7 @@ def main() -> None:
         d = decode.decode_protobuf(body, fast=not args.python_walk)
         t1 = time.perf_counter()
         # Each span's attribute keys, made once for every fast step (the reference steps take none).
-        shapes = None if args.reference else list(map(tuple, d.batch.attributes))
+        shapes = None if args.reference else span_shapes(d.batch.attributes)
         batch, inferred = pipe._normalize(d.batch, shapes)
         t2 = time.perf_counter()
         batch = pipe.calls(batch, inferred)

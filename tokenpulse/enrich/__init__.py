@@ -49,6 +49,16 @@ class Enriched:
     late_traces: list = field(default_factory=list)  # (trace id, start ns) whose late root resolves earlier calls
 
 
+def span_shapes(attributes: list[dict]) -> list[tuple[str, ...]]:
+    """Each span's attribute keys, one tuple object per distinct shape: the steps then recognize a
+    span of the previous span's shape by identity, without hashing its keys again."""
+    shapes = list(map(tuple, attributes))
+    if not shapes or shapes.count(shapes[0]) == len(shapes):  # one shape (the key strs are shared: fast)
+        return [shapes[0]] * len(shapes) if shapes else shapes
+    canonical: dict[tuple[str, ...], tuple[str, ...]] = {}
+    return [canonical.setdefault(s, s) for s in shapes]
+
+
 class Pipeline:
     def __init__(self, price_table: PriceTable | None = None, attributor: Attributor | None = None,
                  on_unknown_model: Callable[[str], None] = lambda model: None,
@@ -79,7 +89,7 @@ class Pipeline:
     def __call__(self, batch: SpanBatch, ctx: RequestContext = RequestContext()) -> Enriched:
         traces = scoped_traces(ctx.tenant, batch.trace_id)  # per-trace memory keys, computed once
         # Each span's attribute keys, made once for the fast steps (the reference ones take None).
-        shapes = None if self.reference else list(map(tuple, batch.attributes))
+        shapes = None if self.reference else span_shapes(batch.attributes)
         batch, inferred = self._normalize(batch, shapes)
         batch = self.calls(batch, inferred, ctx.tenant, traces)
         self._count_excluded(batch)

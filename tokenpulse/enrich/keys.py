@@ -31,6 +31,8 @@ class KeyIndex:
         self._plans: dict[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]] = {}
         # Shapes whose plan has one key per field (two fields or more): (fields, itemgetter of the keys).
         self._direct: dict[tuple[str, ...], tuple[tuple[str, ...], itemgetter]] = {}
+        self._last_shape: tuple[str, ...] | None = None
+        self._last: tuple = ((), None)
 
     def pick(self, attrs: dict) -> dict[str, str]:
         """field -> the value of its best-ranked key present with a non-empty value."""
@@ -38,10 +40,14 @@ class KeyIndex:
 
     def pick_shaped(self, attrs: dict, shape: tuple[str, ...]) -> dict[str, str]:
         """``pick``, given ``tuple(attrs)`` already made (the fast steps make it once per span)."""
-        plan = self._plans.get(shape)
-        if plan is None:
-            plan = self._plan(shape)
-        direct = self._direct.get(shape)
+        if shape is self._last_shape:  # the previous span's shape object (Pipeline shares them): no hashing
+            plan, direct = self._last
+        else:
+            plan = self._plans.get(shape)
+            if plan is None:
+                plan = self._plan(shape)
+            direct = self._direct.get(shape)
+            self._last_shape, self._last = shape, (plan, direct)
         if direct is not None:  # one key per field and every value set: one read in C, one dict built in C
             values = direct[1](attrs)
             if all(values):
@@ -71,6 +77,7 @@ class KeyIndex:
         if len(self._plans) >= MAX_PLANS:
             self._plans.clear()
             self._direct.clear()
+            self._last_shape = None
         if len(plan) >= 2 and all(len(keys) == 1 for _, keys in plan):
             self._direct[shape] = (tuple(f for f, _ in plan), itemgetter(*(keys[0] for _, keys in plan)))
         self._plans[shape] = plan

@@ -92,15 +92,20 @@ class ColumnarAttributor(Attributor):
     def __init__(self, *args, memory: TraceMemory | None = None, **kw):
         super().__init__(*args, memory=memory or TraceMemory(), **kw)
         self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._last_shape: tuple[str, ...] | None = None
+        self._last: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     def _shape(self, shape: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(the Langfuse-decoded fields a span of this shape may carry, its user keys)."""
+        if shape is self._last_shape:  # the previous span's shape object: no hashing
+            return self._last
         got = self._shapes.get(shape)
         if got is None:
             if len(self._shapes) >= MAX_SHAPES:
                 self._shapes.clear()
             got = self._shapes[shape] = (tuple(d for d, _ in self._index.plan(shape) if d in self._langfuse_fields),
                                          tuple(k for k in shape if k in self._user_keys))
+        self._last_shape, self._last = shape, got
         return got
 
     def _write(self, batch: SpanBatch, own: list[dict], keep: list[int] | None, user_keys: list[tuple[str, ...]],

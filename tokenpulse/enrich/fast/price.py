@@ -27,12 +27,17 @@ def make_price_step(table: PriceTable, on_unknown: Callable[[str], None] = lambd
     lookup = PriceLookups(table)
     billed_shapes: dict[tuple[str, ...], bool] = {}  # shape -> it has a tier or 1-hour cache key
 
+    last = [None, False]  # the previous span's shape object and its answer: no hashing
+
     def has_billing(shape: tuple[str, ...]) -> bool:
+        if shape is last[0]:
+            return last[1]
         got = billed_shapes.get(shape)
         if got is None:
             if len(billed_shapes) >= MAX_SHAPES:
                 billed_shapes.clear()
             got = billed_shapes[shape] = not _BILLING_KEYS.isdisjoint(shape)
+        last[0], last[1] = shape, got
         return got
 
     def price(batch: SpanBatch, shapes: list[tuple[str, ...]] | None = None) -> SpanBatch:
