@@ -216,7 +216,10 @@ class Settings:
 # their wire size while decoded).
 MEMORY_BASELINE = 450 * MiB
 MEMORY_PER_QUEUED_SPAN = 6 * 1024
-INFLIGHT_SHARE, QUEUE_SHARE = 0.04, 0.40  # the rest: spans being decoded (~6x their bodies), the engine's inserts
+# The rest: spans being decoded (~6x their bodies), the engine's inserts. The queue's share was 40 %
+# until decoding got faster (issue 20): more requests were then decoded at once beside a full queue,
+# and 10x overload (80 gRPC clients, 5,000-span requests) peaked at 1.95-2.1 GiB; at 30 %, 1.81-1.90.
+INFLIGHT_SHARE, QUEUE_SHARE = 0.04, 0.30
 # The bounded memories (the writer's dedup keys, duplicate calls, trace tags and roles) are sized for the
 # 2 GiB default, and account for most of what a loaded process holds beyond its queue (at 1 GiB with
 # them at full size, 120 HTTP senders pushed RSS past 1.38 GB in 40 s and still rising; at a third,

@@ -44,8 +44,9 @@ def test_the_c_path_is_taken_and_keeps_dict_order():
     del d["z"]
     d["z"] = "3"  # a deleted slot: PyDict_Next must still walk insertion order
     rows = {c: ["m" if c == "request_model" else ""] for c in _TEXT} | {c: [0] for c in _INTS}
-    offsets, key_offsets, keys, value_offsets, values = schema._c_flatten([d], {k: rows[c] for k, c in LEAN_KEYS})
-    assert keys == b"az" and values == b"23"
+    offsets, key_offsets, keys, value_offsets, values = schema._c_flatten(
+        [d], {k: rows[c] for k, c in LEAN_KEYS}, pa.allocate_buffer)
+    assert keys.to_pybytes() == b"az" and values.to_pybytes() == b"23"
     assert _both([d], rows)[0].to_pylist() == [[("a", "2"), ("z", "3")]]
 
 
@@ -63,7 +64,7 @@ def test_input_c_declines_gets_the_reference_outcome(bad):
 
 def test_a_short_column_is_declined_not_read_past_its_end():
     with pytest.raises(ValueError):
-        schema._c_flatten([{"tenant.id": "a"}, {"tenant.id": "b"}], {"tenant.id": ["a"]})
+        schema._c_flatten([{"tenant.id": "a"}, {"tenant.id": "b"}], {"tenant.id": ["a"]}, pa.allocate_buffer)
 
 
 @settings(max_examples=200, deadline=None)
@@ -81,3 +82,32 @@ def test_a_string_column_c_declines_is_pa_array_s_outcome():
     with pytest.raises(Exception) as reference:
         pa.array(["\ud800"], pa.string())
     assert type(c_path.value) is type(reference.value)
+
+
+def test_input_that_changes_between_the_passes_raises_instead_of_overflowing():
+    """alloc runs Python (and may release the GIL) between the measuring and the writing pass: a
+    value grown meanwhile must be refused, not written past its buffer."""
+    values = ["ab", "cd"]
+
+    def alloc(n):
+        values[1] = "a much longer value"
+        return pa.allocate_buffer(n)
+
+    with pytest.raises(RuntimeError):
+        schema._c_strings(values, alloc)
+    dicts = [{"k": "v"}]
+
+    def alloc_map(n):
+        dicts[0]["k"] = "a much longer value"
+        return pa.allocate_buffer(n)
+
+    with pytest.raises(RuntimeError):
+        schema._c_flatten(dicts, {}, alloc_map)
+
+
+def test_the_buffers_are_arrow_s_own():
+    """Allocated by Arrow's pool, not Python bytes: tables in the writer's queue are freed without the GIL."""
+    before = pa.total_allocated_bytes()
+    column = schema._string_array(["x" * 1000] * 100)
+    assert pa.total_allocated_bytes() - before >= 100_000
+    assert column.to_pylist() == ["x" * 1000] * 100

@@ -169,15 +169,14 @@ def _lean_map_array(dicts: list[dict[str, str]], rows: dict[str, list], arrays: 
     if _c_flatten is not None:
         try:
             offsets, key_offsets, keys, value_offsets, values = _c_flatten(
-                dicts, {key: rows[column] for key, column in LEAN_KEYS})
-        except (TypeError, ValueError, OverflowError, UnicodeError):
+                dicts, {key: rows[column] for key, column in LEAN_KEYS}, pa.allocate_buffer)
+        except (TypeError, ValueError, OverflowError, UnicodeError, RuntimeError):
             pass
         else:
-            m = len(key_offsets) // 4 - 1
-            key_array = pa.Array.from_buffers(pa.string(), m, [None, pa.py_buffer(key_offsets), pa.py_buffer(keys)])
-            value_array = pa.Array.from_buffers(pa.string(), m, [None, pa.py_buffer(value_offsets),
-                                                                 pa.py_buffer(values)])
-            return pa.MapArray.from_arrays(pa.Array.from_buffers(pa.int32(), len(dicts) + 1, [None, pa.py_buffer(offsets)]),
+            m = key_offsets.size // 4 - 1
+            key_array = pa.Array.from_buffers(pa.string(), m, [None, key_offsets, keys])
+            value_array = pa.Array.from_buffers(pa.string(), m, [None, value_offsets, values])
+            return pa.MapArray.from_arrays(pa.Array.from_buffers(pa.int32(), len(dicts) + 1, [None, offsets]),
                                            key_array, value_array)
     return _map_array(dicts, arrays)
 
@@ -186,11 +185,11 @@ def _string_array(values: list[str]) -> pa.Array:
     """A String column: its buffers built in C (_mapcols.c, half pa.array's time), or by pa.array."""
     if _c_strings is not None:
         try:
-            offsets, data = _c_strings(values)
-        except (TypeError, OverflowError, UnicodeError):
+            offsets, data = _c_strings(values, pa.allocate_buffer)
+        except (TypeError, OverflowError, UnicodeError, RuntimeError):
             pass
         else:
-            return pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+            return pa.Array.from_buffers(pa.string(), len(values), [None, offsets, data])
     return pa.array(values, pa.string())
 
 
