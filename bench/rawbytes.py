@@ -23,8 +23,9 @@ written from tokenpulse's own tables: each normalized field and dimension as the
 value over its keys in priority order (enrich/normalize.py, enrich/attribute.py DEFAULT_KEYS; the
 resource's tags first), provider aliases, Anthropic's input with its cache added, the cost from a
 price dictionary of the bench models (enrich/price.py's entries), the user id pseudonymized with a
-keyed hash, and the lean attribute map. It does not count calls once or inherit trace tags (those
-need state across requests) and handles no dialect structure (Langfuse, LangSmith, Vercel).
+keyed hash (in its column and in the map), and the lean attribute map. It does not count calls
+once or inherit trace tags (those need state across requests) and handles no dialect structure
+(Langfuse, LangSmith, Vercel).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def enrich_ddl() -> tuple[str, ...]:
     from spans import MODELS
     from tokenpulse.enrich.attribute import DEFAULT_KEYS
     from tokenpulse.enrich.price import PriceTable
+    from tokenpulse.storage.schema import LEAN_KEYS
 
     table, now, prices = PriceTable(), datetime.now(timezone.utc), []
     for model in MODELS:
@@ -86,7 +88,16 @@ def enrich_ddl() -> tuple[str, ...]:
         # The bench spans name openai for every model: each model is priced under both providers.
         prices += [f"('{p}', '{model}', {i}, {o}, {cr}, {cw})" for p in {provider, "openai"}]
     aliases = n.PROVIDER_ALIASES
-    lean = [k for k, _ in __import__("tokenpulse.storage.schema", fromlist=["LEAN_KEYS"]).LEAN_KEYS]
+    # The lean rule per key: an attribute leaves the map when its column (as this view computes it)
+    # holds the same text; columns this view does not compute keep their keys.
+    computed = {"operation": "operation", "provider": "provider", "model": "model", "request_model": "request_model",
+                "input_tokens": "toString(inp)", "output_tokens": "toString(outp)",
+                "cache_read_tokens": "toString(cr)", "cache_write_tokens": "toString(cw)", "tenant": "tenant",
+                "feature": "feature", "user_id": "user_id", "session_id": "session_id"}
+    lean = " OR ".join(f"(k = '{key}' AND v = {computed[column]})" for key, column in LEAN_KEYS if column in computed)
+    def pseudonym(expr: str) -> str:  # a keyed hash, as attribute.py pseudonymizes (HMAC there)
+        return f"hex(sipHash128Keyed((toUInt64(1), toUInt64(2)), {expr}))"
+
     dims = {d: f"if({_first(keys, 'r')} != '', {_first(keys, 'r')}, {_first(keys)})" for d, keys in DEFAULT_KEYS.items()}
     return (
         DDL[0],
@@ -127,11 +138,10 @@ def enrich_ddl() -> tuple[str, ...]:
               ((inp - cr - cw) * pr.1 + outp * pr.2 + cr * pr.3 + cw * pr.4) / 1e6 AS cost_usd,
               if({dims['tenant']} != '', {dims['tenant']}, 'unattributed') AS tenant,
               if({dims['feature']} != '', {dims['feature']}, 'unattributed') AS feature,
-              hex(sipHash128Keyed((toUInt64(1), toUInt64(2)), {dims['user_id']})) AS user_id, {dims['session_id']} AS session_id,
+              {pseudonym(dims['user_id'])} AS user_id, {dims['session_id']} AS session_id,
               {dims['route']} AS route, {dims['agent_role']} AS agent_role, {dims['environment']} AS environment,
-              mapFilter((k, v) -> NOT (k IN {lean} AND (v = operation OR v = provider OR v = model
-                                       OR v = request_model OR v = toString(inp) OR v = toString(outp)
-                                       OR v = toString(cr) OR v = tenant OR v = feature OR v = session_id)), a)
+              mapFilter((k, v) -> NOT ({lean}),
+                        mapApply((k, v) -> (k, if(k IN {list(DEFAULT_KEYS["user_id"])}, {pseudonym("v")}, v)), a))
                   AS attributes
        FROM raw_in""",
     )

@@ -147,6 +147,11 @@ def _decode_langfuse(tags: dict[str, str], fields: Iterable[str]) -> None:
                 tags[d] = got
 
 
+def _refused(keep: list[int] | None, i: int) -> list[int]:
+    """The rows kept once row ``i`` is refused: every row before it when it is the first refusal."""
+    return list(range(i)) if keep is None else keep
+
+
 def pseudonymize(key: bytes, raw: str) -> str:
     return hmac.new(key, raw.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
@@ -227,7 +232,11 @@ class Attributor:
             tags["tenant"] = tenant
         return tags
 
-    def _refusal(self, name: str, missing: list[str]) -> str:
+    def _refusal(self, tags: dict[str, str], name: str) -> str:
+        """Tag-or-reject: why span ``name`` with its final ``tags`` is refused ("" when it is not)."""
+        missing = [d for d in self.require if not tags.get(d)]
+        if not missing:
+            return ""
         return (f"span {name!r} has no {' or '.join(missing)} "
                 f"(tag-or-reject mode; set one of: {', '.join(self.keys[missing[0]][:3])}, ...)")
 
@@ -284,13 +293,11 @@ class Attributor:
                 role = mem.ancestor_role(scoped[i], parents[i])
                 if role:
                     tags["agent_role"] = role
-            if self.require:
-                missing = [d for d in self.require if not tags.get(d)]
-                if missing:
-                    rejects.append(self._refusal(batch.name[i], missing))
-                    if keep is None:
-                        keep = list(range(i))
-                    continue
+            refusal = self._refusal(tags, batch.name[i]) if self.require else ""
+            if refusal:
+                rejects.append(refusal)
+                keep = _refused(keep, i)
+                continue
             if keep is not None:
                 keep.append(i)
             batch.tenant[i] = tags.get("tenant") or UNATTRIBUTED

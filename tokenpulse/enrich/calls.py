@@ -77,6 +77,11 @@ def _same_tokens(a: _Call, b: _Call) -> bool:
     return a.output == b.output and (a.input == b.input or a.input + a.cache == b.input or b.input + b.cache == a.input)
 
 
+def counted_calls(batch: SpanBatch) -> list[int]:
+    """The rows that are counted LLM calls: the only ones count-once compares."""
+    return [i for i, (c, op) in enumerate(zip(batch.counted, batch.operation)) if c and op in INFERENCE_OPERATIONS]
+
+
 class DuplicateCalls:
     def __init__(self, max_entries: int = 200_000):
         self.max_entries = max_entries
@@ -92,8 +97,8 @@ class DuplicateCalls:
         """``tenant``: the sender's bound tenant; the memory is per tenant (record.scoped_traces).
         ``traces``: those keys already computed for this batch (the pipeline shares them)."""
         # Columns and tables in locals, the bounded inserts inlined: this runs for every counted call.
-        counted, operation, status = batch.counted, batch.operation, batch.usage_status
-        todo = [i for i in range(len(batch)) if counted[i] and operation[i] in INFERENCE_OPERATIONS]
+        status = batch.usage_status
+        todo = counted_calls(batch)
         if not todo:
             return batch
         cr, cw, rs, inp, out = batch.cache_read_tokens, batch.cache_write_tokens, batch.reasoning_tokens, \

@@ -28,11 +28,11 @@ class KeyIndex:
             for rank, key in enumerate(keys):
                 self._where.setdefault(key, []).append((field, rank))
         self.keys = frozenset(self._where)
-        self._plans: dict[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]] = {}
-        # Shapes whose plan has one key per field (two fields or more): (fields, itemgetter of the keys).
-        self._direct: dict[tuple[str, ...], tuple[tuple[str, ...], itemgetter]] = {}
-        self._last_shape: tuple[str, ...] | None = None
-        self._last: tuple = ((), None)
+        # shape -> (its plan, and for a plan of one key per field and two fields or more: (the
+        # fields, an itemgetter of their keys); else None).
+        self._plans: dict[tuple[str, ...], tuple[tuple, tuple | None]] = {}
+        self._last_shape: tuple[str, ...] | None = None  # the previous span's shape, and its entry
+        self._last: tuple[tuple, tuple | None] = ((), None)
 
     def pick(self, attrs: dict) -> dict[str, str]:
         """field -> the value of its best-ranked key present with a non-empty value."""
@@ -43,11 +43,8 @@ class KeyIndex:
         if shape is self._last_shape:  # the previous span's shape object (Pipeline shares them): no hashing
             plan, direct = self._last
         else:
-            plan = self._plans.get(shape)
-            if plan is None:
-                plan = self._plan(shape)
-            direct = self._direct.get(shape)
-            self._last_shape, self._last = shape, (plan, direct)
+            plan, direct = self._last = self._entry(shape)
+            self._last_shape = shape
         if direct is not None:  # one key per field and every value set: one read in C, one dict built in C
             values = direct[1](attrs)
             if all(values):
@@ -64,24 +61,25 @@ class KeyIndex:
     def plan(self, shape: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """For attributes with these keys: each field some key can fill, with those keys in priority
         order (a value may still be empty: ``pick`` then falls to the next key)."""
-        plan = self._plans.get(shape)
-        return self._plan(shape) if plan is None else plan
+        return self._entry(shape)[0]
 
-    def _plan(self, shape: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    def _entry(self, shape: tuple[str, ...]) -> tuple[tuple, tuple | None]:
+        got = self._plans.get(shape)
+        if got is not None:
+            return got
         ranked: dict[str, list[tuple[int, str]]] = {}
         # frozenset.intersection probes the shape's keys without building a set of them.
         for key in self.keys.intersection(shape):
             for field, rank in self._where[key]:
                 ranked.setdefault(field, []).append((rank, key))
         plan = tuple((field, tuple(key for _, key in sorted(keys))) for field, keys in ranked.items())
+        direct = None
+        if len(plan) >= 2 and all(len(keys) == 1 for _, keys in plan):
+            direct = (tuple(f for f, _ in plan), itemgetter(*(keys[0] for _, keys in plan)))
         if len(self._plans) >= MAX_PLANS:
             self._plans.clear()
-            self._direct.clear()
-            self._last_shape = None
-        if len(plan) >= 2 and all(len(keys) == 1 for _, keys in plan):
-            self._direct[shape] = (tuple(f for f, _ in plan), itemgetter(*(keys[0] for _, keys in plan)))
-        self._plans[shape] = plan
-        return plan
+        got = self._plans[shape] = (plan, direct)
+        return got
 
     def pick_unplanned(self, attrs: dict) -> dict[str, str]:
         """The same answer as ``pick``, computed directly."""

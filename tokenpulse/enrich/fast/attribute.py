@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from tokenpulse.enrich.attribute import TRACE_LEVEL, Attributor, _decode_langfuse
+from tokenpulse.enrich.attribute import TRACE_LEVEL, Attributor, _decode_langfuse, _refused
 from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS
 from tokenpulse.record import UNATTRIBUTED, SpanBatch, scoped_traces
 
@@ -228,11 +228,10 @@ class ColumnarAttributor(Attributor):
                 if role:
                     tags["agent_role"] = role
             if require:
-                missing = [d for d in require if not tags.get(d)]
-                if missing:
-                    rejects.append(self._refusal(batch.name[i], missing))
-                    if keep is None:
-                        keep = list(range(i))
+                refusal = self._refusal(tags, batch.name[i])
+                if refusal:
+                    rejects.append(refusal)
+                    keep = _refused(keep, i)
                     continue
                 if keep is not None:
                     keep.append(i)

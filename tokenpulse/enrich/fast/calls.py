@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from operator import itemgetter
 
-from tokenpulse.enrich.calls import MAX_SAME_OUTPUT, _models_agree
-from tokenpulse.enrich.normalize import INFERENCE_OPERATIONS, exclude
+from tokenpulse.enrich.calls import MAX_SAME_OUTPUT, _models_agree, counted_calls
+from tokenpulse.enrich.normalize import exclude
 from tokenpulse.enrich.quirks import quirk
 from tokenpulse.record import SpanBatch, scoped_traces
 
@@ -158,8 +158,8 @@ class TraceCalls:
 
     def __call__(self, batch: SpanBatch, inferred: set[int] = frozenset(), tenant: str = "",
                  traces: list[str] | None = None) -> SpanBatch:
-        counted, operation, status = batch.counted, batch.operation, batch.usage_status
-        todo = [i for i, (c, op) in enumerate(zip(counted, operation)) if c and op in INFERENCE_OPERATIONS]
+        status = batch.usage_status
+        todo = counted_calls(batch)
         if not todo:
             return batch
         cr, cw, rs, inp, out = batch.cache_read_tokens, batch.cache_write_tokens, batch.reasoning_tokens, \
